@@ -1,0 +1,143 @@
+"""The audit: read a queue's Redis state and prove that nothing was lost or done twice.
+
+It trusts no worker and no log line. Every task hash is checked against the
+structure its status says it must be in (queued -> ready list, running ->
+inflight index, scheduled -> delayed set, dead -> dead-letter list), and the
+durable event stream is counted independently of the hashes' counters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import redis
+
+from .queue import Queue
+from .task import Status
+
+# Where a task of each non-terminal status must be found; None: nowhere in particular.
+_HOME = {
+    Status.QUEUED: "ready",
+    Status.RUNNING: "inflight",
+    Status.SCHEDULED: "delayed",
+    Status.DEAD: "dead",
+    Status.DONE: None,
+    Status.CANCELLED: None,
+    Status.WAITING: None,
+}
+
+
+@dataclass(frozen=True)
+class Audit:
+    generated: int
+    done: int
+    dead: int
+    cancelled: int
+    queued: int
+    running: int
+    scheduled: int
+    waiting: int
+    lost: int
+    completed_twice: int
+    executions: int      # attempts claimed, summed over tasks
+    completions: int     # done events in the stream
+    rejected: int        # late outcomes refused because the lease had expired
+    expired: int         # leases the reaper found expired
+    lost_ids: tuple[str, ...] = field(default=(), repr=False)
+    twice_ids: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def terminal(self) -> int:
+        return self.done + self.dead + self.cancelled
+
+    @property
+    def in_flight(self) -> int:
+        return self.queued + self.running + self.scheduled + self.waiting
+
+    @property
+    def clean(self) -> bool:
+        """Nothing lost, nothing completed twice, nothing left unfinished."""
+        return self.lost == 0 and self.completed_twice == 0 and self.in_flight == 0 and self.generated > 0
+
+    @property
+    def duplicate_executions(self) -> int:
+        """Attempts beyond one per finished task: the price of at-least-once."""
+        return max(self.executions - self.terminal, 0)
+
+    def summary(self) -> str:
+        return (
+            f"generated {self.generated}, done {self.done}, dead {self.dead}, cancelled {self.cancelled}, "
+            f"in flight {self.in_flight}, lost {self.lost}, completed twice {self.completed_twice}, "
+            f"executions {self.executions} for {self.completions} completions"
+        )
+
+
+def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Audit:
+    """Audit one queue: ``audit(client, "seed")`` or ``audit(Queue(...))``."""
+    if isinstance(client_or_queue, Queue):
+        q = client_or_queue
+    else:
+        if queue is None:
+            raise ValueError("audit(client, queue): the queue name is required with a client")
+        q = Queue(client_or_queue, queue)
+    k = q.keys
+    pipe = q.client.pipeline(transaction=True)  # one consistent snapshot of the containers
+    pipe.lrange(k.ready, 0, -1)
+    pipe.zrange(k.inflight, 0, -1)
+    pipe.zrange(k.delayed, 0, -1)
+    pipe.lrange(k.dead, 0, -1)
+    ready, inflight, delayed, dead = (set(x) for x in pipe.execute())
+    homes = {"ready": ready, "inflight": inflight, "delayed": delayed, "dead": dead}
+
+    statuses: Counter[Status] = Counter()
+    lost: list[str] = []
+    unknown = 0
+    twice: set[str] = set()
+    executions = 0
+    for key, (status, attempt, completions) in q.iter_task_hashes(("status", "attempt", "completions")):
+        task_id = key[len(k.prefix) + len("task:"):]
+        executions += int(attempt or 0)
+        if int(completions or 0) > 1:
+            twice.add(task_id)
+        try:
+            st = Status(status) if status else Status.QUEUED
+        except ValueError:
+            lost.append(task_id)
+            unknown += 1
+            continue
+        statuses[st] += 1
+        home = _HOME[st]
+        if home is not None and task_id not in homes[home]:
+            lost.append(task_id)
+
+    done_events: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for _, fields in q.client.xrange(k.events):
+        counts[fields["event"]] += 1
+        if fields["event"] == "done":
+            done_events[fields["id"]] += 1
+    twice.update(task_id for task_id, n in done_events.items() if n > 1)
+
+    return Audit(
+        generated=sum(statuses.values()) + unknown,
+        done=statuses[Status.DONE],
+        dead=statuses[Status.DEAD],
+        cancelled=statuses[Status.CANCELLED],
+        queued=statuses[Status.QUEUED],
+        running=statuses[Status.RUNNING],
+        scheduled=statuses[Status.SCHEDULED],
+        waiting=statuses[Status.WAITING],
+        lost=len(lost),
+        completed_twice=len(twice),
+        executions=executions,
+        completions=counts["done"],
+        rejected=counts["rejected"],
+        expired=q.counters().get("expired", 0),
+        lost_ids=tuple(sorted(lost, key=_id_order)),
+        twice_ids=tuple(sorted(twice, key=_id_order)),
+    )
+
+
+def _id_order(task_id: str) -> tuple[int, str]:
+    return (int(task_id), "") if task_id.isdigit() else (1 << 62, task_id)

@@ -1,0 +1,35 @@
+"""Seedable failure injection: the faults the reliability design must survive."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .config import ChaosConfig
+
+
+class InjectedFailure(RuntimeError):
+    """Raised in place of a handler's result when chaos says the attempt fails."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The faults drawn for one attempt of one task."""
+
+    crash: bool = False
+    hang: bool = False
+    fail: bool = False
+    straggle: bool = False
+
+
+def draw(chaos: ChaosConfig, task_id: str, attempt: int) -> Faults:
+    """Faults for (task, attempt), reproducible from the seed alone."""
+    if not chaos.active:
+        return Faults()
+    rng = random.Random(f"{chaos.seed}:{task_id}:{attempt}")
+    return Faults(
+        crash=rng.random() < chaos.crash_p,
+        hang=rng.random() < chaos.hang_p,
+        fail=rng.random() < chaos.fail_p,
+        straggle=rng.random() < chaos.straggler_p,
+    )

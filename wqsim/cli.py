@@ -1,0 +1,180 @@
+"""The command line. ``main(argv)`` returns an exit code; it alone configures logging.
+
+Exit codes: 0 success; 1 the run finished but not cleanly (lost or stuck
+tasks, or workers that never reported); 2 bad arguments or configuration;
+3 Redis unreachable. Errors are one readable line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .audit import audit
+from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
+from .connection import RedisUnavailable, connect, redact, resolve_url
+from .queue import Queue
+from .reaper import Reaper
+from .runner import run
+
+log = logging.getLogger("wqsim.cli")
+
+# The --chaos preset: every kind of fault, with a short lease so hangs and crashes are reaped quickly.
+CHAOS_PRESET = {"fail_p": 0.05, "hang_p": 0.01, "crash_p": 0.01, "straggler_p": 0.05}
+CHAOS_LEASE_S = 0.5
+
+
+class UsageError(Exception):
+    """Bad command-line arguments: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wqsim", description="Simulate and measure the Redis work-queue pattern.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--queue", default="seed", help="queue name (default: seed)")
+        p.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else an embedded Redis")
+
+    p = sub.add_parser("run", help="the seed scenario: generate, work, listen, reap, audit")
+    common(p)
+    p.add_argument("--tasks", type=int, default=100, help="tasks to generate (default: 100)")
+    p.add_argument("--workers", type=int, default=default_workers(), help="worker processes (default: cores - 1, at least 1)")
+    p.add_argument("--duration-ms", type=float, default=10.0, help="each sleep task's duration (default: 10)")
+    p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
+    p.add_argument("--mode", choices=("process", "thread"), default="process")
+    p.add_argument("--batch-size", type=int, default=1, help="tasks claimed per round trip (default: 1)")
+    p.add_argument("--lease-s", type=float, default=None, help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)")
+    p.add_argument("--max-attempts", type=int, default=None, help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)")
+    p.add_argument("--timeout-s", type=float, default=None, help="listener timeout (default: scaled to the work)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
+    chaos = p.add_argument_group("failure injection (seedable)")
+    chaos.add_argument("--chaos", action="store_true", help=f"inject every kind of fault: {CHAOS_PRESET}")
+    chaos.add_argument("--seed", type=int, default=0)
+    for name in CHAOS_PRESET:
+        chaos.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, dest=name)
+
+    p = sub.add_parser("reap", help="return tasks whose lease expired, in a loop")
+    common(p)
+    p.add_argument("--interval-s", type=float, default=1.0)
+    p.add_argument("--once", action="store_true", help="reap once and exit")
+
+    p = sub.add_parser("status", help="queue counts, leases in flight, dead letters and the audit")
+    common(p)
+    return parser
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    chaos_values = {name: getattr(args, name) for name in CHAOS_PRESET}
+    if args.chaos:
+        chaos_values = {n: (v if v is not None else CHAOS_PRESET[n]) for n, v in chaos_values.items()}
+    chaos_on = any(v for v in chaos_values.values())
+    lease_s = args.lease_s if args.lease_s is not None else (CHAOS_LEASE_S if chaos_on else 30.0)
+    chaos = ChaosConfig(
+        seed=args.seed, hang_s=2 * lease_s, **{n: v or 0.0 for n, v in chaos_values.items()}
+    )
+    worker = WorkerConfig(lease_s=lease_s, batch_size=args.batch_size)
+    return RunConfig(
+        queue=args.queue,
+        tasks=args.tasks,
+        duration_ms=args.duration_ms,
+        kind=args.kind,
+        workers=args.workers,
+        max_attempts=args.max_attempts if args.max_attempts is not None else (10 if chaos_on else 3),
+        mode=args.mode,
+        timeout_s=args.timeout_s,
+        worker=worker,
+        chaos=chaos,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _run_config(args)
+    if args.kind not in ("sleep", "noop"):
+        from .handlers import registry
+
+        registry.get(args.kind)  # raises UnknownKind with the registered names
+    if args.quiet:
+        logging.getLogger("wqsim.worker").setLevel(logging.WARNING)
+    report = run(config, url=args.redis_url)
+    a = report.audit
+    log.info("Audit: %s", a.summary())
+    if config.chaos.active:
+        log.info(
+            "Chaos: %d executions for %d tasks (%d re-executions), %d late results rejected, "
+            "%d leases expired, %d worker processes replaced",
+            a.executions, a.generated, a.duplicate_executions, a.rejected, a.expired, report.restarts,
+        )
+    return 0 if report.ok else 1
+
+
+def _cmd_reap(args: argparse.Namespace) -> int:
+    reaper = Reaper(Queue(connect(args.redis_url), args.queue), interval_s=args.interval_s)
+    if args.once:
+        result = reaper.reap_once()
+        log.info("Returned %d task(s), dead-lettered %d", result.returned, result.buried)
+        return 0
+    log.info("Reaping queue %r every %g s; Ctrl-C to stop", args.queue, args.interval_s)
+    try:
+        reaper.run()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    url = resolve_url(args.redis_url)
+    queue = Queue(connect(url), args.queue)
+    lengths = queue.lengths()
+    counters = queue.counters()
+    print(f"queue {args.queue!r} at {redact(url)}")
+    print("  " + ", ".join(f"{k} {v}" for k, v in lengths.items()))
+    print("  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none"))
+    print("  audit: " + audit(queue).summary())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"wqsim: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s.%(msecs)03d %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    commands = {"run": _cmd_run, "reap": _cmd_reap, "status": _cmd_status}
+    try:
+        return commands[args.command](args)
+    except RedisUnavailable as exc:
+        print(f"wqsim: error: {exc}", file=sys.stderr)
+        return 3
+    except (ValueError, LookupError) as exc:
+        if verbose:
+            raise
+        print(f"wqsim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wqsim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if verbose:
+            raise
+        print(f"wqsim: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+__all__ = ["main", "build_parser"]

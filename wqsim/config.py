@@ -1,0 +1,154 @@
+"""Configuration as small frozen dataclasses, validated when built.
+
+They are built at the edge (the CLI, a notebook's setup cell, a test fixture)
+and passed down explicitly. Vary one setting with ``dataclasses.replace``.
+Every error names the field and the value it got.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def default_workers() -> int:
+    """The seed's pool size: one worker per core but one, and at least one."""
+    return max((os.cpu_count() or 1) - 1, 1)
+
+
+def _positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number (got {value!r})")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
+
+
+def _probability(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a probability between 0 and 1 (got {value!r})")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How one worker takes and settles tasks.
+
+    lease_s: how long a claim stays valid without a heartbeat; a worker that
+        dies holding a task loses it after this long, and the reaper returns it.
+    backoff_s, backoff_max_s: a failed attempt is retried after
+        backoff_s * 2**(attempt - 1) seconds, capped at backoff_max_s.
+    idle_wait_s: longest single wait for a wake-up signal while idle. It is a
+        safety net; workers are woken by signals, not by polling.
+    batch_size: tasks claimed per round trip.
+    exit_when_drained: stop (and publish "finished") once every task of the
+        queue is terminal; False keeps the worker serving, as a daemon would.
+    reconnect_s: how long to keep reconnecting to an unreachable Redis before giving up.
+    """
+
+    lease_s: float = 30.0
+    backoff_s: float = 0.05
+    backoff_max_s: float = 5.0
+    idle_wait_s: float = 1.0
+    batch_size: int = 1
+    exit_when_drained: bool = True
+    reconnect_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("lease_s", "backoff_s", "backoff_max_s", "idle_wait_s", "reconnect_s"):
+            _positive(name, getattr(self, name))
+        _at_least("batch_size", self.batch_size, 1)
+        if self.lease_s < 0.01:
+            raise ValueError(f"lease_s must be at least 0.01 s (got {self.lease_s!r})")
+
+    @property
+    def lease_ms(self) -> int:
+        return max(int(self.lease_s * 1000), 1)
+
+    def backoff_for(self, attempt: int) -> float:
+        return min(self.backoff_s * 2 ** max(attempt - 1, 0), self.backoff_max_s)
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    """Failure injection for the simulation, reproducible from ``seed``.
+
+    Each draw depends only on (seed, task id, attempt), so a run's faults do not
+    depend on which worker happens to take which task.
+    fail_p: the handler raises (the task is retried with backoff).
+    hang_p: the handler sleeps hang_s, longer than the lease, then tries to
+        complete; the reaper has returned the task by then, so that late
+        completion is rejected.
+    crash_p: the worker process dies with os._exit mid-task (in thread mode the
+        worker abandons the task instead), leaving its lease to expire.
+    straggler_p: the task runs straggler_factor times longer.
+    """
+
+    seed: int = 0
+    fail_p: float = 0.0
+    hang_p: float = 0.0
+    crash_p: float = 0.0
+    straggler_p: float = 0.0
+    straggler_factor: float = 10.0
+    hang_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("fail_p", "hang_p", "crash_p", "straggler_p"):
+            _probability(name, getattr(self, name))
+        _positive("straggler_factor", self.straggler_factor)
+        _positive("hang_s", self.hang_s)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer (got {self.seed!r})")
+
+    @property
+    def active(self) -> bool:
+        return any((self.fail_p, self.hang_p, self.crash_p, self.straggler_p))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The seed's scenario: generate tasks, run a pool of workers, listen, audit.
+
+    timeout_s: the listener's limit; None scales it with the work to be done.
+    reap_interval_s: how often the reaper runs; None means a quarter of the lease.
+    """
+
+    queue: str = "seed"
+    tasks: int = 100
+    duration_ms: float = 10.0
+    kind: str = "sleep"
+    workers: int = field(default_factory=default_workers)
+    max_attempts: int = 3
+    mode: str = "process"
+    timeout_s: float | None = None
+    reap_interval_s: float | None = None
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    chaos: ChaosConfig = field(default_factory=ChaosConfig)
+
+    def __post_init__(self) -> None:
+        from .keys import Keys
+
+        Keys(self.queue)  # validates the name
+        _at_least("tasks", self.tasks, 1)
+        _at_least("workers", self.workers, 1)
+        _at_least("max_attempts", self.max_attempts, 1)
+        if isinstance(self.duration_ms, bool) or not isinstance(self.duration_ms, (int, float)) or self.duration_ms < 0:
+            raise ValueError(f"duration_ms must be a number >= 0 (got {self.duration_ms!r})")
+        if self.mode not in ("process", "thread"):
+            raise ValueError(f"mode must be 'process' or 'thread' (got {self.mode!r})")
+        if self.timeout_s is not None:
+            _positive("timeout_s", self.timeout_s)
+        if self.reap_interval_s is not None:
+            _positive("reap_interval_s", self.reap_interval_s)
+
+    @property
+    def listener_timeout_s(self) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        ideal_s = self.tasks * self.duration_ms / 1000 / self.workers
+        return 60.0 + 5 * ideal_s
+
+    @property
+    def reaper_interval_s(self) -> float:
+        return self.reap_interval_s if self.reap_interval_s is not None else max(self.worker.lease_s / 4, 0.01)

@@ -1,0 +1,67 @@
+"""The handler registry: task kinds a worker will run, by name.
+
+Workers only run kinds registered here. A task names its kind as a string, so
+data in Redis selects among known functions and can never smuggle in code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .task import Task
+
+Handler = Callable[[Task], Any]
+
+
+class UnknownKind(LookupError):
+    """A task names a kind that no handler is registered for."""
+
+
+class HandlerRegistry:
+    """Maps kind names to handlers. A handler takes the Task and returns JSON-able data."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def register(self, kind: str, handler: Handler | None = None) -> Any:
+        """Register ``handler`` for ``kind``; usable as ``@registry.register("kind")``."""
+        if not kind or not isinstance(kind, str):
+            raise ValueError(f"kind must be a non-empty string (got {kind!r})")
+
+        def add(fn: Handler) -> Handler:
+            self._handlers[kind] = fn
+            return fn
+
+        return add(handler) if handler is not None else add
+
+    def get(self, kind: str) -> Handler:
+        try:
+            return self._handlers[kind]
+        except KeyError:
+            known = ", ".join(sorted(self._handlers)) or "none"
+            raise UnknownKind(f"unknown task kind {kind!r} (registered: {known})") from None
+
+    def kinds(self) -> list[str]:
+        return sorted(self._handlers)
+
+
+def sleep(task: Task) -> dict[str, float]:
+    """The seed's example task: sleep for ``duration_ms``."""
+    duration_ms = task.payload.get("duration_ms", 0)
+    if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)) or duration_ms < 0:
+        raise ValueError(f"sleep needs duration_ms >= 0 (got {duration_ms!r})")
+    time.sleep(duration_ms / 1000)
+    return {"slept_ms": duration_ms}
+
+
+def noop(task: Task) -> None:
+    """Does nothing: measures the queue's own overhead."""
+    return None
+
+
+registry = HandlerRegistry()
+registry.register("sleep", sleep)
+registry.register("noop", noop)
+register = registry.register

@@ -1,0 +1,105 @@
+"""Every Redis key and channel name of a queue, built in one place.
+
+All names share the prefix ``wqsim:{<queue>}:``. The braces are a Redis
+Cluster hash tag: every key of one queue hashes to the same slot, so a Lua
+script may touch any of them atomically, even on a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Names for one queue. ``Keys("demo").ready == "wqsim:{demo}:ready"``."""
+
+    queue: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.queue, str) or not QUEUE_NAME.match(self.queue):
+            raise ValueError(
+                f"queue name must be 1-64 characters of letters, digits, '_', '.' or '-', "
+                f"starting with a letter or digit (got {self.queue!r})"
+            )
+
+    @property
+    def prefix(self) -> str:
+        return f"wqsim:{{{self.queue}}}:"
+
+    # Lists, sets and hashes shared by the whole queue.
+    @property
+    def ready(self) -> str:
+        """LIST of task ids waiting to be claimed (LPUSH in, RPOP out: FIFO)."""
+        return self.prefix + "ready"
+
+    @property
+    def inflight(self) -> str:
+        """ZSET task id -> lease deadline (epoch s); an index for the reaper."""
+        return self.prefix + "inflight"
+
+    @property
+    def delayed(self) -> str:
+        """ZSET task id -> time (epoch s) a retry becomes due."""
+        return self.prefix + "delayed"
+
+    @property
+    def dead(self) -> str:
+        """LIST of task ids that failed for good (the dead-letter list)."""
+        return self.prefix + "dead"
+
+    @property
+    def stats(self) -> str:
+        """HASH of counters: total, done, dead, retried, expired, dropped, rejected."""
+        return self.prefix + "stats"
+
+    @property
+    def signal(self) -> str:
+        """LIST holding at most one token; idle workers BLPOP it to wake up."""
+        return self.prefix + "signal"
+
+    @property
+    def events(self) -> str:
+        """STREAM with one entry per attempt outcome: the durable run record."""
+        return self.prefix + "events"
+
+    @property
+    def next_id(self) -> str:
+        """STRING counter from which the generator allocates task ids."""
+        return self.prefix + "next_id"
+
+    # Channels (pub/sub names are not keys, but they live under the same prefix).
+    @property
+    def finished_channel(self) -> str:
+        """Each worker publishes its id here once no more work can be had."""
+        return self.prefix + "finished"
+
+    @property
+    def progress_channel(self) -> str:
+        """Each terminal task outcome is announced here as "<status> <id>"."""
+        return self.prefix + "progress"
+
+    # Per-task keys.
+    def task(self, task_id: str) -> str:
+        """HASH holding one task: kind, payload, status, attempt, result, times."""
+        return f"{self.prefix}task:{task_id}"
+
+    def lease(self, task_id: str) -> str:
+        """STRING fencing token "<worker>#<attempt>" with a TTL: the lease."""
+        return f"{self.prefix}lease:{task_id}"
+
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of this queue (the queue name holds no glob characters)."""
+        return self.prefix + "*"
+
+    @property
+    def task_pattern(self) -> str:
+        return self.prefix + "task:*"
+
+    def script_keys(self) -> list[str]:
+        """The KEYS every wqsim Lua script receives, in the order lua/_lib.lua expects."""
+        return [self.ready, self.inflight, self.delayed, self.dead, self.stats, self.signal, self.events]

@@ -1,0 +1,164 @@
+"""The worker pool: (cores - 1) worker processes by default, or threads.
+
+Each worker has its own Redis connection. In process mode a supervisor thread
+replaces a worker that died (a crash, an OOM kill, ``kill -9``) for as long as
+the queue still has unfinished tasks, as a prefork pool would; the tasks the
+dead worker held come back through lease expiry and the reaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+
+from .config import ChaosConfig, WorkerConfig
+from .connection import connect
+from .queue import Queue
+from .worker import Worker
+
+log = logging.getLogger("wqsim.pool")
+
+
+def _process_main(url: str, queue: str, worker_id: str, config: WorkerConfig, chaos: ChaosConfig) -> None:
+    """Entry point of one worker process: SIGTERM and SIGINT stop it gracefully."""
+    worker = Worker(connect(url), queue, worker_id, config, chaos=chaos, in_own_process=True)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    worker.run()
+
+
+class WorkerPool:
+    """Runs ``len(ids)`` workers on one queue. Use ``start()``, then ``join()``."""
+
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        ids: Sequence[str],
+        config: WorkerConfig | None = None,
+        chaos: ChaosConfig | None = None,
+        mode: str = "process",
+        restart_crashed: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if mode not in ("process", "thread"):
+            raise ValueError(f"mode must be 'process' or 'thread' (got {mode!r})")
+        if not ids:
+            raise ValueError("a pool needs at least one worker id")
+        self.url = url
+        self.queue_name = queue
+        self.ids = [str(i) for i in ids]
+        self.config = config or WorkerConfig()
+        self.chaos = chaos or ChaosConfig()
+        self.mode = mode
+        self.restart_crashed = restart_crashed
+        self.log = logger or log
+        self.restarts = 0
+        self._ctx = mp.get_context("fork")  # handlers registered in the parent carry over
+        self._procs: dict[str, mp.process.BaseProcess] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._workers: dict[str, Worker] = {}
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    def start(self) -> WorkerPool:
+        for worker_id in self.ids:
+            self._spawn(worker_id)
+        if self.mode == "process":
+            self._supervisor = threading.Thread(target=self._supervise, name="wqsim-supervisor", daemon=True)
+            self._supervisor.start()
+        return self
+
+    def _spawn(self, worker_id: str) -> None:
+        if self.mode == "process":
+            proc = self._ctx.Process(
+                target=_process_main,
+                args=(self.url, self.queue_name, worker_id, self.config, self.chaos),
+                name=f"wqsim-worker-{worker_id}",
+            )
+            proc.start()
+            self._procs[worker_id] = proc
+        else:
+            worker = Worker(connect(self.url), self.queue_name, worker_id, self.config, chaos=self.chaos)
+            thread = threading.Thread(target=worker.run, name=f"wqsim-worker-{worker_id}", daemon=True)
+            self._workers[worker_id] = worker
+            self._threads[worker_id] = thread
+            thread.start()
+
+    def _supervise(self) -> None:
+        queue = Queue(connect(self.url), self.queue_name)
+        while True:
+            alive = False
+            for worker_id, proc in list(self._procs.items()):
+                if proc.exitcode is None:
+                    alive = True
+                elif proc.exitcode != 0 and self.restart_crashed and not self._stopping.is_set():
+                    try:
+                        unfinished = not queue.drained()
+                    except Exception as exc:  # Redis down: try again next round
+                        self.log.warning("Supervisor cannot read the queue (%s)", exc)
+                        alive = True
+                        continue
+                    if unfinished:
+                        self.log.warning("Worker %s died (exit code %s); starting a replacement", worker_id, proc.exitcode)
+                        proc.close()
+                        self.restarts += 1
+                        self._spawn(worker_id)
+                        alive = True
+            if not alive:
+                return
+            time.sleep(0.02)
+
+    def pids(self) -> dict[str, int]:
+        """Current process id of each worker (process mode)."""
+        return {wid: p.pid for wid, p in self._procs.items() if p.pid is not None and p.exitcode is None}
+
+    def kill(self, worker_id: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to one worker process (the chaos killer uses this)."""
+        proc = self._procs[worker_id]
+        if proc.pid is not None and proc.exitcode is None:
+            os.kill(proc.pid, sig)
+
+    def stop(self) -> None:
+        """Ask every worker to finish the task in hand and exit."""
+        self._stopping.set()
+        for proc in self._procs.values():
+            if proc.exitcode is None and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for worker in self._workers.values():
+            worker.stop()
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for every worker to exit; True if all did within ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def left() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+        if self._supervisor is not None:
+            self._supervisor.join(left())
+            if self._supervisor.is_alive():
+                return False
+        for proc in self._procs.values():
+            proc.join(left())
+        for thread in self._threads.values():
+            thread.join(left())
+        return not any(p.exitcode is None for p in self._procs.values()) and not any(
+            t.is_alive() for t in self._threads.values()
+        )
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return {wid: p.exitcode for wid, p in self._procs.items()}
+
+    def terminate(self) -> None:
+        """Last resort: kill whatever is still running."""
+        self._stopping.set()
+        for proc in self._procs.values():
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join(5)

@@ -1,0 +1,204 @@
+"""The queue operations: enqueue, claim, settle, heartbeat, reap, inspect, purge.
+
+Each state change is one Lua script call (see ``lua/``), so it is atomic and
+costs one round trip. ``settle`` records outcomes and claims the next tasks in
+the same call: a busy worker talks to Redis once per task, not twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import redis
+
+from .keys import Keys
+from .scripts import scripts_for
+from .task import Status, Task, pairs_to_dict
+
+Clock = Callable[[], float]
+Outcome = Literal["done", "retry", "dead"]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a worker reports for one claimed task."""
+
+    task_id: str
+    token: str
+    outcome: Outcome
+    value: str  # result JSON for 'done', error text otherwise
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The reply to a claim: tasks now leased to the caller, and what to do if none."""
+
+    tasks: list[dict[str, str]] = field(default_factory=list)
+    drained: bool = False
+    next_due: float | None = None  # when the earliest scheduled retry becomes due
+    rejected: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    returned: int
+    buried: int
+
+
+class Queue:
+    """One named queue on one Redis client."""
+
+    def __init__(self, client: redis.Redis, name: str, clock: Clock = time.time) -> None:
+        self.client = client
+        self.keys = Keys(name)
+        self.clock = clock
+        self._scripts = scripts_for(client)
+
+    @property
+    def name(self) -> str:
+        return self.keys.queue
+
+    def _run(self, script: str, *args: object) -> list:
+        return self._scripts[script](
+            keys=self.keys.script_keys(),
+            args=[self.keys.prefix, self.keys.progress_channel, *args],
+        )
+
+    # -- producing ---------------------------------------------------------------
+    def allocate_ids(self, count: int) -> list[str]:
+        """Reserve ``count`` fresh task ids ("1", "2", ...) with one INCRBY."""
+        last = self.client.incrby(self.keys.next_id, count)
+        return [str(i) for i in range(last - count + 1, last + 1)]
+
+    def enqueue(self, tasks: Sequence[Task]) -> None:
+        """Write task hashes and push their ids, in one MULTI/EXEC transaction.
+
+        All or nothing: a crash mid-way leaves no half-enqueued batch, and
+        the ``total`` counter always matches the tasks actually written.
+        """
+        if not tasks:
+            return
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        for task in tasks:
+            pipe.hset(k.task(task.id), mapping=task.to_hash())
+        pipe.hincrby(k.stats, "total", len(tasks))
+        pipe.lpush(k.ready, *(t.id for t in tasks))
+        pipe.lpush(k.signal, "1")
+        pipe.ltrim(k.signal, 0, 0)
+        pipe.execute()
+
+    # -- consuming ---------------------------------------------------------------
+    def claim(self, worker: str, lease_ms: int, count: int = 1) -> Claim:
+        reply = self._run("claim", worker, repr(self.clock()), lease_ms, count)
+        return _claim_from(reply, rejected=[])
+
+    def settle(
+        self,
+        worker: str,
+        settlements: Iterable[Settlement],
+        lease_ms: int,
+        claim_next: int = 0,
+        backoff_s: float = 0.0,
+    ) -> Claim:
+        """Record outcomes (fenced by each lease token) and claim up to ``claim_next`` more."""
+        flat: list[str] = []
+        n = 0
+        for s in settlements:
+            flat += [s.task_id, s.token, s.outcome, s.value]
+            n += 1
+        reply = self._run("settle", worker, repr(self.clock()), lease_ms, claim_next, n, *flat, repr(backoff_s))
+        return _claim_from(reply[1:], rejected=list(reply[0]))
+
+    def heartbeat(self, leases: Iterable[tuple[str, str]], lease_ms: int) -> list[str]:
+        """Renew (task id, token) leases still held; return the ids whose lease was lost."""
+        flat = [part for pair in leases for part in pair]
+        return list(self._run("heartbeat", repr(self.clock()), lease_ms, *flat))
+
+    def reap(self, limit: int = 1000, now: float | None = None) -> ReapResult:
+        """Return tasks whose lease key has expired; see lua/reap.lua."""
+        returned, buried = self._run("reap", repr(self.clock() if now is None else now), limit)
+        return ReapResult(int(returned), int(buried))
+
+    def wait_for_work(self, timeout_s: float) -> bool:
+        """Block until a wake-up signal arrives or ``timeout_s`` passes. No polling loop."""
+        return self.client.blpop([self.keys.signal], timeout=max(timeout_s, 0.001)) is not None
+
+    # -- inspecting --------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        raw = self.client.hgetall(self.keys.stats)
+        return {name: int(value) for name, value in raw.items()}
+
+    def drained(self) -> bool:
+        """True once every task the queue knows of is terminal (done, dead or cancelled)."""
+        c = self.counters()
+        total = c.get("total", 0)
+        return total > 0 and c.get("done", 0) + c.get("dead", 0) + c.get("cancelled", 0) >= total
+
+    def lengths(self) -> dict[str, int]:
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(k.ready)
+        pipe.zcard(k.inflight)
+        pipe.zcard(k.delayed)
+        pipe.llen(k.dead)
+        ready, inflight, delayed, dead = pipe.execute()
+        return {"ready": ready, "inflight": inflight, "delayed": delayed, "dead": dead}
+
+    def task(self, task_id: str) -> Task:
+        return Task.from_hash(self.client.hgetall(self.keys.task(task_id)))
+
+    def statuses(self) -> dict[str, Status]:
+        """Status of every task of the queue (SCAN; for audits and tests, not hot paths)."""
+        out: dict[str, Status] = {}
+        for key, fields in self.iter_task_hashes(("status",)):
+            out[key.rsplit(":", 1)[1]] = Status(fields[0]) if fields[0] else Status.QUEUED
+        return out
+
+    def iter_task_hashes(self, fields: Sequence[str], chunk: int = 1000):
+        """Yield (key, [values of ``fields``]) for every task hash of this queue."""
+        batch: list[str] = []
+        for key in self.client.scan_iter(match=self.keys.task_pattern, count=chunk):
+            batch.append(key)
+            if len(batch) >= chunk:
+                yield from self._hmget_all(batch, fields)
+                batch = []
+        if batch:
+            yield from self._hmget_all(batch, fields)
+
+    def _hmget_all(self, keys: list[str], fields: Sequence[str]):
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, list(fields))
+        return zip(keys, pipe.execute())
+
+    def events(self) -> list[dict[str, str]]:
+        """The durable record: one entry per attempt outcome, oldest first."""
+        return [dict(fields, entry=entry_id) for entry_id, fields in self.client.xrange(self.keys.events)]
+
+    # -- housekeeping ------------------------------------------------------------
+    def purge(self) -> int:
+        """Delete this queue's keys, and only these. Never FLUSHDB."""
+        deleted = 0
+        batch: list[str] = []
+        for key in self.client.scan_iter(match=self.keys.pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += self.client.delete(*batch)
+                batch = []
+        if batch:
+            deleted += self.client.delete(*batch)
+        return deleted
+
+
+def _claim_from(reply: list, rejected: list[str]) -> Claim:
+    drained, next_due, *tasks = reply
+    return Claim(
+        tasks=[pairs_to_dict(flat) for flat in tasks],
+        drained=bool(int(drained)),
+        next_due=float(next_due) if next_due not in ("", None) else None,
+        rejected=rejected,
+    )

@@ -1,0 +1,96 @@
+"""The seed's scenario in one call: listen, generate, work, reap, audit.
+
+Order matters and differs from the Go original on purpose: the listener
+subscribes *before* any worker starts, so no ``finished`` message can be
+published while nobody is listening.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from .audit import Audit, audit
+from .config import RunConfig
+from .connection import connect, redact, resolve_url
+from .generator import generate
+from .listener import ListenResult, Listener, ProgressCallback
+from .pool import WorkerPool
+from .queue import Queue
+from .reaper import Reaper
+
+log = logging.getLogger("wqsim.run")
+
+
+@dataclass(frozen=True)
+class RunReport:
+    config: RunConfig
+    audit: Audit
+    listen: ListenResult
+    wall_s: float        # from the first worker's start to the last finished message
+    restarts: int        # worker processes replaced after dying
+    reaped: int          # tasks the reaper returned to the queue
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.audit.done / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every worker finished and the audit is clean (dead-lettered tasks are allowed)."""
+        return self.audit.clean and not self.listen.timed_out
+
+    def summary(self) -> str:
+        a = self.audit
+        return (
+            f"Summary: {a.done} done, {a.dead} dead, {a.lost} lost, {a.completed_twice} completed twice, "
+            f"{a.executions} executions; {self.wall_s:.2f} s wall, {self.tasks_per_s:,.0f} tasks/s"
+        )
+
+
+def run(
+    config: RunConfig | None = None,
+    url: str | None = None,
+    logger: logging.Logger | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunReport:
+    """Run the seed scenario on ``config.queue`` (purged first) and audit the result."""
+    cfg = config or RunConfig()
+    logger = logger or log
+    url = resolve_url(url)
+    queue = Queue(connect(url), cfg.queue)
+    queue.purge()
+    logger.info(
+        "Work server: %d %s tasks on queue %r at %s, %d worker%s",
+        cfg.tasks, cfg.kind, cfg.queue, redact(url), cfg.workers, "" if cfg.workers == 1 else "s",
+    )
+    worker_ids = [str(i) for i in range(1, cfg.workers + 1)]
+    listener = Listener(connect(url), cfg.queue, worker_ids, logger=logger, on_progress=on_progress).start()
+    generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, logger=logger)
+    reaper = Reaper(Queue(connect(url), cfg.queue), cfg.reaper_interval_s).start()
+    pool = WorkerPool(url, cfg.queue, worker_ids, cfg.worker, cfg.chaos, cfg.mode)
+    started = time.perf_counter()
+    try:
+        pool.start()
+        listened = listener.wait(cfg.listener_timeout_s)
+        wall_s = time.perf_counter() - started
+        if listened.timed_out:
+            pool.stop()
+        if not pool.join(30.0):
+            logger.error("Workers did not exit within 30 s of the end; killing them")
+            pool.terminate()
+    except BaseException:
+        pool.stop()
+        if not pool.join(10.0):
+            pool.terminate()
+        raise
+    finally:
+        listener.close()
+        reaper.stop()
+    result = audit(queue)
+    report = RunReport(cfg, result, listened, wall_s, pool.restarts, reaper.returned)
+    logger.info(report.summary())
+    if not result.clean:
+        logger.error("Audit is not clean: %s", result.summary())
+    return report

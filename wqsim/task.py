@@ -1,0 +1,118 @@
+"""The Task record and its mapping to and from a Redis hash.
+
+Payloads and results are JSON, never pickle: anyone who can write to Redis
+must not be able to run code in a worker through wqsim.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """Where a task is in its life. ``done``, ``dead`` and ``cancelled`` are terminal."""
+
+    WAITING = "waiting"      # prerequisites unfinished; not in the ready list
+    QUEUED = "queued"        # in the ready list
+    RUNNING = "running"      # claimed under a lease, in the inflight index
+    SCHEDULED = "scheduled"  # failed, waiting in the delayed set for its retry
+    DONE = "done"
+    DEAD = "dead"            # in the dead-letter list
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.DONE, Status.DEAD, Status.CANCELLED)
+
+
+class MalformedTask(ValueError):
+    """A task hash that cannot be turned into a Task (missing field, bad JSON)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work. ``payload`` is what the handler for ``kind`` receives."""
+
+    id: str
+    kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    max_attempts: int = 3
+    status: Status = Status.QUEUED
+    attempt: int = 0
+    worker: str = ""
+    created_at: float | None = None
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: str = ""
+    completions: int = 0
+
+    @property
+    def token(self) -> str:
+        """The fencing token of the current attempt, as claim.lua wrote it to the lease key."""
+        return f"{self.worker}#{self.attempt}"
+
+    def to_hash(self) -> dict[str, str]:
+        """Fields written when the task is enqueued."""
+        fields = {
+            "id": self.id,
+            "kind": self.kind,
+            "payload": json.dumps(self.payload, separators=(",", ":")),
+            "max_attempts": str(self.max_attempts),
+            "status": self.status.value,
+            "attempt": str(self.attempt),
+        }
+        for name in ("created_at", "enqueued_at"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = repr(value)
+        return fields
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> Task:
+        """Parse a task hash; raise MalformedTask naming what is wrong."""
+        task_id = fields.get("id")
+        if not task_id:
+            raise MalformedTask("task hash has no 'id' field")
+        missing = [name for name in ("kind", "payload") if name not in fields]
+        if missing:
+            raise MalformedTask(f"task {task_id} is missing field(s): {', '.join(missing)}")
+        try:
+            payload = json.loads(fields["payload"])
+        except json.JSONDecodeError as exc:
+            raise MalformedTask(f"task {task_id} has a payload that is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise MalformedTask(f"task {task_id} has a payload that is not a JSON object")
+        try:
+            result = json.loads(fields["result"]) if fields.get("result") else None
+            return cls(
+                id=task_id,
+                kind=fields["kind"],
+                payload=payload,
+                max_attempts=int(fields.get("max_attempts", 1)),
+                status=Status(fields.get("status", "queued")),
+                attempt=int(fields.get("attempt", 0)),
+                worker=fields.get("worker", ""),
+                created_at=_float(fields.get("created_at")),
+                enqueued_at=_float(fields.get("enqueued_at")),
+                started_at=_float(fields.get("started_at")),
+                finished_at=_float(fields.get("finished_at")),
+                result=result,
+                error=fields.get("error", ""),
+                completions=int(fields.get("completions", 0)),
+            )
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise MalformedTask(f"task {task_id} has a malformed field: {exc}") from None
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def pairs_to_dict(flat: list[str]) -> dict[str, str]:
+    """HGETALL as returned from Lua (a flat list) to a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
