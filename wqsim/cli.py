@@ -78,10 +78,10 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         chaos_values = {n: (v if v is not None else CHAOS_PRESET[n]) for n, v in chaos_values.items()}
     chaos_on = any(v for v in chaos_values.values())
     lease_s = args.lease_s if args.lease_s is not None else (CHAOS_LEASE_S if chaos_on else 30.0)
+    worker = WorkerConfig(lease_s=lease_s, batch_size=args.batch_size)
     chaos = ChaosConfig(
         seed=args.seed, hang_s=2 * lease_s, **{n: v or 0.0 for n, v in chaos_values.items()}
     )
-    worker = WorkerConfig(lease_s=lease_s, batch_size=args.batch_size)
     return RunConfig(
         queue=args.queue,
         tasks=args.tasks,

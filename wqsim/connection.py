@@ -88,7 +88,7 @@ def connect(
                 raise RedisUnavailable(
                     f"cannot reach Redis at {redact(url)} after {attempts} attempts: {exc}"
                 ) from None
-            logger.warning("Redis at %s not reachable (%s); retry %d/%d", redact(url), exc, attempt, attempts - 1)
+            logger.debug("Redis at %s not reachable (%s); retry %d/%d", redact(url), exc, attempt, attempts - 1)
             time.sleep(delay_s)
             delay_s = min(delay_s * 2, 1.0)
     raise AssertionError("unreachable")

@@ -1,0 +1,90 @@
+"""The command line: exit codes, one-line errors, and the seed scenario end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wqsim.server import free_port
+
+
+def wqsim(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "wqsim", *args], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--tasks", "many"], "argument --tasks: invalid int value: 'many'"),
+        (["run", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["launch"], "invalid choice: 'launch'"),
+        (["run", "--workers", "0"], "workers must be an integer >= 1 (got 0)"),
+        (["run", "--lease-s", "-1"], "lease_s must be a positive number (got -1.0)"),
+        (["run", "--max-attempts", "0"], "max_attempts must be an integer >= 1 (got 0)"),
+        (["run", "--queue", "bad name"], "queue name must be"),
+        (["run", "--fail-p", "2"], "fail_p must be a probability"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_readable_line(args, needle):
+    proc = wqsim(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("wqsim: error: ")
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_redis_exits_nonzero_with_one_line_naming_the_url():
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    proc = wqsim("run", "--redis-url", url)
+    assert proc.returncode == 3
+    assert proc.stderr.count("\n") == 1
+    assert f"cannot reach Redis at {url} after 5 attempts" in proc.stderr
+
+
+def test_password_in_an_unreachable_url_is_not_printed():
+    proc = wqsim("status", "--redis-url", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    assert proc.returncode == 3 and "hunter2" not in proc.stderr and ":***@" in proc.stderr
+
+
+def test_run_prints_the_seed_sequence_and_a_summary(redis_url, queue_name):
+    proc = wqsim("run", "--tasks", "30", "--workers", "2", "--redis-url", redis_url, "--queue", queue_name)
+    assert proc.returncode == 0, proc.stderr
+    log = proc.stderr
+    order = [
+        "Created 30 work items out of 30",
+        "picked up task",
+        "Received finished message from worker",
+        "2/2 workers finished",
+        "All workers finished.",
+        "Summary: 30 done, 0 dead, 0 lost, 0 completed twice",
+    ]
+    positions = [log.index(line) for line in order]
+    assert positions == sorted(positions)
+    assert "tasks/s" in log
+    assert {f"Worker {w} finished" for w in ("1", "2")} <= set(line.split(" ", 1)[1] for line in log.splitlines())
+
+
+@pytest.mark.real_redis
+def test_run_of_1000_tasks_with_3_workers_ends_all_done_none_lost_none_duplicated(redis_url, queue_name):
+    proc = wqsim("run", "--tasks", "1000", "--workers", "3", "--duration-ms", "1", "-q",
+                 "--redis-url", redis_url, "--queue", queue_name)
+    assert proc.returncode == 0, proc.stderr
+    assert "Summary: 1000 done, 0 dead, 0 lost, 0 completed twice, 1000 executions" in proc.stderr
+    assert "picked up" not in proc.stderr  # -q hides per-task lines
+
+
+def test_status_and_reap_once_report_on_a_queue(redis_url, queue_name):
+    assert wqsim("run", "--tasks", "3", "--workers", "1", "--redis-url", redis_url, "--queue", queue_name).returncode == 0
+    status = wqsim("status", "--redis-url", redis_url, "--queue", queue_name)
+    assert status.returncode == 0
+    assert "ready 0, inflight 0, delayed 0, dead 0" in status.stdout
+    assert "done 3" in status.stdout and "lost 0" in status.stdout
+    reap = wqsim("reap", "--once", "--redis-url", redis_url, "--queue", queue_name)
+    assert reap.returncode == 0 and "Returned 0 task(s), dead-lettered 0" in reap.stderr

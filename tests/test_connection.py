@@ -1,0 +1,63 @@
+"""connect(): REDIS_URL, the embedded server both ways, bounded retries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wqsim import RedisUnavailable, connect
+from wqsim.connection import redact
+from wqsim.server import free_port
+
+PROBE = """
+import logging, wqsim
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+report = wqsim.run(wqsim.RunConfig(queue="probe", tasks=20, duration_ms=1, workers=2))
+print("OK", report.audit.done, report.audit.lost, type(wqsim.embedded_server()).__name__)
+"""
+
+
+def run_probe(env_overrides: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(env_overrides)
+    return subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_without_redis_url_a_redis_server_is_embedded_when_the_binary_exists():
+    proc = run_probe({})
+    assert proc.returncode == 0, proc.stderr
+    assert "OK 20 0 RedisServer" in proc.stdout
+    assert "Using embedded redis-server at redis://127.0.0.1:" in proc.stderr
+
+
+@pytest.mark.parametrize("how", ["forced", "no binary on PATH"])
+def test_fakeredis_is_embedded_otherwise_and_worker_processes_behave_the_same(how):
+    env = {"WQSIM_EMBEDDED": "fakeredis"} if how == "forced" else {"PATH": os.path.dirname(sys.executable)}
+    proc = run_probe(env)
+    assert proc.returncode == 0, proc.stderr
+    assert "OK 20 0 FakeRedisServer" in proc.stdout
+    assert "Using embedded fakeredis at redis://127.0.0.1:" in proc.stderr
+
+
+def test_connect_uses_redis_url_from_the_environment(redis_url, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert connect().ping()
+
+
+def test_connect_gives_up_after_bounded_attempts_naming_the_url():
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(RedisUnavailable, match=rf"cannot reach Redis at {url} after 2 attempts"):
+        connect(url, attempts=2)
+
+
+def test_a_malformed_url_is_a_clear_error():
+    with pytest.raises(RedisUnavailable, match="bad Redis URL"):
+        connect("http://example.invalid")
+
+
+def test_redact_hides_the_password_only():
+    assert redact("redis://user:secret@h:6379/0") == "redis://user:***@h:6379/0"
+    assert redact("redis://h:6379/0") == "redis://h:6379/0"

@@ -1,0 +1,265 @@
+"""The queue contract, run against fakeredis and a real redis-server alike."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from wqsim import Keys, Queue, Settlement, Status, Task, audit, generate, make_tasks
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def settle_one(q: Queue, raw: dict, outcome: str = "done", value: str = "null", worker: str = "w1", backoff_s: float = 0.0):
+    token = f"{raw['worker']}#{raw['attempt']}"
+    return q.settle(worker, [Settlement(raw["id"], token, outcome, value)], lease_ms=1000, backoff_s=backoff_s)
+
+
+def test_enqueue_writes_hashes_and_pushes_ids_in_fifo_order(make_queue):
+    q = make_queue()
+    ids = generate(q, 3, duration_ms=5)
+    assert ids == ["1", "2", "3"]
+    assert q.client.lrange(q.keys.ready, 0, -1) == ["3", "2", "1"]  # LPUSH in, RPOP out
+    task = q.task("1")
+    assert (task.kind, task.payload, task.status, task.attempt) == ("sleep", {"duration_ms": 5}, Status.QUEUED, 0)
+    assert task.created_at is not None and task.enqueued_at is not None
+    assert q.counters()["total"] == 3
+
+
+def test_ids_are_unique_across_generator_calls(make_queue):
+    q = make_queue()
+    assert generate(q, 2) + generate(q, 2) == ["1", "2", "3", "4"]
+
+
+def test_claim_takes_oldest_task_under_a_fenced_lease(make_queue):
+    q = make_queue()
+    generate(q, 2)
+    claim = q.claim("w1", lease_ms=5000)
+    assert [t["id"] for t in claim.tasks] == ["1"]
+    raw = claim.tasks[0]
+    assert (raw["status"], raw["worker"], raw["attempt"]) == ("running", "w1", "1")
+    assert q.client.get(q.keys.lease("1")) == "w1#1"
+    assert 0 < q.client.pttl(q.keys.lease("1")) <= 5000
+    assert q.client.zrange(q.keys.inflight, 0, -1) == ["1"]
+
+
+def test_claim_of_several_tasks_is_one_call(make_queue):
+    q = make_queue()
+    generate(q, 5)
+    claim = q.claim("w1", lease_ms=5000, count=3)
+    assert [t["id"] for t in claim.tasks] == ["1", "2", "3"]
+
+
+def test_completion_writes_result_back_and_records_an_event(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    raw = q.claim("w1", lease_ms=5000).tasks[0]
+    reply = settle_one(q, raw, "done", json.dumps({"answer": 42}))
+    assert reply.rejected == [] and reply.drained
+    task = q.task("1")
+    assert (task.status, task.result, task.completions) == (Status.DONE, {"answer": 42}, 1)
+    assert task.finished_at is not None and task.started_at is not None
+    assert not q.client.exists(q.keys.lease("1"))
+    assert q.client.zcard(q.keys.inflight) == 0
+    assert [e["event"] for e in q.events()] == ["done"]
+
+
+def test_completion_is_announced_on_the_progress_channel(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    pubsub = q.client.pubsub()
+    pubsub.subscribe(q.keys.progress_channel)
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    settle_one(q, q.claim("w1", lease_ms=5000).tasks[0])
+    message = pubsub.get_message(timeout=1)
+    assert message["data"] == "done 1"
+    pubsub.close()
+
+
+def test_duplicate_completion_is_rejected_and_counted_once(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    raw = q.claim("w1", lease_ms=5000).tasks[0]
+    settle_one(q, raw)
+    assert settle_one(q, raw).rejected == ["1"]
+    assert q.task("1").completions == 1
+    assert audit(q).completed_twice == 0
+
+
+def test_late_completion_after_lease_expiry_is_rejected_and_not_recorded(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    raw = q.claim("w1", lease_ms=30).tasks[0]
+    time.sleep(0.08)  # Redis expires the lease key
+    assert settle_one(q, raw).rejected == ["1"]
+    task = q.task("1")
+    assert task.status == Status.RUNNING and task.completions == 0
+    assert [e["event"] for e in q.events()] == ["rejected"]
+
+
+def test_expired_lease_returns_task_to_ready_exactly_once(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    q.claim("w1", lease_ms=30)
+    time.sleep(0.08)
+    results = [q.reap(now=time.time() + 60) for _ in range(3)]  # three reapers, one after another
+    assert sum(r.returned for r in results) == 1
+    assert q.client.lrange(q.keys.ready, 0, -1) == ["1"]
+    assert q.task("1").status == Status.QUEUED
+    assert "lease expired on worker w1" in q.task("1").error
+    assert [e["event"] for e in q.events()] == ["expired"]
+
+
+def test_reaper_leaves_a_live_lease_alone_even_with_a_clock_far_ahead(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    q.claim("w1", lease_ms=60_000)
+    assert q.reap(now=time.time() + 3600).returned == 0
+    assert q.task("1").status == Status.RUNNING
+
+
+def test_reaped_task_is_claimed_again_with_a_new_token_and_old_owner_is_fenced_out(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    old = q.claim("w1", lease_ms=30).tasks[0]
+    time.sleep(0.08)
+    q.reap(now=time.time() + 60)
+    new = q.claim("w2", lease_ms=5000).tasks[0]
+    assert (new["worker"], new["attempt"]) == ("w2", "2")
+    assert settle_one(q, old, worker="w1").rejected == ["1"]
+    assert settle_one(q, new, worker="w2").rejected == []
+    assert q.task("1").completions == 1
+
+
+def test_failed_task_is_retried_after_backoff(make_queue):
+    clock = FakeClock()
+    q = make_queue(clock=clock)
+    generate(q, 1, max_attempts=3)
+    raw = q.claim("w1", lease_ms=5000).tasks[0]
+    reply = settle_one(q, raw, "retry", "ValueError: boom", backoff_s=2.0)
+    assert q.task("1").status == Status.SCHEDULED and q.task("1").error == "ValueError: boom"
+    assert reply.next_due == pytest.approx(clock.now + 2.0)
+    assert q.claim("w1", lease_ms=5000).tasks == []  # not due yet
+    clock.now += 2.5
+    again = q.claim("w1", lease_ms=5000).tasks
+    assert [(t["id"], t["attempt"]) for t in again] == [("1", "2")]
+
+
+def test_task_that_uses_all_attempts_is_dead_lettered_with_its_last_error(make_queue):
+    clock = FakeClock()
+    q = make_queue(clock=clock)
+    generate(q, 1, max_attempts=2)
+    for attempt in (1, 2):
+        raw = q.claim("w1", lease_ms=5000).tasks[0]
+        settle_one(q, raw, "retry", f"boom {attempt}")
+        clock.now += 10
+    task = q.task("1")
+    assert (task.status, task.error, task.attempt) == (Status.DEAD, "boom 2", 2)
+    assert q.client.lrange(q.keys.dead, 0, -1) == ["1"]
+    assert q.claim("w1", lease_ms=5000).drained
+
+
+def test_expired_lease_on_the_last_attempt_dead_letters_the_task(make_queue):
+    q = make_queue()
+    generate(q, 1, max_attempts=1)
+    q.claim("w1", lease_ms=30)
+    time.sleep(0.08)
+    assert q.reap(now=time.time() + 60).buried == 1
+    assert q.task("1").status == Status.DEAD
+    assert "no attempts left" in q.task("1").error
+
+
+def test_queue_in_ready_whose_hash_is_missing_is_dead_lettered(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    q.client.lpush(q.keys.ready, "ghost")
+    claimed = q.claim("w1", lease_ms=5000, count=5).tasks
+    assert [t["id"] for t in claimed] == ["1"]
+    ghost = q.client.hgetall(q.keys.task("ghost"))
+    assert ghost["status"] == "dead" and "does not exist" in ghost["error"]
+    assert q.client.lrange(q.keys.dead, 0, -1) == ["ghost"]
+    assert q.counters()["total"] == 2  # the orphan is counted, so termination still adds up
+
+
+def test_stale_duplicate_id_in_ready_is_dropped_not_run_twice(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    settle_one(q, q.claim("w1", lease_ms=5000).tasks[0])
+    q.client.lpush(q.keys.ready, "1")  # someone pushes a finished task again
+    assert q.claim("w1", lease_ms=5000).tasks == []
+    assert q.task("1").completions == 1
+    assert q.counters()["dropped"] == 1
+
+
+def test_claim_reports_drained_only_when_every_task_is_terminal(make_queue):
+    q = make_queue()
+    generate(q, 2)
+    first = q.claim("w1", lease_ms=5000).tasks[0]
+    second = q.claim("w2", lease_ms=5000).tasks[0]
+    assert not q.claim("w3", lease_ms=5000).drained  # ready is empty but two tasks are in flight
+    settle_one(q, first)
+    assert not q.claim("w3", lease_ms=5000).drained
+    settle_one(q, second, worker="w2")
+    assert q.claim("w3", lease_ms=5000).drained and q.drained()
+
+
+def test_heartbeat_renews_a_held_lease_and_reports_a_lost_one(make_queue):
+    q = make_queue()
+    generate(q, 2)
+    a, b = q.claim("w1", lease_ms=200, count=2).tasks
+    q.client.delete(q.keys.lease(b["id"]))  # as if Redis had expired it
+    lost = q.heartbeat([(a["id"], "w1#1"), (b["id"], "w1#1")], lease_ms=60_000)
+    assert lost == [b["id"]]
+    assert q.client.pttl(q.keys.lease(a["id"])) > 1000
+
+
+def test_enqueue_wakes_an_idle_worker(make_queue):
+    q = make_queue()
+    q.client.delete(q.keys.signal)
+    generate(q, 1)
+    assert q.wait_for_work(0.5)
+
+
+def test_purge_deletes_only_this_queues_keys(make_queue, queue_name):
+    mine, other = make_queue(), make_queue(queue_name + "-other")
+    generate(mine, 3)
+    generate(other, 3)
+    q_keys = set(mine.client.scan_iter(match=mine.keys.pattern))
+    assert mine.purge() == len(q_keys)
+    assert list(mine.client.scan_iter(match=mine.keys.pattern)) == []
+    assert other.client.llen(other.keys.ready) == 3
+
+
+def test_a_finished_run_leaves_exactly_the_documented_keys(make_queue, make_worker):
+    q = make_queue()
+    generate(q, 3)
+    make_worker().run()
+    k = q.keys
+    expected = {k.task(i) for i in ("1", "2", "3")} | {k.stats, k.events, k.next_id, k.signal}
+    assert set(q.client.scan_iter(match=k.pattern)) == expected
+
+
+def test_every_key_of_a_queue_shares_one_cluster_hash_tag():
+    k = Keys("demo")
+    names = k.script_keys() + [k.task("7"), k.lease("7"), k.next_id, k.finished_channel, k.progress_channel]
+    assert all(name.startswith("wqsim:{demo}:") for name in names)
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "star*", "{brace}", "x" * 65, 7])
+def test_bad_queue_names_are_rejected_naming_the_value(bad):
+    with pytest.raises(ValueError, match="queue name"):
+        Keys(bad)  # type: ignore[arg-type]
+
+
+def test_task_round_trips_through_its_hash():
+    task = make_tasks(["9"], kind="sleep", payload={"duration_ms": 3}, max_attempts=4)[0]
+    parsed = Task.from_hash(task.to_hash())
+    assert (parsed.id, parsed.kind, parsed.payload, parsed.max_attempts) == ("9", "sleep", {"duration_ms": 3}, 4)
