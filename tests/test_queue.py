@@ -18,9 +18,10 @@ class FakeClock:
         return self.now
 
 
-def settle_one(q: Queue, raw: dict, outcome: str = "done", value: str = "null", worker: str = "w1", backoff_s: float = 0.0):
-    token = f"{raw['worker']}#{raw['attempt']}"
-    return q.settle(worker, [Settlement(raw["id"], token, outcome, value)], lease_ms=1000, backoff_s=backoff_s)
+def settle_one(q: Queue, claim, outcome: str = "done", value: str = "null", worker: str = "w1", backoff_s: float = 0.0):
+    """Settle the first task of ``claim`` under its lease."""
+    task = claim.tasks[0]
+    return q.settle(worker, [Settlement(task.id, claim.lease, outcome, value, 1.0, 2.0)], lease_ms=1000, backoff_s=backoff_s)
 
 
 def test_enqueue_writes_hashes_and_pushes_ids_in_fifo_order(make_queue):
@@ -43,33 +44,45 @@ def test_claim_takes_oldest_task_under_a_fenced_lease(make_queue):
     q = make_queue()
     generate(q, 2)
     claim = q.claim("w1", lease_ms=5000)
-    assert [t["id"] for t in claim.tasks] == ["1"]
-    raw = claim.tasks[0]
-    assert (raw["status"], raw["worker"], raw["attempt"]) == ("running", "w1", "1")
-    assert q.client.get(q.keys.lease("1")) == "w1#1"
-    assert 0 < q.client.pttl(q.keys.lease("1")) <= 5000
-    assert q.client.zrange(q.keys.inflight, 0, -1) == ["1"]
+    assert [t.id for t in claim.tasks] == ["1"]
+    assert claim.lease == "w1#1"
+    assert (claim.tasks[0].kind, claim.tasks[0].attempt) == ("sleep", 1)
+    task = q.task("1")
+    assert (task.status, task.worker, task.lease, task.attempt) == (Status.RUNNING, "w1", "w1#1", 1)
+    assert q.client.get(q.keys.lease("w1#1")) == "w1"
+    assert 0 < q.client.pttl(q.keys.lease("w1#1")) <= 5000
+    assert q.client.smembers(q.keys.held("w1#1")) == {"1"}
+    assert q.client.zrange(q.keys.inflight, 0, -1) == ["w1#1"]
 
 
-def test_claim_of_several_tasks_is_one_call(make_queue):
+def test_claim_of_several_tasks_is_one_call_under_one_lease(make_queue):
     q = make_queue()
     generate(q, 5)
     claim = q.claim("w1", lease_ms=5000, count=3)
-    assert [t["id"] for t in claim.tasks] == ["1", "2", "3"]
+    assert [t.id for t in claim.tasks] == ["1", "2", "3"]
+    assert q.client.smembers(q.keys.held(claim.lease)) == {"1", "2", "3"}
+    assert q.client.zcard(q.keys.inflight) == 1
+
+
+def test_each_claim_gets_a_new_lease_id(make_queue):
+    q = make_queue()
+    generate(q, 2)
+    assert [q.claim("w1", lease_ms=5000).lease for _ in range(2)] == ["w1#1", "w1#2"]
 
 
 def test_completion_writes_result_back_and_records_an_event(make_queue):
     q = make_queue()
     generate(q, 1)
-    raw = q.claim("w1", lease_ms=5000).tasks[0]
-    reply = settle_one(q, raw, "done", json.dumps({"answer": 42}))
+    claim = q.claim("w1", lease_ms=5000)
+    reply = settle_one(q, claim, "done", json.dumps({"answer": 42}))
     assert reply.rejected == [] and reply.drained
     task = q.task("1")
     assert (task.status, task.result, task.completions) == (Status.DONE, {"answer": 42}, 1)
-    assert task.finished_at is not None and task.started_at is not None
-    assert not q.client.exists(q.keys.lease("1"))
+    assert (task.started_at, task.finished_at) == (1.0, 2.0)  # as the worker measured them
+    assert task.claimed_at is not None and task.enqueued_at is not None
+    assert not q.client.exists(q.keys.lease(claim.lease), q.keys.held(claim.lease))
     assert q.client.zcard(q.keys.inflight) == 0
-    assert [e["event"] for e in q.events()] == ["done"]
+    assert [(e["event"], e["id"]) for e in q.events()] == [("done", "1")]
 
 
 def test_completion_is_announced_on_the_progress_channel(make_queue):
@@ -78,7 +91,7 @@ def test_completion_is_announced_on_the_progress_channel(make_queue):
     pubsub = q.client.pubsub()
     pubsub.subscribe(q.keys.progress_channel)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
-    settle_one(q, q.claim("w1", lease_ms=5000).tasks[0])
+    settle_one(q, q.claim("w1", lease_ms=5000))
     message = pubsub.get_message(timeout=1)
     assert message["data"] == "done 1"
     pubsub.close()
@@ -87,9 +100,9 @@ def test_completion_is_announced_on_the_progress_channel(make_queue):
 def test_duplicate_completion_is_rejected_and_counted_once(make_queue):
     q = make_queue()
     generate(q, 1)
-    raw = q.claim("w1", lease_ms=5000).tasks[0]
-    settle_one(q, raw)
-    assert settle_one(q, raw).rejected == ["1"]
+    claim = q.claim("w1", lease_ms=5000, count=2)
+    settle_one(q, claim)
+    assert settle_one(q, claim).rejected == ["1"]
     assert q.task("1").completions == 1
     assert audit(q).completed_twice == 0
 
@@ -97,9 +110,9 @@ def test_duplicate_completion_is_rejected_and_counted_once(make_queue):
 def test_late_completion_after_lease_expiry_is_rejected_and_not_recorded(make_queue):
     q = make_queue()
     generate(q, 1)
-    raw = q.claim("w1", lease_ms=30).tasks[0]
+    claim = q.claim("w1", lease_ms=30)
     time.sleep(0.08)  # Redis expires the lease key
-    assert settle_one(q, raw).rejected == ["1"]
+    assert settle_one(q, claim).rejected == ["1"]
     task = q.task("1")
     assert task.status == Status.RUNNING and task.completions == 0
     assert [e["event"] for e in q.events()] == ["rejected"]
@@ -114,8 +127,9 @@ def test_expired_lease_returns_task_to_ready_exactly_once(make_queue):
     assert sum(r.returned for r in results) == 1
     assert q.client.lrange(q.keys.ready, 0, -1) == ["1"]
     assert q.task("1").status == Status.QUEUED
-    assert "lease expired on worker w1" in q.task("1").error
+    assert "lease w1#1 expired on worker w1" in q.task("1").error
     assert [e["event"] for e in q.events()] == ["expired"]
+    assert not q.client.exists(q.keys.held("w1#1"))
 
 
 def test_reaper_leaves_a_live_lease_alone_even_with_a_clock_far_ahead(make_queue):
@@ -129,11 +143,11 @@ def test_reaper_leaves_a_live_lease_alone_even_with_a_clock_far_ahead(make_queue
 def test_reaped_task_is_claimed_again_with_a_new_token_and_old_owner_is_fenced_out(make_queue):
     q = make_queue()
     generate(q, 1)
-    old = q.claim("w1", lease_ms=30).tasks[0]
+    old = q.claim("w1", lease_ms=30)
     time.sleep(0.08)
     q.reap(now=time.time() + 60)
-    new = q.claim("w2", lease_ms=5000).tasks[0]
-    assert (new["worker"], new["attempt"]) == ("w2", "2")
+    new = q.claim("w2", lease_ms=5000)
+    assert (new.lease, new.tasks[0].attempt) == ("w2#2", 2)
     assert settle_one(q, old, worker="w1").rejected == ["1"]
     assert settle_one(q, new, worker="w2").rejected == []
     assert q.task("1").completions == 1
@@ -143,14 +157,13 @@ def test_failed_task_is_retried_after_backoff(make_queue):
     clock = FakeClock()
     q = make_queue(clock=clock)
     generate(q, 1, max_attempts=3)
-    raw = q.claim("w1", lease_ms=5000).tasks[0]
-    reply = settle_one(q, raw, "retry", "ValueError: boom", backoff_s=2.0)
+    reply = settle_one(q, q.claim("w1", lease_ms=5000), "retry", "ValueError: boom", backoff_s=2.0)
     assert q.task("1").status == Status.SCHEDULED and q.task("1").error == "ValueError: boom"
     assert reply.next_due == pytest.approx(clock.now + 2.0)
     assert q.claim("w1", lease_ms=5000).tasks == []  # not due yet
     clock.now += 2.5
     again = q.claim("w1", lease_ms=5000).tasks
-    assert [(t["id"], t["attempt"]) for t in again] == [("1", "2")]
+    assert [(t.id, t.attempt) for t in again] == [("1", 2)]
 
 
 def test_task_that_uses_all_attempts_is_dead_lettered_with_its_last_error(make_queue):
@@ -158,8 +171,7 @@ def test_task_that_uses_all_attempts_is_dead_lettered_with_its_last_error(make_q
     q = make_queue(clock=clock)
     generate(q, 1, max_attempts=2)
     for attempt in (1, 2):
-        raw = q.claim("w1", lease_ms=5000).tasks[0]
-        settle_one(q, raw, "retry", f"boom {attempt}")
+        settle_one(q, q.claim("w1", lease_ms=5000), "retry", f"boom {attempt}")
         clock.now += 10
     task = q.task("1")
     assert (task.status, task.error, task.attempt) == (Status.DEAD, "boom 2", 2)
@@ -182,7 +194,7 @@ def test_queue_in_ready_whose_hash_is_missing_is_dead_lettered(make_queue):
     generate(q, 1)
     q.client.lpush(q.keys.ready, "ghost")
     claimed = q.claim("w1", lease_ms=5000, count=5).tasks
-    assert [t["id"] for t in claimed] == ["1"]
+    assert [t.id for t in claimed] == ["1"]
     ghost = q.client.hgetall(q.keys.task("ghost"))
     assert ghost["status"] == "dead" and "does not exist" in ghost["error"]
     assert q.client.lrange(q.keys.dead, 0, -1) == ["ghost"]
@@ -192,7 +204,7 @@ def test_queue_in_ready_whose_hash_is_missing_is_dead_lettered(make_queue):
 def test_stale_duplicate_id_in_ready_is_dropped_not_run_twice(make_queue):
     q = make_queue()
     generate(q, 1)
-    settle_one(q, q.claim("w1", lease_ms=5000).tasks[0])
+    settle_one(q, q.claim("w1", lease_ms=5000))
     q.client.lpush(q.keys.ready, "1")  # someone pushes a finished task again
     assert q.claim("w1", lease_ms=5000).tasks == []
     assert q.task("1").completions == 1
@@ -202,8 +214,8 @@ def test_stale_duplicate_id_in_ready_is_dropped_not_run_twice(make_queue):
 def test_claim_reports_drained_only_when_every_task_is_terminal(make_queue):
     q = make_queue()
     generate(q, 2)
-    first = q.claim("w1", lease_ms=5000).tasks[0]
-    second = q.claim("w2", lease_ms=5000).tasks[0]
+    first = q.claim("w1", lease_ms=5000)
+    second = q.claim("w2", lease_ms=5000)
     assert not q.claim("w3", lease_ms=5000).drained  # ready is empty but two tasks are in flight
     settle_one(q, first)
     assert not q.claim("w3", lease_ms=5000).drained
@@ -211,14 +223,46 @@ def test_claim_reports_drained_only_when_every_task_is_terminal(make_queue):
     assert q.claim("w3", lease_ms=5000).drained and q.drained()
 
 
-def test_heartbeat_renews_a_held_lease_and_reports_a_lost_one(make_queue):
+def test_heartbeat_renews_a_live_lease_and_reports_a_lost_one(make_queue):
     q = make_queue()
     generate(q, 2)
-    a, b = q.claim("w1", lease_ms=200, count=2).tasks
-    q.client.delete(q.keys.lease(b["id"]))  # as if Redis had expired it
-    lost = q.heartbeat([(a["id"], "w1#1"), (b["id"], "w1#1")], lease_ms=60_000)
-    assert lost == [b["id"]]
-    assert q.client.pttl(q.keys.lease(a["id"])) > 1000
+    a, b = q.claim("w1", lease_ms=200).lease, q.claim("w1", lease_ms=200).lease
+    q.client.delete(q.keys.lease(b))  # as if Redis had expired it
+    assert q.heartbeat([a, b], lease_ms=60_000) == [b]
+    assert q.client.pttl(q.keys.lease(a)) > 1000
+    assert not q.client.exists(q.keys.lease(b))  # a lost lease is never resurrected
+
+
+def test_work_package_is_claimed_whole_under_one_lease_in_one_call(make_queue):
+    q = make_queue()
+    generate(q, 7, package_size=3)
+    assert q.client.lrange(q.keys.ready, 0, -1) == ["pkg:3", "pkg:2", "pkg:1"]
+    claim = q.claim("w1", lease_ms=5000, count=1)  # count does not split a package
+    assert claim.lease == "w1#1@1" and [t.id for t in claim.tasks] == ["1", "2", "3"]
+    assert q.task("2").package == "1"
+    assert [t.id for t in q.claim("w1", lease_ms=5000, count=100).tasks] == ["4", "5", "6"]
+
+
+def test_a_package_is_not_mixed_into_a_batch_of_single_tasks(make_queue):
+    q = make_queue()
+    generate(q, 2)
+    generate(q, 2, package_size=2)
+    first = q.claim("w1", lease_ms=5000, count=10)
+    assert [t.id for t in first.tasks] == ["1", "2"] and "@" not in first.lease
+    assert [t.id for t in q.claim("w1", lease_ms=5000, count=10).tasks] == ["3", "4"]
+
+
+def test_expired_package_returns_only_its_unfinished_tasks_as_a_package(make_queue):
+    q = make_queue()
+    generate(q, 4, package_size=4)
+    claim = q.claim("w1", lease_ms=40)
+    q.settle("w1", [Settlement(t, claim.lease, "done", "null") for t in ("1", "2")], lease_ms=1000)
+    time.sleep(0.1)
+    assert q.reap(now=time.time() + 60).returned == 2
+    assert q.client.lrange(q.keys.ready, 0, -1) == ["pkg:1"]
+    again = q.claim("w2", lease_ms=5000)
+    assert [(t.id, t.attempt) for t in again.tasks] == [("3", 2), ("4", 2)]
+    assert [q.task(i).status for i in ("1", "2")] == [Status.DONE, Status.DONE]
 
 
 def test_enqueue_wakes_an_idle_worker(make_queue):
@@ -244,12 +288,14 @@ def test_a_finished_run_leaves_exactly_the_documented_keys(make_queue, make_work
     make_worker().run()
     k = q.keys
     expected = {k.task(i) for i in ("1", "2", "3")} | {k.stats, k.events, k.next_id, k.signal}
+    # No lease, held set, package or inflight entry outlives its claim.
     assert set(q.client.scan_iter(match=k.pattern)) == expected
 
 
 def test_every_key_of_a_queue_shares_one_cluster_hash_tag():
     k = Keys("demo")
-    names = k.script_keys() + [k.task("7"), k.lease("7"), k.next_id, k.finished_channel, k.progress_channel]
+    names = k.script_keys() + [k.task("7"), k.lease("w#1"), k.held("w#1"), k.package("3"), k.next_id,
+                               k.finished_channel, k.progress_channel]
     assert all(name.startswith("wqsim:{demo}:") for name in names)
 
 

@@ -8,10 +8,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
-from wqsim import ChaosConfig, HandlerRegistry, Queue, Reaper, Status, Worker, WorkerConfig, audit, generate
+from wqsim import (
+    ChaosConfig, HandlerRegistry, Queue, Reaper, Settlement, Status, Worker, WorkerConfig, audit, generate,
+)
 from wqsim.chaos import draw
 
 
@@ -41,7 +44,8 @@ def test_hung_worker_loses_its_lease_and_its_late_result_is_rejected(client, que
     generate(q, 1, kind="hang_once", max_attempts=3)
     cfg = WorkerConfig(lease_s=0.1, idle_wait_s=0.02)
     reaper = Reaper(Queue(client, queue_name), interval_s=0.02).start()
-    hung = Worker(client, queue_name, "hung", cfg, registry=handlers)
+    # A hung process sends no heartbeats either: model it with pings off.
+    hung = Worker(client, queue_name, "hung", replace(cfg, heartbeat=False), registry=handlers)
     hung_thread = threading.Thread(target=hung.run)
     hung_thread.start()
     time.sleep(0.05)
@@ -56,6 +60,49 @@ def test_hung_worker_loses_its_lease_and_its_late_result_is_rejected(client, que
     assert events == [("expired", "hung"), ("done", "rescuer"), ("rejected", "hung")]
     assert audit(q).clean
     q.purge()
+
+
+def test_heartbeats_keep_a_long_task_alive_past_its_lease(client, queue_name):
+    q = Queue(client, queue_name)
+    generate(q, 1, duration_ms=600, max_attempts=1)
+    reaper = Reaper(Queue(client, queue_name), interval_s=0.02).start()
+    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=0.2, ping_interval_s=0.05, idle_wait_s=0.02))
+    worker.run()
+    reaper.stop()
+    task = q.task("1")
+    assert (task.status, task.attempt, task.completions) == (Status.DONE, 1, 1)  # three leases long, never reaped
+    assert worker.stats.leases_lost == 0 and q.counters().get("expired", 0) == 0
+
+
+def test_without_heartbeats_the_same_task_is_reaped_and_its_result_rejected(client, queue_name):
+    q = Queue(client, queue_name)
+    generate(q, 1, duration_ms=600, max_attempts=1)
+    reaper = Reaper(Queue(client, queue_name), interval_s=0.02).start()
+    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=0.2, heartbeat=False, idle_wait_s=0.02))
+    worker.run()
+    reaper.stop()
+    assert q.task("1").status == Status.DEAD and "no attempts left" in q.task("1").error
+    assert worker.stats.rejected == 1
+
+
+def test_a_worker_that_finds_its_lease_lost_stops_the_package_and_records_nothing(client, queue_name):
+    q = Queue(client, queue_name)
+    generate(q, 5, duration_ms=100, package_size=5)
+    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=5, ping_interval_s=0.05, idle_wait_s=0.02))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    deadline = time.time() + 5
+    while not q.client.exists(q.keys.lease("w1#1@1")) and time.time() < deadline:
+        time.sleep(0.005)
+    q.client.delete(q.keys.lease("w1#1@1"))  # Redis "expires" the package's lease mid-task
+    worker.stop()  # claim nothing after this package
+    thread.join(5)
+    assert worker.stats.leases_lost == 1
+    assert worker.stats.performed < 5  # it stopped working on the package at the next ping
+    assert q.counters().get("done", 0) == 0  # and recorded none of its results
+    assert q.reap(now=time.time() + 60).returned == 5
+    assert q.client.lrange(q.keys.ready, 0, -1) == ["pkg:1"]
+    assert audit(q).lost == 0
 
 
 def test_thread_mode_chaos_run_ends_with_a_clean_audit(client, queue_name):
@@ -101,9 +148,8 @@ def test_audit_counts_executions_beyond_completions(make_queue):
     q.claim("w1", lease_ms=20)
     time.sleep(0.06)
     q.reap(now=time.time() + 60)
-    raw = q.claim("w2", lease_ms=5000).tasks[0]
-    from wqsim import Settlement
-    q.settle("w2", [Settlement("1", f"w2#{raw['attempt']}", "done", "null")], lease_ms=1000)
+    claim = q.claim("w2", lease_ms=5000)
+    q.settle("w2", [Settlement("1", claim.lease, "done", "null")], lease_ms=1000)
     result = audit(q)
     assert (result.executions, result.completions, result.duplicate_executions, result.expired) == (2, 1, 1, 1)
 

@@ -1,9 +1,10 @@
 """The audit: read a queue's Redis state and prove that nothing was lost or done twice.
 
 It trusts no worker and no log line. Every task hash is checked against the
-structure its status says it must be in (queued -> ready list, running ->
-inflight index, scheduled -> delayed set, dead -> dead-letter list), and the
-durable event stream is counted independently of the hashes' counters.
+structure its status says it must be in (queued -> the ready list or a work
+package in it, running -> a live claim, scheduled -> the delayed set, dead ->
+the dead-letter list), and the durable event stream is counted independently
+of the hashes' counters.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from .task import Status
 
 # Where a task of each non-terminal status must be found; None: nowhere in particular.
 _HOME = {
-    Status.QUEUED: "ready",
-    Status.RUNNING: "inflight",
-    Status.SCHEDULED: "delayed",
+    Status.QUEUED: "queued",
+    Status.RUNNING: "running",
+    Status.SCHEDULED: "scheduled",
     Status.DEAD: "dead",
     Status.DONE: None,
     Status.CANCELLED: None,
@@ -82,13 +83,7 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
             raise ValueError("audit(client, queue): the queue name is required with a client")
         q = Queue(client_or_queue, queue)
     k = q.keys
-    pipe = q.client.pipeline(transaction=True)  # one consistent snapshot of the containers
-    pipe.lrange(k.ready, 0, -1)
-    pipe.zrange(k.inflight, 0, -1)
-    pipe.zrange(k.delayed, 0, -1)
-    pipe.lrange(k.dead, 0, -1)
-    ready, inflight, delayed, dead = (set(x) for x in pipe.execute())
-    homes = {"ready": ready, "inflight": inflight, "delayed": delayed, "dead": dead}
+    homes = {name: set(ids) for name, ids in q.snapshot().items()}  # one atomic read
 
     statuses: Counter[Status] = Counter()
     lost: list[str] = []
@@ -114,9 +109,10 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
     done_events: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     for _, fields in q.client.xrange(k.events):
-        counts[fields["event"]] += 1
+        ids = fields["id"].split(" ")  # a 'done' entry lists every task one settle call finished
+        counts[fields["event"]] += len(ids)
         if fields["event"] == "done":
-            done_events[fields["id"]] += 1
+            done_events.update(ids)
     twice.update(task_id for task_id, n in done_events.items() if n > 1)
 
     return Audit(

@@ -41,7 +41,13 @@ class WorkerConfig:
         backoff_s * 2**(attempt - 1) seconds, capped at backoff_max_s.
     idle_wait_s: longest single wait for a wake-up signal while idle. It is a
         safety net; workers are woken by signals, not by polling.
-    batch_size: tasks claimed per round trip.
+    batch_size: tasks claimed per round trip, all under one lease.
+    heartbeat: renew the lease from a background thread while tasks run
+        ("pings"), so long work is not reaped; every ping_interval_s seconds
+        (default lease_s / 3).
+    flush_interval_s: within a batch or package, completed tasks are recorded
+        at most this long after they finish (batched into one round trip), so a
+        worker that dies mid-package loses only its unfinished tasks.
     exit_when_drained: stop (and publish "finished") once every task of the
         queue is terminal; False keeps the worker serving, as a daemon would.
     reconnect_s: how long to keep reconnecting to an unreachable Redis before giving up.
@@ -52,15 +58,29 @@ class WorkerConfig:
     backoff_max_s: float = 5.0
     idle_wait_s: float = 1.0
     batch_size: int = 1
+    heartbeat: bool = True
+    ping_interval_s: float | None = None
+    flush_interval_s: float = 0.01
     exit_when_drained: bool = True
     reconnect_s: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("lease_s", "backoff_s", "backoff_max_s", "idle_wait_s", "reconnect_s"):
+        for name in ("lease_s", "backoff_s", "backoff_max_s", "idle_wait_s", "reconnect_s", "flush_interval_s"):
             _positive(name, getattr(self, name))
         _at_least("batch_size", self.batch_size, 1)
         if self.lease_s < 0.01:
             raise ValueError(f"lease_s must be at least 0.01 s (got {self.lease_s!r})")
+        if self.ping_interval_s is not None:
+            _positive("ping_interval_s", self.ping_interval_s)
+            if not self.lease_s > self.ping_interval_s:
+                raise ValueError(
+                    f"lease_s must be longer than ping_interval_s "
+                    f"(got {self.lease_s!r} <= {self.ping_interval_s!r})"
+                )
+
+    @property
+    def ping_every_s(self) -> float:
+        return self.ping_interval_s if self.ping_interval_s is not None else self.lease_s / 3
 
     @property
     def lease_ms(self) -> int:

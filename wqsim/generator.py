@@ -34,12 +34,15 @@ def generate(
     duration_ms: float = 10.0,
     kind: str = "sleep",
     max_attempts: int = 3,
+    package_size: int | None = None,
     logger: logging.Logger | None = None,
 ) -> list[str]:
     """Create ``count`` sleep tasks and push their ids onto the queue's ready list.
 
     The seed wrote hashes and pushed keys one command at a time; here the whole
-    batch is one pipelined MULTI/EXEC, so it is fast and all-or-nothing.
+    batch is one pipelined MULTI/EXEC, so it is fast and all-or-nothing. With
+    ``package_size``, tasks are bundled into work packages of that many tasks
+    (the seed's Scaling section), each claimed as one unit under one lease.
     Returns the new task ids.
     """
     logger = logger or log
@@ -48,6 +51,8 @@ def generate(
     payload: dict[str, Any] = {"duration_ms": duration_ms} if kind == "sleep" else {}
     ids = queue.allocate_ids(count)
     tasks = make_tasks(ids, kind=kind, payload=payload, max_attempts=max_attempts, clock=queue.clock)
-    queue.enqueue(tasks)
+    packages = queue.enqueue(tasks, package_size=package_size)
     logger.info("Created %d work items out of %d", len(tasks), count)
+    if packages:
+        logger.info("Bundled them into %d work packages of up to %d", len(packages), package_size)
     return ids

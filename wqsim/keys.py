@@ -11,6 +11,15 @@ import re
 from dataclasses import dataclass
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Task and worker ids: no ':' (package entries), '#' or '@' (lease ids), no glob characters.
+ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def check_id(what: str, value: str) -> str:
+    """Return ``value`` if it is a valid task or worker id, else raise ValueError naming it."""
+    if not isinstance(value, str) or not ID.match(value):
+        raise ValueError(f"{what} must be 1-128 characters of letters, digits, '_', '.' or '-' (got {value!r})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ class Keys:
 
     @property
     def inflight(self) -> str:
-        """ZSET task id -> lease deadline (epoch s); an index for the reaper."""
+        """ZSET lease id -> lease deadline (epoch s); the reaper's index of live claims."""
         return self.prefix + "inflight"
 
     @property
@@ -53,7 +62,8 @@ class Keys:
 
     @property
     def stats(self) -> str:
-        """HASH of counters: total, done, dead, retried, expired, dropped, rejected."""
+        """HASH of counters (total, done, dead, retried, expired, dropped, rejected)
+        and the sequences that lease and package ids are drawn from."""
         return self.prefix + "stats"
 
     @property
@@ -87,9 +97,22 @@ class Keys:
         """HASH holding one task: kind, payload, status, attempt, result, times."""
         return f"{self.prefix}task:{task_id}"
 
-    def lease(self, task_id: str) -> str:
-        """STRING fencing token "<worker>#<attempt>" with a TTL: the lease."""
-        return f"{self.prefix}lease:{task_id}"
+    def lease(self, lease_id: str) -> str:
+        """STRING (the worker id) with a TTL: the claim ``lease_id`` is alive while it exists."""
+        return f"{self.prefix}lease:{lease_id}"
+
+    def held(self, lease_id: str) -> str:
+        """SET of the task ids that claim ``lease_id`` still holds (no TTL: the reaper reads it)."""
+        return f"{self.prefix}held:{lease_id}"
+
+    def package(self, package_id: str) -> str:
+        """LIST of the task ids of a work package waiting to be claimed as one unit."""
+        return f"{self.prefix}package:{package_id}"
+
+    @staticmethod
+    def package_entry(package_id: str) -> str:
+        """How a package appears in the ready list (task ids never contain ':')."""
+        return f"pkg:{package_id}"
 
     @property
     def pattern(self) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import redis
 
-from .keys import Keys
+from .keys import Keys, check_id
 from .scripts import scripts_for
-from .task import Status, Task, pairs_to_dict
+from .task import Status, Task
 
 Clock = Callable[[], float]
 Outcome = Literal["done", "retry", "dead"]
@@ -27,16 +27,28 @@ class Settlement:
     """What a worker reports for one claimed task."""
 
     task_id: str
-    token: str
+    lease: str       # the lease id the task was claimed under: the fencing token
     outcome: Outcome
-    value: str  # result JSON for 'done', error text otherwise
+    value: str       # result JSON for 'done', error text otherwise
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+class Claimed(NamedTuple):
+    """One task as claim.lua hands it over; kind or payload is None in a malformed hash."""
+
+    id: str
+    kind: str | None
+    payload: str | None
+    attempt: int
 
 
 @dataclass(frozen=True)
 class Claim:
     """The reply to a claim: tasks now leased to the caller, and what to do if none."""
 
-    tasks: list[dict[str, str]] = field(default_factory=list)
+    lease: str | None = None
+    tasks: list[Claimed] = field(default_factory=list)
     drained: bool = False
     next_due: float | None = None  # when the earliest scheduled retry becomes due
     rejected: list[str] = field(default_factory=list)
@@ -73,26 +85,46 @@ class Queue:
         last = self.client.incrby(self.keys.next_id, count)
         return [str(i) for i in range(last - count + 1, last + 1)]
 
-    def enqueue(self, tasks: Sequence[Task]) -> None:
-        """Write task hashes and push their ids, in one MULTI/EXEC transaction.
+    def enqueue(self, tasks: Sequence[Task], package_size: int | None = None) -> list[str]:
+        """Write task hashes and queue them, in one MULTI/EXEC transaction.
 
-        All or nothing: a crash mid-way leaves no half-enqueued batch, and
-        the ``total`` counter always matches the tasks actually written.
+        All or nothing: a crash mid-way leaves no half-enqueued batch, and the
+        ``total`` counter always matches the tasks actually written. With
+        ``package_size``, consecutive tasks are bundled into work packages that a
+        worker claims as one unit under one lease. Returns the package ids.
         """
         if not tasks:
-            return
+            return []
+        if package_size is not None and (isinstance(package_size, bool) or not isinstance(package_size, int) or package_size < 1):
+            raise ValueError(f"package_size must be an integer >= 1 (got {package_size!r})")
         k = self.keys
-        pipe = self.client.pipeline(transaction=True)
         for task in tasks:
-            pipe.hset(k.task(task.id), mapping=task.to_hash())
+            check_id("task id", task.id)
+        pipe = self.client.pipeline(transaction=True)
+        package_ids: list[str] = []
+        if package_size:
+            groups = [tasks[i:i + package_size] for i in range(0, len(tasks), package_size)]
+            last = self.client.hincrby(k.stats, "packages", len(groups))
+            package_ids = [str(p) for p in range(last - len(groups) + 1, last + 1)]
+            for pid, group in zip(package_ids, groups):
+                for task in group:
+                    pipe.hset(k.task(task.id), mapping={**task.to_hash(), "package": pid})
+                pipe.rpush(k.package(pid), *(t.id for t in group))
+            entries = [k.package_entry(pid) for pid in package_ids]
+        else:
+            for task in tasks:
+                pipe.hset(k.task(task.id), mapping=task.to_hash())
+            entries = [t.id for t in tasks]
         pipe.hincrby(k.stats, "total", len(tasks))
-        pipe.lpush(k.ready, *(t.id for t in tasks))
+        pipe.lpush(k.ready, *entries)
         pipe.lpush(k.signal, "1")
         pipe.ltrim(k.signal, 0, 0)
         pipe.execute()
+        return package_ids
 
     # -- consuming ---------------------------------------------------------------
     def claim(self, worker: str, lease_ms: int, count: int = 1) -> Claim:
+        """Claim up to ``count`` ready tasks, or one whole work package, under one lease."""
         reply = self._run("claim", worker, repr(self.clock()), lease_ms, count)
         return _claim_from(reply, rejected=[])
 
@@ -104,24 +136,29 @@ class Queue:
         claim_next: int = 0,
         backoff_s: float = 0.0,
     ) -> Claim:
-        """Record outcomes (fenced by each lease token) and claim up to ``claim_next`` more."""
-        flat: list[str] = []
-        n = 0
+        """Record outcomes (each fenced by its lease) and claim up to ``claim_next`` more, in one call."""
+        flat: list[object] = []
         for s in settlements:
-            flat += [s.task_id, s.token, s.outcome, s.value]
-            n += 1
-        reply = self._run("settle", worker, repr(self.clock()), lease_ms, claim_next, n, *flat, repr(backoff_s))
+            flat += (s.task_id, s.lease, s.outcome, s.value, repr(s.started_at), repr(s.finished_at))
+        reply = self._run("settle", worker, repr(self.clock()), lease_ms, claim_next, repr(backoff_s), len(flat) // 6, *flat)
         return _claim_from(reply[1:], rejected=list(reply[0]))
 
-    def heartbeat(self, leases: Iterable[tuple[str, str]], lease_ms: int) -> list[str]:
-        """Renew (task id, token) leases still held; return the ids whose lease was lost."""
-        flat = [part for pair in leases for part in pair]
-        return list(self._run("heartbeat", repr(self.clock()), lease_ms, *flat))
+    def heartbeat(self, leases: Iterable[str], lease_ms: int) -> list[str]:
+        """Renew leases that are still alive; return the ids of those that were lost."""
+        leases = list(leases)
+        if not leases:
+            return []
+        return list(self._run("heartbeat", repr(self.clock()), lease_ms, *leases))
 
     def reap(self, limit: int = 1000, now: float | None = None) -> ReapResult:
-        """Return tasks whose lease key has expired; see lua/reap.lua."""
+        """Return the tasks of leases whose key Redis has expired; see lua/reap.lua."""
         returned, buried = self._run("reap", repr(self.clock() if now is None else now), limit)
         return ReapResult(int(returned), int(buried))
+
+    def snapshot(self) -> dict[str, list[str]]:
+        """Task ids in each structure, read atomically: queued, running, scheduled, dead."""
+        queued, running, scheduled, dead = self._run("snapshot")
+        return {"queued": queued, "running": running, "scheduled": scheduled, "dead": dead}
 
     def wait_for_work(self, timeout_s: float) -> bool:
         """Block until a wake-up signal arrives or ``timeout_s`` passes. No polling loop."""
@@ -195,9 +232,10 @@ class Queue:
 
 
 def _claim_from(reply: list, rejected: list[str]) -> Claim:
-    drained, next_due, *tasks = reply
+    drained, next_due, lease, *flat = reply
     return Claim(
-        tasks=[pairs_to_dict(flat) for flat in tasks],
+        lease=lease or None,
+        tasks=[Claimed(flat[i], flat[i + 1], flat[i + 2], int(flat[i + 3])) for i in range(0, len(flat), 4)],
         drained=bool(int(drained)),
         next_due=float(next_due) if next_due not in ("", None) else None,
         rejected=rejected,

@@ -43,18 +43,16 @@ class Task:
     status: Status = Status.QUEUED
     attempt: int = 0
     worker: str = ""
+    lease: str = ""          # the claim this attempt runs under; its id is the fencing token
+    package: str = ""        # the work package the task was bundled into, if any
     created_at: float | None = None
     enqueued_at: float | None = None
+    claimed_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
     result: Any = None
     error: str = ""
     completions: int = 0
-
-    @property
-    def token(self) -> str:
-        """The fencing token of the current attempt, as claim.lua wrote it to the lease key."""
-        return f"{self.worker}#{self.attempt}"
 
     def to_hash(self) -> dict[str, str]:
         """Fields written when the task is enqueued."""
@@ -64,7 +62,6 @@ class Task:
             "payload": json.dumps(self.payload, separators=(",", ":")),
             "max_attempts": str(self.max_attempts),
             "status": self.status.value,
-            "attempt": str(self.attempt),
         }
         for name in ("created_at", "enqueued_at"):
             value = getattr(self, name)
@@ -81,12 +78,7 @@ class Task:
         missing = [name for name in ("kind", "payload") if name not in fields]
         if missing:
             raise MalformedTask(f"task {task_id} is missing field(s): {', '.join(missing)}")
-        try:
-            payload = json.loads(fields["payload"])
-        except json.JSONDecodeError as exc:
-            raise MalformedTask(f"task {task_id} has a payload that is not valid JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise MalformedTask(f"task {task_id} has a payload that is not a JSON object")
+        payload = parse_payload(task_id, fields["payload"])
         try:
             result = json.loads(fields["result"]) if fields.get("result") else None
             return cls(
@@ -97,8 +89,11 @@ class Task:
                 status=Status(fields.get("status", "queued")),
                 attempt=int(fields.get("attempt", 0)),
                 worker=fields.get("worker", ""),
+                lease=fields.get("lease", ""),
+                package=fields.get("package", ""),
                 created_at=_float(fields.get("created_at")),
                 enqueued_at=_float(fields.get("enqueued_at")),
+                claimed_at=_float(fields.get("claimed_at")),
                 started_at=_float(fields.get("started_at")),
                 finished_at=_float(fields.get("finished_at")),
                 result=result,
@@ -113,6 +108,14 @@ def _float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-def pairs_to_dict(flat: list[str]) -> dict[str, str]:
-    """HGETALL as returned from Lua (a flat list) to a dict."""
-    return dict(zip(flat[::2], flat[1::2]))
+def parse_payload(task_id: str, raw: str | None) -> dict[str, Any]:
+    """A payload field as a dict; MalformedTask (naming the task) if it is missing or not a JSON object."""
+    if raw is None:
+        raise MalformedTask(f"task {task_id} is missing field(s): payload")
+    try:
+        payload = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise MalformedTask(f"task {task_id} has a payload that is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise MalformedTask(f"task {task_id} has a payload that is not a JSON object")
+    return payload

@@ -2,9 +2,11 @@
 
 A worker never crashes on a bad task: a malformed hash or unknown kind is
 dead-lettered with a readable error, a handler exception is retried with
-backoff. If Redis goes away, the worker keeps its outcomes and retries the
-same fenced call after reconnecting; if its leases expired meanwhile, the
-settle is rejected and the reaper has already returned those tasks.
+backoff. While tasks run, a heartbeat thread renews the lease ("pings"); if
+Redis reports the lease lost, the worker stops working on that claim and
+records none of its results. If Redis goes away, the worker keeps its outcomes
+and retries the same fenced call after reconnecting; if its lease expired
+meanwhile, the settle is rejected and the reaper has returned those tasks.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from . import chaos as chaos_mod
 from .config import ChaosConfig, WorkerConfig
 from .handlers import HandlerRegistry, UnknownKind
 from .handlers import registry as default_registry
-from .queue import Claim, Clock, Queue, Settlement
-from .task import MalformedTask, Task
+from .keys import check_id
+from .queue import Claim, Claimed, Clock, Queue, Settlement
+from .task import MalformedTask, Status, Task, parse_payload
 
 log = logging.getLogger("wqsim.worker")
 
@@ -40,7 +43,7 @@ class RedisGone(RuntimeError):
 
 
 class _Abandoned(Exception):
-    """Chaos crash in thread mode: drop the task without settling it."""
+    """Chaos crash in thread mode: drop the claim without settling it."""
 
 
 @dataclass
@@ -51,6 +54,7 @@ class WorkerStats:
     dead: int = 0
     rejected: int = 0
     abandoned: int = 0
+    leases_lost: int = 0
 
 
 class Worker:
@@ -69,7 +73,7 @@ class Worker:
         in_own_process: bool = False,
     ) -> None:
         self.queue = Queue(client, queue, clock=clock)
-        self.id = worker_id
+        self.id = check_id("worker id", worker_id)
         self.config = config or WorkerConfig()
         self.registry = registry or default_registry
         self.chaos = chaos or ChaosConfig()
@@ -78,6 +82,12 @@ class Worker:
         self.stats = WorkerStats()
         self._in_own_process = in_own_process
         self._stopping = threading.Event()
+        self._finished = threading.Event()
+        self._frozen = threading.Event()  # chaos hang: the whole worker, heartbeat included, stalls
+        self._lock = threading.Lock()
+        self._held: set[str] = set()
+        self._lost: set[str] = set()
+        self._attempts: dict[str, int] = {}  # attempt numbers of failed tasks, for the backoff
 
     def stop(self) -> None:
         """Finish and settle the task(s) in hand, claim nothing more, then return."""
@@ -85,24 +95,26 @@ class Worker:
 
     def run(self) -> WorkerStats:
         cfg = self.config
-        claim = self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size()))
-        while True:
-            if claim.rejected:
-                self.stats.rejected += len(claim.rejected)
-                self.log.warning(
-                    "Worker %s: late result(s) for task(s) %s rejected; the lease had expired",
-                    self.id, ", ".join(claim.rejected),
-                )
-            if claim.tasks:
-                claim = self._perform_and_settle(claim)
-                continue
-            if self._stopping.is_set() or (claim.drained and cfg.exit_when_drained):
-                break
-            wait_s = cfg.idle_wait_s
-            if claim.next_due is not None:
-                wait_s = min(wait_s, max(claim.next_due - self.clock(), 0.001))
-            self._with_redis(lambda: self.queue.wait_for_work(wait_s))
+        pinger = None
+        if cfg.heartbeat:
+            pinger = threading.Thread(target=self._ping_loop, name=f"wqsim-ping-{self.id}", daemon=True)
+            pinger.start()
+        try:
             claim = self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size()))
+            while True:
+                self._note_rejected(claim)
+                if claim.tasks:
+                    claim = self._work_on(claim)
+                    continue
+                if self._stopping.is_set() or (claim.drained and cfg.exit_when_drained):
+                    break
+                wait_s = cfg.idle_wait_s
+                if claim.next_due is not None:
+                    wait_s = min(wait_s, max(claim.next_due - self.clock(), 0.001))
+                self._with_redis(lambda: self.queue.wait_for_work(wait_s))
+                claim = self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size()))
+        finally:
+            self._finished.set()  # ends the ping loop
         self._with_redis(lambda: self.queue.client.publish(self.queue.keys.finished_channel, self.id))
         self.log.info("Worker %s finished", self.id)
         return self.stats
@@ -110,72 +122,118 @@ class Worker:
     def _claim_size(self) -> int:
         return 0 if self._stopping.is_set() else self.config.batch_size
 
-    def _perform_and_settle(self, claim: Claim) -> Claim:
-        settlements: list[Settlement] = []
-        attempts: list[int] = []
-        for raw in claim.tasks:
-            try:
-                settlement = self.perform(raw)
-            except _Abandoned:
-                self.stats.abandoned += 1
-                continue
-            settlements.append(settlement)
-            if settlement.outcome == "retry":
-                attempts.append(int(raw.get("attempt", 1)))
-        backoff_s = self.config.backoff_for(max(attempts)) if attempts else 0.0
+    def _work_on(self, claim: Claim) -> Claim:
+        """Perform a claim's tasks, recording finished ones at most every flush_interval_s."""
+        lease = claim.lease
+        assert lease is not None
+        with self._lock:
+            self._held.add(lease)
+        pending: list[Settlement] = []
+        flushed_at = time.monotonic()
+        try:
+            for claimed in claim.tasks:
+                if lease in self._lost:
+                    break
+                pending.append(self.perform(claimed, lease))
+                if time.monotonic() - flushed_at >= self.config.flush_interval_s and claimed is not claim.tasks[-1]:
+                    flushed = self._settle(pending, claim_next=0)
+                    self._note_rejected(flushed)
+                    if flushed.rejected:  # Redis no longer honours this lease: stop, as a lost ping would
+                        self._lost.add(lease)
+                    pending = []
+                    flushed_at = time.monotonic()
+        except _Abandoned:
+            self.stats.abandoned += 1
+            pending = []
+        finally:
+            with self._lock:
+                self._held.discard(lease)
+        if lease in self._lost:
+            with self._lock:
+                self._lost.discard(lease)
+            self.stats.leases_lost += 1
+            self.log.warning(
+                "Worker %s lost lease %s; dropping %d unrecorded result(s), the reaper returns its tasks",
+                self.id, lease, len(pending),
+            )
+            pending = []
+        return self._settle(pending, claim_next=self._claim_size())
+
+    def _settle(self, settlements: list[Settlement], claim_next: int) -> Claim:
+        retries = [s for s in settlements if s.outcome == "retry"]
+        backoff_s = self.config.backoff_for(max(self._attempts[s.task_id] for s in retries)) if retries else 0.0
+        for s in settlements:
+            self._attempts.pop(s.task_id, None)
         return self._with_redis(
-            lambda: self.queue.settle(self.id, settlements, self.config.lease_ms, self._claim_size(), backoff_s)
+            lambda: self.queue.settle(self.id, settlements, self.config.lease_ms, claim_next, backoff_s)
         )
 
-    def perform(self, raw: dict[str, str]) -> Settlement:
-        """Run one claimed task hash and say how it ended. Never raises for bad tasks."""
-        task_id = raw.get("id", "?")
-        token = f"{raw.get('worker', self.id)}#{raw.get('attempt', '0')}"
+    def _note_rejected(self, claim: Claim) -> None:
+        if claim.rejected:
+            self.stats.rejected += len(claim.rejected)
+            self.log.warning(
+                "Worker %s: late result(s) for task(s) %s rejected; the lease had expired",
+                self.id, ", ".join(claim.rejected),
+            )
+
+    def perform(self, claimed: Claimed, lease: str) -> Settlement:
+        """Run one claimed task and say how it ended. Never raises for bad tasks."""
         self.stats.performed += 1
+        started_at = self.clock()
         try:
-            task = Task.from_hash(raw)
-            handler = self.registry.get(task.kind)
+            missing = [name for name, value in (("kind", claimed.kind), ("payload", claimed.payload)) if value is None]
+            if missing:
+                raise MalformedTask(f"task {claimed.id} is missing field(s): {', '.join(missing)}")
+            payload = parse_payload(claimed.id, claimed.payload)
+            handler = self.registry.get(claimed.kind)  # type: ignore[arg-type]
         except (MalformedTask, UnknownKind) as exc:
             self.stats.dead += 1
-            self.log.error("Worker %s cannot run task %s: %s", self.id, task_id, exc)
-            return Settlement(task_id, token, "dead", str(exc))
+            self.log.error("Worker %s cannot run task %s: %s", self.id, claimed.id, exc)
+            return Settlement(claimed.id, lease, "dead", str(exc), started_at, self.clock())
+        task = Task(
+            id=claimed.id, kind=claimed.kind, payload=payload, status=Status.RUNNING,  # type: ignore[arg-type]
+            attempt=claimed.attempt, worker=self.id, lease=lease, started_at=started_at,
+        )
         self.log.info("Worker %s picked up task %s", self.id, task.id)
-        started = time.perf_counter()
         try:
             result = self._call(handler, task)
         except _Abandoned:
             raise
         except Exception as exc:  # a failing handler must never take the worker down
-            return self._failed(task, token, exc)
+            self.stats.failed += 1
+            self._attempts[task.id] = task.attempt
+            message = f"{type(exc).__name__}: {exc}"
+            self.log.warning("Worker %s: task %s attempt %d failed: %s", self.id, task.id, task.attempt, message)
+            return Settlement(task.id, lease, "retry", message, started_at, self.clock())
+        finished_at = self.clock()
         try:
-            result_json = json.dumps(result, separators=(",", ":"))
+            result_json = "null" if result is None else json.dumps(result, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             self.stats.dead += 1
             message = f"result of task {task.id} is not JSON-serialisable: {exc}"
             self.log.error("Worker %s: %s", self.id, message)
-            return Settlement(task.id, token, "dead", message)
+            return Settlement(task.id, lease, "dead", message, started_at, finished_at)
         self.stats.done += 1
-        self.log.debug("Worker %s performed task %s in %.1f ms", self.id, task.id, 1000 * (time.perf_counter() - started))
-        return Settlement(task.id, token, "done", result_json)
-
-    def _failed(self, task: Task, token: str, exc: BaseException) -> Settlement:
-        self.stats.failed += 1
-        message = f"{type(exc).__name__}: {exc}"
-        self.log.warning("Worker %s: task %s attempt %d failed: %s", self.id, task.id, task.attempt, message)
-        return Settlement(task.id, token, "retry", message)
+        return Settlement(task.id, lease, "done", result_json, started_at, finished_at)
 
     def _call(self, handler: Callable[[Task], object], task: Task) -> object:
+        if not self.chaos.active:
+            return handler(task)
         faults = chaos_mod.draw(self.chaos, task.id, task.attempt)
         if faults.crash:
             time.sleep(float(task.payload.get("duration_ms", 0)) / 2000)
             if self._in_own_process:
                 self.log.warning("Worker %s crashes (chaos) while holding task %s", self.id, task.id)
                 os._exit(CRASH_EXIT_CODE)
-            self.log.warning("Worker %s abandons task %s (chaos crash)", self.id, task.id)
+            self.log.warning("Worker %s abandons its claim at task %s (chaos crash)", self.id, task.id)
             raise _Abandoned
         if faults.hang:
             self.log.warning("Worker %s hangs on task %s for %.2f s (chaos)", self.id, task.id, self.chaos.hang_s)
-            time.sleep(self.chaos.hang_s)
+            self._frozen.set()
+            try:
+                time.sleep(self.chaos.hang_s)
+            finally:
+                self._frozen.clear()
         started = time.perf_counter()
         result = handler(task)
         if faults.straggle:
@@ -183,6 +241,24 @@ class Worker:
         if faults.fail:
             raise chaos_mod.InjectedFailure(f"injected failure (chaos seed {self.chaos.seed})")
         return result
+
+    def _ping_loop(self) -> None:
+        """Renew held leases every ping interval; mark the ones Redis says are lost."""
+        every_s = self.config.ping_every_s
+        while not self._finished.wait(every_s):
+            with self._lock:
+                leases = list(self._held)
+            if not leases or self._frozen.is_set():
+                continue
+            try:
+                lost = self.queue.heartbeat(leases, self.config.lease_ms)
+            except RETRYABLE_REDIS_ERRORS as exc:
+                self.log.warning("Worker %s: heartbeat failed (%s)", self.id, exc)
+                continue
+            if lost:
+                with self._lock:
+                    self._lost.update(lost)
+                self.log.warning("Worker %s: lease(s) %s lost", self.id, ", ".join(lost))
 
     def _with_redis(self, call: Callable[[], T]) -> T:
         """Run ``call``; while Redis is unreachable, retry with capped exponential backoff."""

@@ -1,25 +1,37 @@
 -- _lib.lua: shared by every wqsim script (scripts.py prepends it).
 --
 -- Every script receives the same KEYS, built by wqsim.keys.Keys.script_keys():
---   KEYS[1] ready     LIST  task ids waiting (LPUSH in, RPOP out)
---   KEYS[2] inflight  ZSET  task id -> lease deadline, epoch seconds
---   KEYS[3] delayed   ZSET  task id -> time a retry is due, epoch seconds
+--   KEYS[1] ready     LIST  entries waiting: a task id, or "pkg:<id>" for a work package
+--   KEYS[2] inflight  ZSET  lease id -> lease deadline, epoch seconds (the reaper's index)
+--   KEYS[3] delayed   ZSET  task id -> time its retry is due, epoch seconds
 --   KEYS[4] dead      LIST  dead-letter task ids
---   KEYS[5] stats     HASH  counters (total, done, dead, retried, expired, ...)
+--   KEYS[5] stats     HASH  counters: total, done, dead, retried, expired, ...; and the
+--                           sequence 'leases' from which lease ids are drawn
 --   KEYS[6] signal    LIST  at most one wake-up token for idle workers
---   KEYS[7] events    STREAM one entry per attempt outcome
+--   KEYS[7] events    STREAM outcome records (one entry per settle call for 'done',
+--                           one per task for retry/dead/expired/rejected/dropped)
 -- and starts ARGV with
---   ARGV[1] key prefix "wqsim:{queue}:"; task and lease keys are built from it.
---           They share the {queue} hash tag, so they live in the same cluster
---           slot as KEYS (the approach BullMQ takes for per-job keys).
+--   ARGV[1] key prefix "wqsim:{queue}:". Per-task and per-lease keys are built from it;
+--           they share the {queue} hash tag, so they live in the same cluster slot
+--           as KEYS (the approach BullMQ takes for per-job keys).
 --   ARGV[2] progress channel, where terminal outcomes are published.
+--
+-- A lease is one claim: id "<worker>#<n>" (or "<worker>#<n>@<package>" when the
+-- claim took a work package). It is three things:
+--   lease:<id>  STRING worker id, with a TTL (SET PX): alive while the key exists
+--   held:<id>   SET    the task ids the claim still holds (no TTL)
+--   inflight    ZSET   member <id>, score = deadline
+-- A task's hash names its lease; the lease id is the fencing token.
 
 local READY, INFLIGHT, DELAYED, DEAD, STATS, SIGNAL, EVENTS =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local PREFIX, PROGRESS = ARGV[1], ARGV[2]
+local PACKAGE_ENTRY = '^pkg:'
 
 local function task_key(id) return PREFIX .. 'task:' .. id end
-local function lease_key(id) return PREFIX .. 'lease:' .. id end
+local function lease_key(lease) return PREFIX .. 'lease:' .. lease end
+local function held_key(lease) return PREFIX .. 'held:' .. lease end
+local function package_key(pid) return PREFIX .. 'package:' .. pid end
 
 -- Wake one idle worker. The list never holds more than one token.
 local function wake()
@@ -27,9 +39,9 @@ local function wake()
   redis.call('LTRIM', SIGNAL, 0, 0)
 end
 
-local function record(id, event, attempt, worker, started_at, at, detail)
-  redis.call('XADD', EVENTS, '*', 'id', id, 'event', event, 'attempt', attempt or 0,
-    'worker', worker or '', 'started_at', started_at or '', 'at', at, 'detail', detail or '')
+local function record(id, event, attempt, worker, lease, at, detail)
+  redis.call('XADD', EVENTS, '*', 'event', event, 'id', id, 'attempt', attempt or 0,
+    'worker', worker or '', 'lease', lease or '', 'at', at, 'detail', detail or '')
 end
 
 local function counter(name)
@@ -38,15 +50,16 @@ end
 
 -- True once every task the queue knows of is in a terminal state.
 local function drained()
-  local total = counter('total')
-  return total > 0 and counter('done') + counter('dead') + counter('cancelled') >= total
+  local c = redis.call('HMGET', STATS, 'total', 'done', 'dead', 'cancelled')
+  local total = tonumber(c[1] or '0')
+  return total > 0 and tonumber(c[2] or '0') + tonumber(c[3] or '0') + tonumber(c[4] or '0') >= total
 end
 
-local function bury(id, tkey, attempt, worker, started_at, now, err)
-  redis.call('HSET', tkey, 'status', 'dead', 'error', err, 'finished_at', now)
+local function bury(id, attempt, worker, lease, now, err)
+  redis.call('HSET', task_key(id), 'status', 'dead', 'error', err, 'finished_at', now)
   redis.call('LPUSH', DEAD, id)
   redis.call('HINCRBY', STATS, 'dead', 1)
-  record(id, 'dead', attempt, worker, started_at, now, err)
+  record(id, 'dead', attempt, worker, lease, now, err)
   redis.call('PUBLISH', PROGRESS, 'dead ' .. id)
 end
 
@@ -60,49 +73,79 @@ local function promote_due(now)
   end
 end
 
--- Claim up to `count` tasks for `worker` under leases of `lease_ms`.
--- Returns {drained 0|1, next retry due (epoch s) or '', HGETALL of each claimed task...}.
--- Only tasks whose status is 'queued' (or absent: a hash written by hand) are
--- claimed; a stale duplicate id is dropped, a missing hash is dead-lettered.
-local function claim(worker, now, lease_ms, count)
-  promote_due(now)
-  local out = {0, ''}
-  local claimed = 0
-  local deadline = tonumber(now) + tonumber(lease_ms) / 1000
-  while claimed < count do
-    local id = redis.call('RPOP', READY)
-    if not id then break end
-    local tkey = task_key(id)
-    local status = redis.call('HGET', tkey, 'status')
+-- Take one task into `lease`, appending {id, kind, payload, attempt} to `out`.
+-- Only a task whose status is 'queued' (or absent: a hash written by hand, which
+-- is adopted) is taken; a stale duplicate id is dropped; a missing hash is
+-- dead-lettered. Returns 1 if the task was taken.
+local function take(id, lease, worker, now, out)
+  local tkey = task_key(id)
+  local h = redis.call('HMGET', tkey, 'status', 'kind', 'payload')
+  local status = h[1]
+  if status == false then
     if redis.call('EXISTS', tkey) == 0 then
-      -- A key in the queue without a task hash: record it so that it is counted.
       redis.call('HSET', tkey, 'id', id, 'attempt', 0)
       redis.call('HINCRBY', STATS, 'total', 1)
-      bury(id, tkey, 0, worker, '', now, 'task hash ' .. tkey .. ' does not exist')
-    elseif status == false or status == 'queued' then
-      if status == false then
-        -- Adopt a hash that wqsim did not enqueue, so termination still adds up.
-        redis.call('HINCRBY', STATS, 'total', 1)
-        redis.call('HSETNX', tkey, 'id', id)
-      end
-      local attempt = redis.call('HINCRBY', tkey, 'attempt', 1)
-      redis.call('SET', lease_key(id), worker .. '#' .. attempt, 'PX', lease_ms)
-      redis.call('ZADD', INFLIGHT, deadline, id)
-      redis.call('HSET', tkey, 'status', 'running', 'worker', worker, 'started_at', now)
-      claimed = claimed + 1
-      out[#out + 1] = redis.call('HGETALL', tkey)
-    else
-      redis.call('HINCRBY', STATS, 'dropped', 1)
-      record(id, 'dropped', redis.call('HGET', tkey, 'attempt'), worker, '', now,
-        'id was in the ready list while its task was ' .. status)
+      bury(id, 0, worker, '', now, 'task hash ' .. tkey .. ' does not exist')
+      return 0
     end
+    redis.call('HINCRBY', STATS, 'total', 1)  -- adopt it, so termination still adds up
+    redis.call('HSETNX', tkey, 'id', id)
+  elseif status ~= 'queued' then
+    redis.call('HINCRBY', STATS, 'dropped', 1)
+    record(id, 'dropped', redis.call('HGET', tkey, 'attempt'), worker, lease, now,
+      'id was in the ready list while its task was ' .. status)
+    return 0
+  end
+  local attempt = redis.call('HINCRBY', tkey, 'attempt', 1)
+  redis.call('HSET', tkey, 'status', 'running', 'worker', worker, 'lease', lease, 'claimed_at', now)
+  redis.call('SADD', held_key(lease), id)
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = id, h[2], h[3], attempt
+  return 1
+end
+
+-- Claim up to `count` ready tasks (or one whole work package) for `worker`
+-- under one new lease of `lease_ms`.
+-- Returns {drained 0|1, next retry due (epoch s; only when nothing was claimed) or '', lease id or '',
+--          then id, kind, payload, attempt for each claimed task}.
+local function claim(worker, now, lease_ms, count)
+  promote_due(now)
+  local out = {0, '', ''}
+  local taken = 0
+  local lease = nil
+  while taken < count do
+    local entry = redis.call('RPOP', READY)
+    if not entry then break end
+    local pid = string.match(entry, '^pkg:(.+)$')
+    if pid and taken > 0 then
+      redis.call('RPUSH', READY, entry)  -- a package is claimed alone, under its own lease
+      break
+    end
+    if pid then
+      lease = worker .. '#' .. redis.call('HINCRBY', STATS, 'leases', 1) .. '@' .. pid
+      local members = redis.call('LRANGE', package_key(pid), 0, -1)
+      redis.call('DEL', package_key(pid))
+      for _, id in ipairs(members) do
+        taken = taken + take(id, lease, worker, now, out)
+      end
+      break
+    end
+    lease = lease or (worker .. '#' .. redis.call('HINCRBY', STATS, 'leases', 1))
+    taken = taken + take(entry, lease, worker, now, out)
+  end
+  if taken > 0 then
+    redis.call('SET', lease_key(lease), worker, 'PX', lease_ms)
+    redis.call('ZADD', INFLIGHT, tonumber(now) + tonumber(lease_ms) / 1000, lease)
+    out[3] = lease
   end
   if redis.call('LLEN', READY) > 0 then wake() end
-  if claimed == 0 and drained() then
-    out[1] = 1
-    wake()  -- so that the next idle worker also sees the queue drained
+  if taken == 0 then
+    if drained() then
+      out[1] = 1
+      wake()  -- so that the next idle worker also sees the queue drained
+    end
+    local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+    if first[2] then out[2] = first[2] end  -- how long an idle worker may sleep
   end
-  local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
-  if first[2] then out[2] = first[2] end
   return out
 end

@@ -4,51 +4,65 @@
 --   ARGV[4] now, epoch seconds
 --   ARGV[5] lease length for newly claimed tasks, milliseconds
 --   ARGV[6] how many tasks to claim after settling (0: claim none)
---   ARGV[7] number of outcomes n, followed by n groups of 4:
---           task id, fencing token, outcome ('done'|'retry'|'dead'),
---           result JSON (done) or error text (retry/dead)
---   ARGV[8 + 4n] retry backoff, seconds (the same for every retry in this call)
--- An outcome is recorded only while the caller still holds the lease
--- (GET lease == token). Otherwise it is rejected: the lease expired, and the
--- reaper has returned or will return the task, so recording it here would let
--- one task be both finished and returned.
--- Returns {rejected ids, drained 0|1, next retry due or '', HGETALL of each claimed task...}.
+--   ARGV[7] retry backoff, seconds (the same for every retry in this call)
+--   ARGV[8] number of outcomes n, followed by n groups of 6:
+--           task id, lease id, outcome ('done'|'retry'|'dead'),
+--           result JSON (done) or error text (retry/dead),
+--           started_at, finished_at (epoch seconds, measured by the worker)
+-- An outcome is recorded only while its lease is alive (the lease key exists)
+-- and still holds the task (SREM from held:<lease> succeeds). Otherwise it is
+-- rejected: the lease expired and the reaper has returned, or will return, the
+-- task; or the outcome was already recorded. So a task is never both finished
+-- and returned, and never finished twice.
+-- Returns {rejected ids, drained 0|1, next retry due or '', lease id or '',
+--          then id, kind, payload, attempt for each newly claimed task}.
 local worker, now, lease_ms, count = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
-local backoff = tonumber(ARGV[8 + 4 * n])
-local rejected = {}
+local backoff = tonumber(ARGV[7])
+local n = tonumber(ARGV[8])
+local alive = {}
+local rejected, done = {}, {}
 for i = 0, n - 1 do
-  local base = 8 + 4 * i
-  local id, token, outcome, value = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-  local lkey = lease_key(id)
-  local tkey = task_key(id)
-  if redis.call('GET', lkey) ~= token then
+  local base = 9 + 6 * i
+  local id, lease, outcome, value = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+  local started_at, finished_at = ARGV[base + 4], ARGV[base + 5]
+  if alive[lease] == nil then
+    alive[lease] = redis.call('EXISTS', lease_key(lease)) == 1
+  end
+  if not (alive[lease] and redis.call('SREM', held_key(lease), id) == 1) then
     rejected[#rejected + 1] = id
     redis.call('HINCRBY', STATS, 'rejected', 1)
-    record(id, 'rejected', string.match(token, '#(%d+)$'), worker, '', now,
-      'late ' .. outcome .. ': lease ' .. token .. ' no longer held')
+    record(id, 'rejected', 0, worker, lease, now, 'late ' .. outcome .. ': lease ' .. lease .. ' no longer holds it')
+  elseif outcome == 'done' then
+    redis.call('HSET', task_key(id), 'status', 'done', 'result', value, 'error', '',
+      'started_at', started_at, 'finished_at', finished_at)
+    redis.call('HINCRBY', task_key(id), 'completions', 1)
+    done[#done + 1] = id
   else
-    redis.call('DEL', lkey)
-    redis.call('ZREM', INFLIGHT, id)
-    local attempt = tonumber(redis.call('HGET', tkey, 'attempt'))
-    local started_at = redis.call('HGET', tkey, 'started_at')
-    local max_attempts = tonumber(redis.call('HGET', tkey, 'max_attempts') or '1') or 1
-    if outcome == 'done' then
-      redis.call('HSET', tkey, 'status', 'done', 'result', value, 'finished_at', now)
-      redis.call('HDEL', tkey, 'error')
-      redis.call('HINCRBY', tkey, 'completions', 1)
-      redis.call('HINCRBY', STATS, 'done', 1)
-      record(id, 'done', attempt, worker, started_at, now, '')
-      redis.call('PUBLISH', PROGRESS, 'done ' .. id)
-    elseif outcome == 'retry' and attempt < max_attempts then
-      redis.call('HSET', tkey, 'status', 'scheduled', 'error', value, 'finished_at', now)
+    local tkey = task_key(id)
+    local h = redis.call('HMGET', tkey, 'attempt', 'max_attempts')
+    local attempt, max_attempts = tonumber(h[1] or '1'), tonumber(h[2] or '1') or 1
+    redis.call('HSET', tkey, 'started_at', started_at)
+    if outcome == 'retry' and attempt < max_attempts then
+      redis.call('HSET', tkey, 'status', 'scheduled', 'error', value, 'finished_at', finished_at)
       redis.call('ZADD', DELAYED, tonumber(now) + backoff, id)
       redis.call('HINCRBY', STATS, 'retried', 1)
-      record(id, 'retry', attempt, worker, started_at, now, value)
+      record(id, 'retry', attempt, worker, lease, finished_at, value)
     else
-      bury(id, tkey, attempt, worker, started_at, now, value)
+      bury(id, attempt, worker, lease, finished_at, value)
     end
   end
+end
+for lease, ok in pairs(alive) do
+  if ok and redis.call('SCARD', held_key(lease)) == 0 then
+    redis.call('DEL', lease_key(lease))
+    redis.call('ZREM', INFLIGHT, lease)
+  end
+end
+if #done > 0 then
+  local ids = table.concat(done, ' ')
+  redis.call('HINCRBY', STATS, 'done', #done)
+  redis.call('XADD', EVENTS, '*', 'event', 'done', 'id', ids, 'worker', worker, 'at', now)
+  redis.call('PUBLISH', PROGRESS, 'done ' .. ids)
 end
 local out = claim(worker, now, lease_ms, count)
 table.insert(out, 1, rejected)
