@@ -305,7 +305,17 @@ def test_bad_queue_names_are_rejected_naming_the_value(bad):
         Keys(bad)  # type: ignore[arg-type]
 
 
-def test_task_round_trips_through_its_hash():
-    task = make_tasks(["9"], kind="sleep", payload={"duration_ms": 3}, max_attempts=4)[0]
-    parsed = Task.from_hash(task.to_hash())
+def test_enqueued_task_reads_back_as_the_task_that_was_made(make_queue):
+    q = make_queue()
+    q.enqueue(make_tasks(["9"], kind="sleep", payload={"duration_ms": 3}, max_attempts=4))
+    parsed = q.task("9")
     assert (parsed.id, parsed.kind, parsed.payload, parsed.max_attempts) == ("9", "sleep", {"duration_ms": 3}, 4)
+    assert parsed.created_at == parsed.enqueued_at is not None
+
+
+@pytest.mark.parametrize("bad", ["a:b", "x#1", "has space", ""])
+def test_task_ids_that_would_break_key_or_lease_syntax_are_rejected(make_queue, bad):
+    q = make_queue()
+    with pytest.raises(ValueError, match="task id must be"):
+        q.enqueue(make_tasks([bad]))
+    assert q.counters() == {}  # nothing was written

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-from .queue import Clock, Queue
+from .queue import Queue
 from .task import Task
 
 log = logging.getLogger("wqsim.generator")
@@ -17,15 +16,10 @@ def make_tasks(
     kind: str = "sleep",
     payload: dict[str, Any] | None = None,
     max_attempts: int = 3,
-    clock: Clock = time.time,
 ) -> list[Task]:
-    """Build Task records sharing one kind and payload, stamped with one creation time."""
-    now = clock()
+    """Build Task records sharing one kind and payload (enqueue stamps their times)."""
     body = dict(payload or {})
-    return [
-        Task(id=i, kind=kind, payload=body, max_attempts=max_attempts, created_at=now, enqueued_at=now)
-        for i in ids
-    ]
+    return [Task(id=i, kind=kind, payload=body, max_attempts=max_attempts) for i in ids]
 
 
 def generate(
@@ -50,7 +44,7 @@ def generate(
         raise ValueError(f"count must be an integer >= 1 (got {count!r})")
     payload: dict[str, Any] = {"duration_ms": duration_ms} if kind == "sleep" else {}
     ids = queue.allocate_ids(count)
-    tasks = make_tasks(ids, kind=kind, payload=payload, max_attempts=max_attempts, clock=queue.clock)
+    tasks = make_tasks(ids, kind=kind, payload=payload, max_attempts=max_attempts)
     packages = queue.enqueue(tasks, package_size=package_size)
     logger.info("Created %d work items out of %d", len(tasks), count)
     if packages:

@@ -7,6 +7,7 @@ the same call: a busy worker talks to Redis once per task, not twice.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -85,42 +86,42 @@ class Queue:
         last = self.client.incrby(self.keys.next_id, count)
         return [str(i) for i in range(last - count + 1, last + 1)]
 
-    def enqueue(self, tasks: Sequence[Task], package_size: int | None = None) -> list[str]:
-        """Write task hashes and queue them, in one MULTI/EXEC transaction.
+    def enqueue(self, tasks: Sequence[Task], package_size: int | None = None, chunk: int = 5000) -> list[str]:
+        """Write task hashes and queue them: all-or-nothing, in one round trip.
 
-        All or nothing: a crash mid-way leaves no half-enqueued batch, and the
-        ``total`` counter always matches the tasks actually written. With
-        ``package_size``, consecutive tasks are bundled into work packages that a
-        worker claims as one unit under one lease. Returns the package ids.
+        The tasks go in chunks of ``chunk`` through enqueue.lua, all chunks in one
+        MULTI/EXEC, so a crash mid-way leaves no half-enqueued batch and the
+        ``total`` counter always matches the tasks written. With ``package_size``,
+        consecutive tasks are bundled into work packages that a worker claims as
+        one unit under one lease (a package never spans two chunks). Returns the
+        package ids.
         """
         if not tasks:
             return []
         if package_size is not None and (isinstance(package_size, bool) or not isinstance(package_size, int) or package_size < 1):
             raise ValueError(f"package_size must be an integer >= 1 (got {package_size!r})")
-        k = self.keys
+        size = package_size or 0
+        if size:
+            chunk = max(chunk - chunk % size, size)
+        now = repr(self.clock())
+        payloads: dict[int, str] = {}  # generated tasks share one payload dict: encode it once
+        flat: list[object] = []
         for task in tasks:
             check_id("task id", task.id)
+            payload = payloads.get(id(task.payload))
+            if payload is None:
+                payload = payloads[id(task.payload)] = json.dumps(task.payload, separators=(",", ":"))
+            flat += (task.id, task.kind, payload, task.max_attempts)
+        script = self._scripts["enqueue"]
         pipe = self.client.pipeline(transaction=True)
-        package_ids: list[str] = []
-        if package_size:
-            groups = [tasks[i:i + package_size] for i in range(0, len(tasks), package_size)]
-            last = self.client.hincrby(k.stats, "packages", len(groups))
-            package_ids = [str(p) for p in range(last - len(groups) + 1, last + 1)]
-            for pid, group in zip(package_ids, groups):
-                for task in group:
-                    pipe.hset(k.task(task.id), mapping={**task.to_hash(), "package": pid})
-                pipe.rpush(k.package(pid), *(t.id for t in group))
-            entries = [k.package_entry(pid) for pid in package_ids]
-        else:
-            for task in tasks:
-                pipe.hset(k.task(task.id), mapping=task.to_hash())
-            entries = [t.id for t in tasks]
-        pipe.hincrby(k.stats, "total", len(tasks))
-        pipe.lpush(k.ready, *entries)
-        pipe.lpush(k.signal, "1")
-        pipe.ltrim(k.signal, 0, 0)
-        pipe.execute()
-        return package_ids
+        for start in range(0, len(flat), 4 * chunk):
+            part = flat[start:start + 4 * chunk]
+            script(
+                keys=self.keys.script_keys(),
+                args=[self.keys.prefix, self.keys.progress_channel, now, size, len(part) // 4, *part],
+                client=pipe,
+            )
+        return [pid for reply in pipe.execute() for pid in reply]
 
     # -- consuming ---------------------------------------------------------------
     def claim(self, worker: str, lease_ms: int, count: int = 1) -> Claim:

@@ -54,21 +54,6 @@ class Task:
     error: str = ""
     completions: int = 0
 
-    def to_hash(self) -> dict[str, str]:
-        """Fields written when the task is enqueued."""
-        fields = {
-            "id": self.id,
-            "kind": self.kind,
-            "payload": json.dumps(self.payload, separators=(",", ":")),
-            "max_attempts": str(self.max_attempts),
-            "status": self.status.value,
-        }
-        for name in ("created_at", "enqueued_at"):
-            value = getattr(self, name)
-            if value is not None:
-                fields[name] = repr(value)
-        return fields
-
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> Task:
         """Parse a task hash; raise MalformedTask naming what is wrong."""
