@@ -100,3 +100,4 @@ def captured_logger() -> tuple[logging.Logger, ListHandler]:
     handler = ListHandler()
     logger.addHandler(handler)
     return logger, handler
+

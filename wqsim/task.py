@@ -52,7 +52,6 @@ class Task:
     finished_at: float | None = None
     result: Any = None
     error: str = ""
-    completions: int = 0
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> Task:
@@ -83,7 +82,6 @@ class Task:
                 finished_at=_float(fields.get("finished_at")),
                 result=result,
                 error=fields.get("error", ""),
-                completions=int(fields.get("completions", 0)),
             )
         except (ValueError, json.JSONDecodeError) as exc:
             raise MalformedTask(f"task {task_id} has a malformed field: {exc}") from None

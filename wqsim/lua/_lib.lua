@@ -73,35 +73,33 @@ local function promote_due(now)
   end
 end
 
--- Take one task into `lease`, appending {id, kind, payload, attempt} to `out`.
--- Only a task whose status is 'queued' (or absent: a hash written by hand, which
--- is adopted) is taken; a stale duplicate id is dropped; a missing hash is
--- dead-lettered. Returns 1 if the task was taken.
-local function take(id, lease, worker, now, out)
+-- Take one task into `lease`, appending {id, kind, payload, attempt} to `out`
+-- and its id to `taken`. Only a task whose status is 'queued' (or absent: a hash
+-- written by hand, which is adopted) is taken; a stale duplicate id is dropped;
+-- a missing hash is dead-lettered. Two commands per task on the hot path.
+local function take(id, lease, worker, now, out, taken)
   local tkey = task_key(id)
-  local h = redis.call('HMGET', tkey, 'status', 'kind', 'payload')
+  local h = redis.call('HMGET', tkey, 'status', 'kind', 'payload', 'attempt')
   local status = h[1]
   if status == false then
     if redis.call('EXISTS', tkey) == 0 then
       redis.call('HSET', tkey, 'id', id, 'attempt', 0)
       redis.call('HINCRBY', STATS, 'total', 1)
       bury(id, 0, worker, '', now, 'task hash ' .. tkey .. ' does not exist')
-      return 0
+      return
     end
     redis.call('HINCRBY', STATS, 'total', 1)  -- adopt it, so termination still adds up
     redis.call('HSETNX', tkey, 'id', id)
   elseif status ~= 'queued' then
     redis.call('HINCRBY', STATS, 'dropped', 1)
-    record(id, 'dropped', redis.call('HGET', tkey, 'attempt'), worker, lease, now,
-      'id was in the ready list while its task was ' .. status)
-    return 0
+    record(id, 'dropped', h[4], worker, lease, now, 'id was in the ready list while its task was ' .. status)
+    return
   end
-  local attempt = redis.call('HINCRBY', tkey, 'attempt', 1)
-  redis.call('HSET', tkey, 'status', 'running', 'worker', worker, 'lease', lease, 'claimed_at', now)
-  redis.call('SADD', held_key(lease), id)
+  local attempt = (tonumber(h[4]) or 0) + 1
+  redis.call('HSET', tkey, 'status', 'running', 'attempt', attempt, 'worker', worker, 'lease', lease, 'claimed_at', now)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3], out[n + 4] = id, h[2], h[3], attempt
-  return 1
+  taken[#taken + 1] = id
 end
 
 -- Claim up to `count` ready tasks (or one whole work package) for `worker`
@@ -111,35 +109,38 @@ end
 local function claim(worker, now, lease_ms, count)
   promote_due(now)
   local out = {0, '', ''}
-  local taken = 0
+  local taken = {}
   local lease = nil
-  while taken < count do
-    local entry = redis.call('RPOP', READY)
-    if not entry then break end
-    local pid = string.match(entry, '^pkg:(.+)$')
-    if pid and taken > 0 then
-      redis.call('RPUSH', READY, entry)  -- a package is claimed alone, under its own lease
-      break
-    end
-    if pid then
-      lease = worker .. '#' .. redis.call('HINCRBY', STATS, 'leases', 1) .. '@' .. pid
-      local members = redis.call('LRANGE', package_key(pid), 0, -1)
-      redis.call('DEL', package_key(pid))
-      for _, id in ipairs(members) do
-        taken = taken + take(id, lease, worker, now, out)
+  if count > 0 then
+    local entries = redis.call('RPOP', READY, count) or {}
+    for i, entry in ipairs(entries) do
+      local pid = string.match(entry, '^pkg:(.+)$')
+      if pid and (#taken > 0 or lease) then
+        -- A package is claimed alone, under its own lease: put it and the rest back.
+        for j = #entries, i, -1 do redis.call('RPUSH', READY, entries[j]) end
+        break
       end
-      break
+      if pid then
+        lease = worker .. '#' .. redis.call('HINCRBY', STATS, 'leases', 1) .. '@' .. pid
+        for _, id in ipairs(redis.call('LRANGE', package_key(pid), 0, -1)) do
+          take(id, lease, worker, now, out, taken)
+        end
+        redis.call('DEL', package_key(pid))
+        for j = #entries, i + 1, -1 do redis.call('RPUSH', READY, entries[j]) end
+        break
+      end
+      lease = lease or (worker .. '#' .. redis.call('HINCRBY', STATS, 'leases', 1))
+      take(entry, lease, worker, now, out, taken)
     end
-    lease = lease or (worker .. '#' .. redis.call('HINCRBY', STATS, 'leases', 1))
-    taken = taken + take(entry, lease, worker, now, out)
   end
-  if taken > 0 then
+  if #taken > 0 then
+    redis.call('SADD', held_key(lease), unpack(taken))
     redis.call('SET', lease_key(lease), worker, 'PX', lease_ms)
     redis.call('ZADD', INFLIGHT, tonumber(now) + tonumber(lease_ms) / 1000, lease)
     out[3] = lease
   end
   if redis.call('LLEN', READY) > 0 then wake() end
-  if taken == 0 then
+  if #taken == 0 then
     if drained() then
       out[1] = 1
       wake()  -- so that the next idle worker also sees the queue drained

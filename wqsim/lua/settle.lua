@@ -10,7 +10,7 @@
 --           result JSON (done) or error text (retry/dead),
 --           started_at, finished_at (epoch seconds, measured by the worker)
 -- An outcome is recorded only while its lease is alive (the lease key exists)
--- and still holds the task (SREM from held:<lease> succeeds). Otherwise it is
+-- and still holds the task (it is a member of held:<lease>, removed as it is recorded). Otherwise it is
 -- rejected: the lease expired and the reaper has returned, or will return, the
 -- task; or the outcome was already recorded. So a task is never both finished
 -- and returned, and never finished twice.
@@ -19,26 +19,54 @@
 local worker, now, lease_ms, count = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local backoff = tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
-local alive = {}
+
+-- Which outcomes does each lease still hold? One SMISMEMBER and one SREM per lease.
+local by_lease, order = {}, {}
+for i = 0, n - 1 do
+  local lease = ARGV[10 + 6 * i]
+  if not by_lease[lease] then
+    by_lease[lease] = {}
+    order[#order + 1] = lease
+  end
+  table.insert(by_lease[lease], 9 + 6 * i)
+end
+local accepted = {}
+for _, lease in ipairs(order) do
+  local bases = by_lease[lease]
+  if redis.call('EXISTS', lease_key(lease)) == 1 then
+    local ids = {}
+    for k, base in ipairs(bases) do ids[k] = ARGV[base] end
+    local held = redis.call('SMISMEMBER', held_key(lease), unpack(ids))
+    local mine = {}
+    for k, base in ipairs(bases) do
+      if held[k] == 1 then
+        accepted[base] = true
+        mine[#mine + 1] = ids[k]
+      end
+    end
+    if #mine > 0 then redis.call('SREM', held_key(lease), unpack(mine)) end
+    if redis.call('SCARD', held_key(lease)) == 0 then
+      redis.call('DEL', lease_key(lease), held_key(lease))
+      redis.call('ZREM', INFLIGHT, lease)
+    end
+  end
+end
+
 local rejected, done = {}, {}
 for i = 0, n - 1 do
   local base = 9 + 6 * i
   local id, lease, outcome, value = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
   local started_at, finished_at = ARGV[base + 4], ARGV[base + 5]
-  if alive[lease] == nil then
-    alive[lease] = redis.call('EXISTS', lease_key(lease)) == 1
-  end
-  if not (alive[lease] and redis.call('SREM', held_key(lease), id) == 1) then
+  local tkey = task_key(id)
+  if not accepted[base] then
     rejected[#rejected + 1] = id
     redis.call('HINCRBY', STATS, 'rejected', 1)
     record(id, 'rejected', 0, worker, lease, now, 'late ' .. outcome .. ': lease ' .. lease .. ' no longer holds it')
   elseif outcome == 'done' then
-    redis.call('HSET', task_key(id), 'status', 'done', 'result', value, 'error', '',
+    redis.call('HSET', tkey, 'status', 'done', 'result', value, 'error', '',
       'started_at', started_at, 'finished_at', finished_at)
-    redis.call('HINCRBY', task_key(id), 'completions', 1)
     done[#done + 1] = id
   else
-    local tkey = task_key(id)
     local h = redis.call('HMGET', tkey, 'attempt', 'max_attempts')
     local attempt, max_attempts = tonumber(h[1] or '1'), tonumber(h[2] or '1') or 1
     redis.call('HSET', tkey, 'started_at', started_at)
@@ -50,12 +78,6 @@ for i = 0, n - 1 do
     else
       bury(id, attempt, worker, lease, finished_at, value)
     end
-  end
-end
-for lease, ok in pairs(alive) do
-  if ok and redis.call('SCARD', held_key(lease)) == 0 then
-    redis.call('DEL', lease_key(lease))
-    redis.call('ZREM', INFLIGHT, lease)
   end
 end
 if #done > 0 then

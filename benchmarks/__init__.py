@@ -1,0 +1,1 @@
+"""wqsim's benchmark suite (not part of the installed package)."""

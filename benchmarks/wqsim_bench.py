@@ -1,0 +1,126 @@
+"""wqsim's side of the benchmark: throughput, idle pickup latency, memory, makespan."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+
+import redis
+
+import wqsim
+from wqsim import Queue, Worker, WorkerConfig, WorkerPool, generate
+
+
+def _queue(client: redis.Redis, label: str) -> Queue:
+    return Queue(client, f"bench-{label}-{uuid.uuid4().hex[:6]}")
+
+
+def _times(q: Queue, fields: tuple[str, ...]) -> Iterator[list[float]]:
+    for _, values in q.iter_task_hashes(fields):
+        yield [float(v) for v in values]
+
+
+def throughput(url: str, n: int, batch: int = 1, workers: int = 1, package: bool = False) -> float:
+    """No-op tasks/s from the first claim to the last finish (start-up excluded).
+
+    One worker runs in this process; more run as a process pool. ``batch`` is
+    the claim size, or with ``package`` the work-package size made at creation.
+    """
+    client = wqsim.connect(url)
+    q = _queue(client, f"tp{batch}")
+    generate(q, n, kind="noop", package_size=batch if package else None)
+    config = WorkerConfig(batch_size=1 if package else batch, lease_s=60)
+    try:
+        if workers == 1:
+            Worker(client, q.name, "bench", config).run()
+        else:
+            pool = WorkerPool(url, q.name, [f"b{i}" for i in range(workers)], config).start()
+            pool.join(600)
+        spans = list(_times(q, ("claimed_at", "finished_at")))
+        assert q.counters().get("done") == n, "benchmark run did not finish every task"
+        return n / (max(f for _, f in spans) - min(c for c, _ in spans))
+    finally:
+        q.purge()
+
+
+def enqueue_rate(url: str, n: int) -> float:
+    """Tasks/s written by generate(): hashes plus queue entries, all-or-nothing."""
+    client = wqsim.connect(url)
+    q = _queue(client, "enq")
+    try:
+        started = time.perf_counter()
+        generate(q, n, kind="noop")
+        return n / (time.perf_counter() - started)
+    finally:
+        q.purge()
+
+
+def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003) -> list[float]:
+    """Enqueue -> handler start, seconds, for tasks arriving one by one at an idle worker process."""
+    client = wqsim.connect(url)
+    q = _queue(client, "lat")
+    pool = WorkerPool(url, q.name, ["idle"], WorkerConfig(exit_when_drained=False, idle_wait_s=5.0)).start()
+    try:
+        time.sleep(0.5)  # let the worker start and block on its wake-up signal
+        for _ in range(count):
+            generate(q, 1, kind="noop")
+            time.sleep(spacing_s)
+        deadline = time.monotonic() + 30
+        while q.counters().get("done", 0) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return [s - e for e, s in _times(q, ("enqueued_at", "started_at"))]
+    finally:
+        pool.stop()
+        pool.join(10)
+        q.purge()
+
+
+def memory_per_task(url: str, n: int = 100_000) -> dict[str, float]:
+    """Bytes of Redis memory per queued and per completed task, and one task hash's MEMORY USAGE."""
+    client = wqsim.connect(url)
+    q = _queue(client, "mem")
+
+    def used() -> int:
+        return int(client.info("memory")["used_memory"])
+
+    try:
+        before = used()
+        generate(q, n, kind="noop")
+        queued = used()
+        hash_queued = client.memory_usage(q.keys.task("1"), samples=0)
+        Worker(client, q.name, "mem", WorkerConfig(batch_size=100)).run()
+        done = used()
+        hash_done = client.memory_usage(q.keys.task("1"), samples=0)
+        events = client.memory_usage(q.keys.events, samples=0)
+        return {
+            "queued_bytes_per_task": (queued - before) / n,
+            "done_bytes_per_task": (done - before) / n,
+            "task_hash_queued_bytes": float(hash_queued),
+            "task_hash_done_bytes": float(hash_done),
+            "event_stream_bytes_per_task": events / n,
+        }
+    finally:
+        q.purge()
+
+
+def makespan(url: str, tasks: int = 200, duration_ms: float = 20.0, workers: int = 4) -> dict[str, float]:
+    """The seed-like sleep workload: measured makespan against sum(durations) / workers."""
+    client = wqsim.connect(url)
+    q = _queue(client, "mk")
+    generate(q, tasks, duration_ms=duration_ms)
+    try:
+        pool = WorkerPool(url, q.name, [f"m{i}" for i in range(workers)], WorkerConfig()).start()
+        pool.join(120)
+        spans = list(_times(q, ("started_at", "finished_at")))
+        measured = max(f for _, f in spans) - min(s for s, _ in spans)
+        ideal = tasks * duration_ms / 1000 / workers
+        return {"makespan_s": measured, "ideal_s": ideal, "ratio": measured / ideal}
+    finally:
+        q.purge()
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    qs = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50": qs[49], "p95": qs[94], "p99": qs[98], "n": len(samples)}
