@@ -24,6 +24,12 @@ def _client(url: str) -> redis.Redis:
     return client
 
 
+def close_clients() -> None:
+    """Close the cached clients (after an in-process worker has stopped)."""
+    while _clients:
+        _clients.popitem()[1].close()
+
+
 def noop() -> None:
     """The benchmark workload: nothing, so that only the queue's own cost is measured."""
     return None

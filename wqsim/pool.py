@@ -64,17 +64,20 @@ class WorkerPool:
         self._threads: dict[str, threading.Thread] = {}
         self._workers: dict[str, Worker] = {}
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards _procs: the supervisor replaces entries while others read them
         self._supervisor: threading.Thread | None = None
 
     def start(self) -> WorkerPool:
-        for worker_id in self.ids:
-            self._spawn(worker_id)
+        with self._lock:
+            for worker_id in self.ids:
+                self._spawn(worker_id)
         if self.mode == "process":
             self._supervisor = threading.Thread(target=self._supervise, name="wqsim-supervisor", daemon=True)
             self._supervisor.start()
         return self
 
     def _spawn(self, worker_id: str) -> None:
+        """Start one worker; in process mode the caller holds ``_lock``."""
         if self.mode == "process":
             proc = self._ctx.Process(
                 target=_process_main,
@@ -93,43 +96,53 @@ class WorkerPool:
     def _supervise(self) -> None:
         queue = Queue(connect(self.url), self.queue_name)
         while True:
+            with self._lock:
+                procs = list(self._procs.items())
             alive = False
-            for worker_id, proc in list(self._procs.items()):
+            for worker_id, proc in procs:
                 if proc.exitcode is None:
                     alive = True
-                elif proc.exitcode != 0 and self.restart_crashed and not self._stopping.is_set():
-                    try:
-                        unfinished = not queue.drained()
-                    except Exception as exc:  # Redis down: try again next round
-                        self.log.warning("Supervisor cannot read the queue (%s)", exc)
-                        alive = True
+                    continue
+                if proc.exitcode == 0 or not self.restart_crashed or self._stopping.is_set():
+                    continue
+                try:
+                    unfinished = not queue.drained()
+                except Exception as exc:  # Redis down: look again next round
+                    self.log.warning("Supervisor cannot read the queue (%s)", exc)
+                    alive = True
+                    continue
+                if not unfinished:
+                    continue
+                with self._lock:
+                    if self._stopping.is_set():  # stop() came first: start nothing it would not stop
                         continue
-                    if unfinished:
-                        self.log.warning("Worker %s died (exit code %s); starting a replacement", worker_id, proc.exitcode)
-                        proc.close()
-                        self.restarts += 1
-                        self._spawn(worker_id)
-                        alive = True
+                    self.log.warning("Worker %s died (exit code %s); starting a replacement", worker_id, proc.exitcode)
+                    self.restarts += 1
+                    self._spawn(worker_id)
+                alive = True
             if not alive:
                 return
             time.sleep(0.02)
 
     def pids(self) -> dict[str, int]:
-        """Current process id of each worker (process mode)."""
-        return {wid: p.pid for wid, p in self._procs.items() if p.pid is not None and p.exitcode is None}
+        """Current process id of each live worker (process mode)."""
+        with self._lock:
+            return {wid: p.pid for wid, p in self._procs.items() if p.pid is not None and p.exitcode is None}
 
     def kill(self, worker_id: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to one worker process (the chaos killer uses this)."""
-        proc = self._procs[worker_id]
-        if proc.pid is not None and proc.exitcode is None:
-            os.kill(proc.pid, sig)
+        with self._lock:
+            proc = self._procs[worker_id]
+            if proc.pid is not None and proc.exitcode is None:
+                os.kill(proc.pid, sig)
 
     def stop(self) -> None:
-        """Ask every worker to finish the task in hand and exit."""
-        self._stopping.set()
-        for proc in self._procs.values():
-            if proc.exitcode is None and proc.pid is not None:
-                os.kill(proc.pid, signal.SIGTERM)
+        """Ask every worker to finish the task in hand and exit; no replacement starts after this."""
+        with self._lock:
+            self._stopping.set()
+            for proc in self._procs.values():
+                if proc.exitcode is None and proc.pid is not None:
+                    os.kill(proc.pid, signal.SIGTERM)
         for worker in self._workers.values():
             worker.stop()
 
@@ -144,21 +157,24 @@ class WorkerPool:
             self._supervisor.join(left())
             if self._supervisor.is_alive():
                 return False
-        for proc in self._procs.values():
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
             proc.join(left())
         for thread in self._threads.values():
             thread.join(left())
-        return not any(p.exitcode is None for p in self._procs.values()) and not any(
-            t.is_alive() for t in self._threads.values()
-        )
+        return not any(p.exitcode is None for p in procs) and not any(t.is_alive() for t in self._threads.values())
 
     def exit_codes(self) -> dict[str, int | None]:
-        return {wid: p.exitcode for wid, p in self._procs.items()}
+        with self._lock:
+            return {wid: p.exitcode for wid, p in self._procs.items()}
 
     def terminate(self) -> None:
         """Last resort: kill whatever is still running."""
-        self._stopping.set()
-        for proc in self._procs.values():
+        with self._lock:
+            self._stopping.set()
+            procs = list(self._procs.values())
+        for proc in procs:
             if proc.exitcode is None:
                 proc.kill()
                 proc.join(5)

@@ -1,0 +1,55 @@
+"""Check the peer adapters by hand: throughput for n=2000 and idle pickup latency.
+
+    PYTHONPATH=. python benchmarks/try_peers.py [n]
+
+Starts its own redis-server (never the one on 6379) and prints one line per
+measurement, then the keys left behind (should be 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+from benchmarks import peers
+from wqsim import RedisServer
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    began = time.monotonic()
+    with RedisServer() as server:
+        url = server.url
+        print(f"redis {url}, n={n}")
+        runs = [
+            ("rq SimpleWorker", lambda: peers.rq_throughput(url, n)),
+            ("celery solo", lambda: peers.celery_throughput(url, n)),
+            ("huey 1 thread", lambda: peers.huey_throughput(url, n)),
+            ("raw BLMOVE+LREM", lambda: peers.raw_throughput(url, n)),
+            ("raw Lua batch=100", lambda: peers.raw_throughput(url, n * 10, batch=100)),
+        ]
+        for name, run in runs:
+            t = time.monotonic()
+            rate = run()
+            print(f"throughput  {name:<18} {rate:>10,.0f} tasks/s   ({time.monotonic() - t:4.1f} s)")
+        for system in peers.SYSTEMS:
+            t = time.monotonic()
+            samples = peers.latency_samples(system, url)
+            q = peers.quantiles(samples)
+            print(f"latency     {system:<18} p50 {q['p50'] * 1e3:7.2f} ms  p99 {q['p99'] * 1e3:7.2f} ms"
+                  f"  (n={len(samples)}, {time.monotonic() - t:4.1f} s)")
+        import redis
+
+        client = redis.Redis.from_url(url)
+        leftover = client.dbsize()
+        client.close()
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    print(f"keys left {leftover}, threads left {threads}, total {time.monotonic() - began:.1f} s")
+    return 0 if leftover == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
