@@ -1,1 +1,1 @@
-"""wqsim's benchmark suite (not part of the installed package)."""
+"""wqsim's benchmark suite: ``python -m benchmarks`` (or ``make bench``)."""

@@ -241,13 +241,44 @@ def _rq_in_process_hygiene() -> Iterator[None]:
             logger.propagate = propagate
 
 
-def _cleanup_rq(client: redis.Redis, tag: str) -> None:
+# RQ's global throttle for group-registry cleaning (SET NX EX), set by worker
+# maintenance; removed only if it did not exist before our run.
+_RQ_GLOBAL_LOCKS = ("rq:clean_groups",)
+
+
+def _rq_existing_globals(client: redis.Redis) -> set[str]:
+    return {key for key in _RQ_GLOBAL_LOCKS if client.exists(key)}
+
+
+@functools.lru_cache(maxsize=1)
+def _rq_benchmark_worker_class() -> type:
+    """``rq.SimpleWorker`` without its remote-control pub/sub listener thread.
+
+    The listener only serves ``rq`` commands (shutdown, stop-job) and is idle
+    during a run, so dropping it changes no per-job cost; but after
+    ``unsubscribe()`` redis-py's listener thread waits out its 60 s
+    ``sleep_time`` and would outlive the call by up to a minute.
+    """
+    import rq
+
+    class BenchmarkSimpleWorker(rq.SimpleWorker):
+        def subscribe(self) -> None:
+            self.pubsub_thread = None
+
+    return BenchmarkSimpleWorker
+
+
+def _cleanup_rq(client: redis.Redis, tag: str, existed: set[str]) -> None:
     """Remove every key of one RQ run: queue, jobs, registries, worker, and our set members.
 
     Queue name, job ids and worker name all contain ``tag``; RQ's global sets
-    ``rq:queues`` and ``rq:workers`` only lose our members.
+    ``rq:queues`` and ``rq:workers`` only lose our members; a global lock is
+    deleted only if our run created it (``existed`` is the set found before).
     """
     _delete_matching(client, f"*{tag}*")
+    for key in _RQ_GLOBAL_LOCKS:
+        if key not in existed:
+            client.delete(key)
     client.srem("rq:queues", f"rq:queue:{tag}")
     for member in client.smembers("rq:workers"):
         if tag.encode() in member:
@@ -277,6 +308,7 @@ def rq_throughput(url: str, n: int, queue: str | None = None) -> float:
     tag = queue or _tag("rq")
     start_key, end_key = f"{tag}:t_start", f"{tag}:t_end"
     client = _client(url)
+    rq_globals = _rq_existing_globals(client)
     try:
         q = rq.Queue(tag, connection=client)
         jobs = [rq.Queue.prepare_data(peer_tasks.mark, (url, start_key), job_id=f"{tag}-start", result_ttl=0)]
@@ -287,14 +319,14 @@ def rq_throughput(url: str, n: int, queue: str | None = None) -> float:
         for i in range(0, len(jobs), 1000):
             q.enqueue_many(jobs[i : i + 1000])
         log.info("rq: %d jobs enqueued on %s; starting SimpleWorker", len(jobs), tag)
-        worker = rq.SimpleWorker([q], connection=client, name=f"{tag}-worker")
+        worker = _rq_benchmark_worker_class()([q], connection=client, name=f"{tag}-worker")
         with _rq_in_process_hygiene():
             worker.work(burst=True, logging_level="WARNING", max_jobs=n + 2)
         if client.get(end_key) is None:
             raise PeerError(f"rq: the burst worker stopped before the end marker ran ({q.count} jobs left)")
         return _marker_rate(client, n, start_key, end_key)
     finally:
-        _cleanup_rq(client, tag)
+        _cleanup_rq(client, tag, rq_globals)
         client.close()
 
 
@@ -595,6 +627,7 @@ def latency_samples(
     tag = prefix or _tag(system)
     out_key, warm_key = f"{tag}:latency", f"{tag}:warmup"
     client = _client(url)
+    rq_globals = _rq_existing_globals(client) if system == "rq" else set()
 
     def collect(enqueue: Callable[[str, float], None], alive: Callable[[], bool],
                 diagnostics: Callable[[], str] = lambda: "") -> list[float]:
@@ -658,7 +691,7 @@ def latency_samples(
             _cleanup_huey(huey, client, tag)
     finally:
         if system == "rq":
-            _cleanup_rq(client, tag)
+            _cleanup_rq(client, tag, rq_globals)
         _delete_matching(client, f"{tag}:*")
         client.close()
         if system in ("raw", "huey"):  # their tasks ran in this process

@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-ms", type=float, default=10.0, help="each sleep task's duration (default: 10)")
     p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
     p.add_argument("--mode", choices=("process", "thread"), default="process")
-    p.add_argument("--batch-size", type=int, default=1, help="tasks claimed per round trip (default: 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="tasks claimed per round trip, under one lease (default: 1)")
+    p.add_argument("--package-size", type=int, default=None, help="bundle tasks into work packages of this many")
+    p.add_argument("--ping-interval-s", type=float, default=None, help="heartbeat interval (default: lease / 3)")
     p.add_argument("--lease-s", type=float, default=None, help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)")
     p.add_argument("--max-attempts", type=int, default=None, help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)")
     p.add_argument("--timeout-s", type=float, default=None, help="listener timeout (default: scaled to the work)")
@@ -78,7 +80,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         chaos_values = {n: (v if v is not None else CHAOS_PRESET[n]) for n, v in chaos_values.items()}
     chaos_on = any(v for v in chaos_values.values())
     lease_s = args.lease_s if args.lease_s is not None else (CHAOS_LEASE_S if chaos_on else 30.0)
-    worker = WorkerConfig(lease_s=lease_s, batch_size=args.batch_size)
+    worker = WorkerConfig(lease_s=lease_s, batch_size=args.batch_size, ping_interval_s=args.ping_interval_s)
     chaos = ChaosConfig(
         seed=args.seed, hang_s=2 * lease_s, **{n: v or 0.0 for n, v in chaos_values.items()}
     )
@@ -87,6 +89,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         tasks=args.tasks,
         duration_ms=args.duration_ms,
         kind=args.kind,
+        package_size=args.package_size,
         workers=args.workers,
         max_attempts=args.max_attempts if args.max_attempts is not None else (10 if chaos_on else 3),
         mode=args.mode,

@@ -130,6 +130,7 @@ class ChaosConfig:
 class RunConfig:
     """The seed's scenario: generate tasks, run a pool of workers, listen, audit.
 
+    package_size: bundle tasks into work packages of this many at creation.
     timeout_s: the listener's limit; None scales it with the work to be done.
     reap_interval_s: how often the reaper runs; None means a quarter of the lease.
     """
@@ -138,6 +139,7 @@ class RunConfig:
     tasks: int = 100
     duration_ms: float = 10.0
     kind: str = "sleep"
+    package_size: int | None = None
     workers: int = field(default_factory=default_workers)
     max_attempts: int = 3
     mode: str = "process"
@@ -153,6 +155,8 @@ class RunConfig:
         _at_least("tasks", self.tasks, 1)
         _at_least("workers", self.workers, 1)
         _at_least("max_attempts", self.max_attempts, 1)
+        if self.package_size is not None:
+            _at_least("package_size", self.package_size, 1)
         if isinstance(self.duration_ms, bool) or not isinstance(self.duration_ms, (int, float)) or self.duration_ms < 0:
             raise ValueError(f"duration_ms must be a number >= 0 (got {self.duration_ms!r})")
         if self.mode not in ("process", "thread"):

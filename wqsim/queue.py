@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 import redis
 
 from .keys import Keys, check_id
-from .scripts import scripts_for
+from .scripts import full_source, scripts_for
 from .task import Status, Task
 
 Clock = Callable[[], float]
@@ -112,15 +112,14 @@ class Queue:
             if payload is None:
                 payload = payloads[id(task.payload)] = json.dumps(task.payload, separators=(",", ":"))
             flat += (task.id, task.kind, payload, task.max_attempts)
-        script = self._scripts["enqueue"]
+        # EVAL with the source, not EVALSHA: inside MULTI a missing script could not be
+        # reloaded, and redis-py would spend a round trip on SCRIPT EXISTS to check.
+        source = full_source("enqueue")
+        keys = self.keys.script_keys()
         pipe = self.client.pipeline(transaction=True)
         for start in range(0, len(flat), 4 * chunk):
             part = flat[start:start + 4 * chunk]
-            script(
-                keys=self.keys.script_keys(),
-                args=[self.keys.prefix, self.keys.progress_channel, now, size, len(part) // 4, *part],
-                client=pipe,
-            )
+            pipe.eval(source, len(keys), *keys, self.keys.prefix, self.keys.progress_channel, now, size, len(part) // 4, *part)
         return [pid for reply in pipe.execute() for pid in reply]
 
     # -- consuming ---------------------------------------------------------------

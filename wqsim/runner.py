@@ -67,7 +67,7 @@ def run(
     )
     worker_ids = [str(i) for i in range(1, cfg.workers + 1)]
     listener = Listener(connect(url), cfg.queue, worker_ids, logger=logger, on_progress=on_progress).start()
-    generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, logger=logger)
+    generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size, logger=logger)
     reaper = Reaper(Queue(connect(url), cfg.queue), cfg.reaper_interval_s).start()
     pool = WorkerPool(url, cfg.queue, worker_ids, cfg.worker, cfg.chaos, cfg.mode)
     started = time.perf_counter()

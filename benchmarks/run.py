@@ -1,0 +1,136 @@
+"""Measure wqsim against RQ, Celery, Huey and raw redis-py loops, in one run, on one server.
+
+Everything runs against one redis-server started for the run. Prints a table
+with the ratio wqsim / peer for each figure and the targets of issue #4, and
+writes the figures as JSON (default benchmarks/results/latest.json).
+Throughputs exclude start-up: wqsim's are measured from its tasks' own
+timestamps (first claim to last finish), the peers' between marker tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from wqsim import RedisServer, default_workers
+
+from . import peers
+from . import wqsim_bench as wb
+
+log = logging.getLogger("benchmarks")
+
+BATCHES = (1, 10, 100, 1000)
+
+
+def _n_for(batch: int, quick: bool) -> int:
+    n = {1: 20_000, 10: 50_000}.get(batch, 200_000)
+    return n // 10 if quick else n
+
+
+def measure(url: str, quick: bool = False) -> dict[str, Any]:
+    results: dict[str, Any] = {"throughput": {}, "peers": {}, "latency_ms": {}}
+    pools = sorted({1, default_workers()})
+    for workers in pools:
+        for batch in BATCHES:
+            for package in (False, True):
+                label = f"{'package' if package else 'batch'} {batch}, {workers} worker{'s' if workers > 1 else ''}"
+                log.info("wqsim %s ...", label)
+                results["throughput"][label] = wb.throughput(url, _n_for(batch, quick), batch, workers, package)
+    n_peer = 2_000 if quick else 10_000
+    for name, fn in (("huey", peers.huey_throughput), ("celery", peers.celery_throughput), ("rq", peers.rq_throughput)):
+        log.info("%s ...", name)
+        results["peers"][name] = fn(url, n_peer // (5 if name == "rq" else 1))
+    log.info("raw loops ...")
+    results["peers"]["raw BLMOVE+LREM"] = peers.raw_throughput(url, _n_for(1, quick), batch=1)
+    results["peers"]["raw batched Lua 100"] = peers.raw_throughput(url, _n_for(100, quick), batch=100)
+    log.info("pickup latency ...")
+    count = 300
+    results["latency_ms"]["wqsim"] = wb.percentiles([1000 * s for s in wb.pickup_latencies(url, count)])
+    for system in ("raw", "huey", "celery", "rq"):
+        results["latency_ms"][system] = wb.percentiles([1000 * s for s in peers.latency_samples(system, url, count)])
+    log.info("enqueue, memory, makespan ...")
+    results["enqueue_per_s"] = wb.enqueue_rate(url, 20_000 if quick else 200_000)
+    results["memory"] = wb.memory_per_task(url, 10_000 if quick else 100_000)
+    results["makespan"] = wb.makespan(url)
+    return results
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
+    """(what, measured, target, met) for each target of issue #4."""
+    tp, p = r["throughput"], r["peers"]
+    best_peer = max(p["huey"], p["celery"], p["rq"])
+    b1, b100 = tp["batch 1, 1 worker"], tp["batch 100, 1 worker"]
+    return [
+        ("batch 1 / fastest peer", b1 / best_peer, ">= 2", b1 / best_peer >= 2),
+        ("batch 1 / raw BLMOVE+LREM", b1 / p["raw BLMOVE+LREM"], ">= 1", b1 >= p["raw BLMOVE+LREM"]),
+        ("batch 100 / fastest peer", b100 / best_peer, ">= 15", b100 / best_peer >= 15),
+        ("batch 100 / raw batched Lua 100", b100 / p["raw batched Lua 100"], ">= 0.35", b100 / p["raw batched Lua 100"] >= 0.35),
+        ("idle pickup p99 (ms)", r["latency_ms"]["wqsim"]["p99"], "<= 1", r["latency_ms"]["wqsim"]["p99"] <= 1.0),
+        ("makespan / ideal", r["makespan"]["ratio"], "<= 1.03", r["makespan"]["ratio"] <= 1.03),
+        ("enqueue (tasks/s)", r["enqueue_per_s"], ">= 50,000", r["enqueue_per_s"] >= 50_000),
+    ]
+
+
+def report(r: dict[str, Any]) -> str:
+    p = r["peers"]
+    best = max(("huey", "celery", "rq"), key=lambda k: p[k])
+    lines = ["", f"No-op throughput (tasks/s); ratio = wqsim / {best} (fastest peer) and / raw loop", ""]
+    lines.append(f"{'':38} {'tasks/s':>10} {'/' + best:>9} {'/raw':>8}")
+    for label, value in r["throughput"].items():
+        raw = p["raw BLMOVE+LREM"] if label.split(",")[0].endswith(" 1") else p["raw batched Lua 100"]
+        lines.append(f"wqsim {label:32} {value:>10,.0f} {value / p[best]:>8.1f}x {value / raw:>7.2f}x")
+    for name, value in p.items():
+        lines.append(f"{name:38} {value:>10,.0f}")
+    lines += ["", "Idle pickup latency, enqueue -> start (ms)", f"{'':10} {'p50':>8} {'p95':>8} {'p99':>8}"]
+    for system, q in r["latency_ms"].items():
+        lines.append(f"{system:10} {q['p50']:>8.3f} {q['p95']:>8.3f} {q['p99']:>8.3f}")
+    m = r["memory"]
+    lines += [
+        "",
+        f"Redis memory per task: {m['queued_bytes_per_task']:.0f} B queued, {m['done_bytes_per_task']:.0f} B done "
+        f"(one task hash: {m['task_hash_queued_bytes']:.0f} B queued, {m['task_hash_done_bytes']:.0f} B done; "
+        f"event stream {m['event_stream_bytes_per_task']:.1f} B/task)",
+        f"Enqueue: {r['enqueue_per_s']:,.0f} tasks/s",
+        f"Makespan, 200 x 20 ms sleep tasks on 4 workers: {r['makespan']['makespan_s']:.3f} s "
+        f"vs ideal {r['makespan']['ideal_s']:.3f} s = {r['makespan']['ratio']:.3f}",
+        "",
+        "Targets (issue #4)",
+    ]
+    for what, value, goal, met in targets(r):
+        lines.append(f"  {'met ' if met else 'MISS'} {what:34} {value:>10,.3f}   target {goal}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the tasks: a smoke run, not figures to quote")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latest.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for name in ("wqsim", "rq", "celery", "huey", "kombu"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    started = time.time()
+    with RedisServer() as server:
+        version = redis.Redis.from_url(server.url).info("server")["redis_version"]
+        results = measure(server.url, quick=args.quick)
+    results["machine"] = {
+        "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+        "redis": version, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
+        "wall_s": round(time.time() - started, 1), "quick": args.quick,
+    }
+    results["targets"] = [
+        {"what": w, "measured": v, "target": g, "met": m} for w, v, g, m in targets(results)
+    ]
+    print(report(results))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0

@@ -1,0 +1,143 @@
+"""The seed's Scaling section: work packages, batch claims, heartbeats, round trips."""
+
+from __future__ import annotations
+
+import time
+from unittest import mock
+
+import pytest
+import redis
+
+from wqsim import Queue, Reaper, Settlement, Status, WorkerConfig, WorkerPool, audit, connect, generate
+
+
+def commands_sent(client: redis.Redis, action) -> dict[str, int]:
+    """Run ``action``; return the top-level commands the client sent, as {command: calls}.
+
+    The client's sends are counted at the connection (each send is one round trip).
+    """
+    sent: list[str] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        return original(self, command, check_health)
+
+    with mock.patch.object(redis.connection.AbstractConnection, "send_packed_command", counting):
+        action()
+    assert len(sent) == 1, f"expected one round trip, got {len(sent)}"
+    names: dict[str, int] = {}
+    # Parse the RESP arrays in the one send: each command is "*<n>\r\n$<len>\r\n<NAME>...".
+    data = sent[0]
+    for chunk in data.split(b"*")[1:]:
+        parts = chunk.split(b"\r\n")
+        if len(parts) > 2 and parts[1].startswith(b"$") and parts[0].isdigit():
+            name = parts[2].decode().lower()
+            if name.isalpha():
+                names[name] = names.get(name, 0) + 1
+    return names
+
+
+@pytest.mark.real_redis
+def test_a_package_claim_is_one_lua_call(real_client, queue_name):
+    q = Queue(real_client, queue_name)
+    generate(q, 100, kind="noop", package_size=100)
+    q.claim("warm-up", lease_ms=1, count=0)  # loads the script once, outside the measurement
+    claims = []
+    assert commands_sent(real_client, lambda: claims.append(q.claim("w1", lease_ms=5000))) == {"evalsha": 1}
+    assert len(claims[0].tasks) == 100
+    q.purge()
+
+
+@pytest.mark.real_redis
+def test_settling_a_whole_package_and_claiming_the_next_is_one_lua_call(real_client, queue_name):
+    q = Queue(real_client, queue_name)
+    generate(q, 200, kind="noop", package_size=100)
+    first = q.claim("w1", lease_ms=5000)
+    q.settle("warm-up", [], lease_ms=1)  # loads the script once, outside the measurement
+    outcomes = [Settlement(t.id, first.lease, "done", "null", 1.0, 2.0) for t in first.tasks]
+    replies = []
+    sent = commands_sent(real_client, lambda: replies.append(q.settle("w1", outcomes, lease_ms=5000, claim_next=1)))
+    assert sent == {"evalsha": 1}
+    assert replies[0].rejected == [] and len(replies[0].tasks) == 100
+    assert q.counters()["done"] == 100
+    q.purge()
+
+
+@pytest.mark.real_redis
+def test_enqueueing_many_tasks_is_one_round_trip(real_client, queue_name):
+    q = Queue(real_client, queue_name)
+    q.allocate_ids(1)  # the id counter is one INCRBY before the enqueue proper
+    ids = [str(i) for i in range(2, 12_002)]
+    from wqsim import make_tasks
+
+    tasks = make_tasks(ids, kind="noop")
+    sent = commands_sent(real_client, lambda: q.enqueue(tasks, chunk=5000))
+    assert sent == {"multi": 1, "eval": 3, "exec": 1}  # three chunks, one MULTI/EXEC, one round trip
+    assert q.counters()["total"] == 12_000
+    q.purge()
+
+
+def test_batch_claims_run_every_task_with_fewer_leases(make_queue, make_worker):
+    q = make_queue()
+    generate(q, 95, duration_ms=0)
+    make_worker(batch_size=10).run()
+    result = audit(q)
+    assert result.clean and result.done == 95
+    assert q.counters()["leases"] == 10  # nine full claims and one of five
+
+
+def test_a_worker_runs_a_packaged_queue_to_completion(make_queue, make_worker):
+    q = make_queue()
+    generate(q, 25, duration_ms=0, package_size=10)
+    make_worker().run()
+    result = audit(q)
+    assert result.clean and result.done == 25 and q.counters()["leases"] == 3
+
+
+@pytest.mark.real_redis
+@pytest.mark.slow
+def test_a_killed_workers_package_returns_only_its_unfinished_tasks(redis_url, queue_name):
+    q = Queue(connect(redis_url), queue_name)
+    generate(q, 10, duration_ms=100, package_size=10, max_attempts=3)
+    reaper = Reaper(Queue(connect(redis_url), queue_name), interval_s=0.05).start()
+    config = WorkerConfig(lease_s=0.5, idle_wait_s=0.05)
+    doomed = WorkerPool(redis_url, queue_name, ["doomed"], config, restart_crashed=False).start()
+    deadline = time.time() + 10
+    while q.counters().get("done", 0) < 3 and time.time() < deadline:
+        time.sleep(0.005)
+    doomed.kill("doomed")
+    doomed.join(5)
+    done_before = {str(i) for i in range(1, 11) if q.task(str(i)).status == Status.DONE}
+    assert 3 <= len(done_before) < 10
+    rescuer = WorkerPool(redis_url, queue_name, ["rescuer"], config).start()
+    assert rescuer.join(30)
+    reaper.stop()
+    for i in range(1, 11):
+        task = q.task(str(i))
+        expected = ("doomed", 1) if str(i) in done_before else ("rescuer", 2)
+        assert (task.status, task.worker, task.attempt) == (Status.DONE, *expected)
+    result = audit(q)
+    assert result.clean and result.done == 10 and result.expired == 10 - len(done_before)
+    assert result.executions == 10 + (10 - len(done_before))  # only unfinished tasks ran twice
+    q.purge()
+
+
+def test_a_heartbeat_keeps_a_package_alive_past_its_lease(client, queue_name):
+    q = Queue(client, queue_name)
+    generate(q, 6, duration_ms=100, package_size=6, max_attempts=1)  # 0.6 s of work under a 0.2 s lease
+    reaper = Reaper(Queue(client, queue_name), interval_s=0.02).start()
+    from wqsim import Worker
+
+    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=0.2, ping_interval_s=0.05, idle_wait_s=0.02))
+    worker.run()
+    reaper.stop()
+    result = audit(q)
+    assert result.clean and result.done == 6 and result.expired == 0 and result.executions == 6
+    q.purge()
+
+
+@pytest.mark.parametrize(("lease_s", "ping_s"), [(5, 10), (1, 1)])
+def test_lease_must_exceed_the_ping_interval(lease_s, ping_s):
+    with pytest.raises(ValueError, match=rf"lease_s must be longer than ping_interval_s \(got {lease_s} <= {ping_s}\)"):
+        WorkerConfig(lease_s=lease_s, ping_interval_s=ping_s)
