@@ -30,6 +30,9 @@ def wqsim(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
         (["run", "--max-attempts", "0"], "max_attempts must be an integer >= 1 (got 0)"),
         (["run", "--queue", "bad name"], "queue name must be"),
         (["run", "--fail-p", "2"], "fail_p must be a probability"),
+        (["run", "--package-size", "0"], "package_size must be an integer >= 1 (got 0)"),
+        (["run", "--lease-s", "1", "--ping-interval-s", "2"], "lease_s must be longer than ping_interval_s (got 1.0 <= 2.0)"),
+        (["run", "--kind", "launch_missiles"], "unknown task kind 'launch_missiles' (registered: noop, sleep)"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_readable_line(args, needle):
@@ -69,6 +72,14 @@ def test_run_prints_the_seed_sequence_and_a_summary(redis_url, queue_name):
     assert positions == sorted(positions)
     assert "tasks/s" in log
     assert {f"Worker {w} finished" for w in ("1", "2")} <= set(line.split(" ", 1)[1] for line in log.splitlines())
+
+
+def test_run_with_work_packages_completes_every_task(redis_url, queue_name):
+    proc = wqsim("run", "--tasks", "100", "--package-size", "10", "--workers", "2", "-q",
+                 "--redis-url", redis_url, "--queue", queue_name)
+    assert proc.returncode == 0, proc.stderr
+    assert "Bundled them into 10 work packages of up to 10" in proc.stderr
+    assert "Summary: 100 done, 0 dead, 0 lost, 0 completed twice, 100 executions" in proc.stderr
 
 
 @pytest.mark.real_redis
