@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
+import itertools
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -183,7 +184,7 @@ class _WorkerProcess:
         except OSError:
             return ""
         state = "running" if self.alive() else f"exit code {self.proc.returncode}"
-        return f"[{self.argv[2] if len(self.argv) > 2 else self.argv[0]} worker, {state}] output tail:\n{text}"
+        return f"[worker `{' '.join(self.argv[1:4])}`, {state}] output tail:\n{text}"
 
     def stop(self, grace_s: float = 5.0) -> None:
         try:
@@ -292,14 +293,15 @@ def rq_throughput(url: str, n: int, queue: str | None = None) -> float:
     """RQ: ``n`` no-op jobs drained by one in-process ``SimpleWorker(burst=True)``; tasks/s.
 
     Jobs are enqueued with ``result_ttl=0`` (nothing kept: the job hash is
-    deleted on success) through ``enqueue_many`` (one pipeline).  Must run in
+    deleted on success) through ``enqueue_many`` (pipelined, 1000 at a time).  Must run in
     the main thread: SimpleWorker enforces the job timeout with SIGALRM.
     Worker logging is set to WARNING, as for the other peers.
 
-    Per job RQ still does far more than a bare pop: LMOVE into an intermediate
-    queue, HGETALL the job, a pipeline that sets it started and adds it to the
-    started registry and an execution record, a SIGALRM timer, a pipeline that
-    finishes it (status, registries, delete), worker heartbeats and stats.
+    Per job RQ still does far more than a bare pop (measured with RQ 3.0:
+    about 25 round trips, 66 Redis commands): LMOVE into an intermediate
+    queue, HGETALL the job, MULTI/EXEC pipelines that mark it started (started
+    registry, execution record) and finished (status, registries, stats,
+    delete), five worker heartbeats (EXPIRE + HSET), and a SIGALRM timer.
     """
     import rq
 
@@ -358,7 +360,8 @@ def celery_throughput(url: str, n: int, queue: str | None = None, timeout_s: flo
     starts; ``ignore_result=True`` and no result backend.  Every kombu key is
     under the prefix ``<queue>:`` and deleted afterwards.  Celery's Redis
     transport emulates acknowledgement: each delivery is also written to the
-    ``unacked`` hash and ``unacked_index`` zset and removed on ack.
+    ``unacked`` hash and ``unacked_index`` zset (MULTI/EXEC) and removed on
+    ack (another MULTI/EXEC): BRPOP plus 8 commands per task.
     """
     from benchmarks import peer_celery
 
@@ -421,12 +424,21 @@ def _make_huey(url: str, name: str) -> tuple[Any, dict[str, Any]]:
 
 @contextlib.contextmanager
 def _huey_consumer(huey: Any) -> Iterator[Any]:
-    """One consumer with a single worker thread (Huey's defaults otherwise)."""
+    """One consumer with a single worker thread (Huey's defaults otherwise).
+
+    The ``huey`` logger is held at WARNING meanwhile, as RQ's and Celery's
+    workers are, so its two INFO lines per task cost nothing.
+    """
+    huey_logger = logging.getLogger("huey")
+    saved_level = huey_logger.level
+    if huey_logger.getEffectiveLevel() < logging.WARNING:
+        huey_logger.setLevel(logging.WARNING)
     consumer = _quiet_consumer_class()(huey, workers=1, worker_type="thread", shutdown_timeout=10)
     consumer.start()
     try:
         yield consumer
     finally:
+        huey_logger.setLevel(saved_level)
         consumer.stop(graceful=True)  # joins the worker and scheduler threads (BRPOP timeout 1 s)
         threads = [t for _, t in consumer.worker_threads] + [consumer.scheduler]
         if any(t.is_alive() for t in threads):
@@ -445,8 +457,9 @@ def huey_throughput(url: str, n: int, name: str | None = None, timeout_s: float 
 
     ``RedisHuey(results=False)`` on its own name; the consumer runs in this
     process as Huey's thread consumer (one worker thread plus Huey's scheduler
-    thread), started after the queue is loaded.  Per task Huey does a BRPOP,
-    a peek at the task's revocation keys and a delete of its revoke key.
+    thread), started after the queue is loaded.  Per task Huey does three
+    round trips: BRPOP, HMGET of the task's revocation keys, HDEL of its
+    revoke key.
     """
     tag = name or _tag("huey")
     start_key, end_key = f"{tag}:t_start", f"{tag}:t_end"
@@ -464,6 +477,9 @@ def huey_throughput(url: str, n: int, name: str | None = None, timeout_s: float 
             _wait_for("huey: start marker", lambda: client.exists(start_key) == 1, STARTUP_TIMEOUT_S, alive)
             _wait_for("huey: end marker", lambda: client.exists(end_key) == 1, timeout_s, alive,
                       lambda: f"{huey.pending_count()} tasks still queued")
+        executed = sum(worker.task_count for worker, _ in consumer.worker_threads)
+        if executed != n + 2:
+            raise PeerError(f"huey: the consumer ran {executed} tasks, expected {n + 2}")
         return _marker_rate(client, n, start_key, end_key)
     finally:
         _cleanup_huey(huey, client, tag)
@@ -621,6 +637,12 @@ def latency_samples(
     ``idle_s``, then ``count`` tasks are enqueued on a fixed schedule
     ``spacing_s`` apart.  Samples are returned in arrival order.  How each
     library waits while idle is described in the module docstring.
+
+    The worker stays idle between tasks only if its service time is below
+    ``spacing_s``.  RQ's (~2-4 ms per job on a 2-core machine) and, under
+    load, Celery's are close to the default 3 ms, so they build a backlog and
+    the later samples measure queueing: compare the last samples with the
+    first, or use a larger ``spacing_s`` (20 ms) for pure pickup latency.
     """
     if system not in SYSTEMS:
         raise ValueError(f"system must be one of {SYSTEMS}, not {system!r}")
@@ -656,9 +678,11 @@ def latency_samples(
             import rq
 
             q = rq.Queue(tag, connection=client)
+            job_ids = (f"{tag}-{i}" for i in itertools.count())  # so cleanup finds leftovers by tag
             with _rq_worker(url, tag) as worker:
                 return collect(
-                    lambda key, t: q.enqueue(peer_tasks.record_latency, url, key, t, result_ttl=0),
+                    lambda key, t: q.enqueue(peer_tasks.record_latency, url, key, t,
+                                             result_ttl=0, job_id=next(job_ids)),
                     worker.alive, worker.tail,
                 )
 
