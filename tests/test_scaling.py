@@ -78,13 +78,32 @@ def test_enqueueing_many_tasks_is_one_round_trip(real_client, queue_name):
     q.purge()
 
 
-def test_batch_claims_run_every_task_with_fewer_leases(make_queue, make_worker):
+def test_batch_claims_run_every_task_in_fewer_round_trips(make_queue, make_worker):
     q = make_queue()
     generate(q, 95, duration_ms=0)
-    make_worker(batch_size=10).run()
+    worker = make_worker(batch_size=10)
+    calls: list[str] = []
+    for name in ("claim", "settle"):
+        original = getattr(worker.queue, name)
+        setattr(worker.queue, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    worker.run()
     result = audit(q)
     assert result.clean and result.done == 95
-    assert q.counters()["leases"] == 10  # nine full claims and one of five
+    # One claim, then each settle records a batch and claims the next: ten settles for 95 tasks.
+    assert calls == ["claim"] + ["settle"] * 10
+
+
+def test_a_settle_that_claims_more_renews_the_emptied_lease_instead_of_making_one(make_queue):
+    q = make_queue()
+    generate(q, 2)
+    first = q.claim("w1", lease_ms=5000)
+    second = q.settle("w1", [Settlement("1", first.lease, "done", "null")], lease_ms=5000, claim_next=1)
+    assert second.lease == first.lease and [t.id for t in second.tasks] == ["2"]
+    assert q.client.smembers(q.keys.held(first.lease)) == {"2"}
+    last = q.settle("w1", [Settlement("2", first.lease, "done", "null")], lease_ms=5000, claim_next=1)
+    assert last.tasks == [] and last.drained
+    assert not q.client.exists(q.keys.lease(first.lease), q.keys.held(first.lease))
+    assert q.client.zcard(q.keys.inflight) == 0
 
 
 def test_a_worker_runs_a_packaged_queue_to_completion(make_queue, make_worker):
@@ -92,7 +111,7 @@ def test_a_worker_runs_a_packaged_queue_to_completion(make_queue, make_worker):
     generate(q, 25, duration_ms=0, package_size=10)
     make_worker().run()
     result = audit(q)
-    assert result.clean and result.done == 25 and q.counters()["leases"] == 3
+    assert result.clean and result.done == 25 and q.counters()["leases"] == 3  # one lease per package
 
 
 @pytest.mark.real_redis

@@ -72,7 +72,7 @@ class Worker:
         clock: Clock = time.time,
         in_own_process: bool = False,
     ) -> None:
-        self.queue = Queue(client, queue, clock=clock)
+        self.queue = Queue(client, queue, clock=clock, own_connection=True)
         self.id = check_id("worker id", worker_id)
         self.config = config or WorkerConfig()
         self.registry = registry or default_registry
@@ -81,6 +81,7 @@ class Worker:
         self.clock = clock
         self.stats = WorkerStats()
         self._in_own_process = in_own_process
+        self._chaos_active = self.chaos.active
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._frozen = threading.Event()  # chaos hang: the whole worker, heartbeat included, stalls
@@ -115,6 +116,7 @@ class Worker:
                 claim = self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size()))
         finally:
             self._finished.set()  # ends the ping loop
+            self.queue.close()
         self._with_redis(lambda: self.queue.client.publish(self.queue.keys.finished_channel, self.id))
         self.log.info("Worker %s finished", self.id)
         return self.stats
@@ -217,7 +219,7 @@ class Worker:
         return Settlement(task.id, lease, "done", result_json, started_at, finished_at)
 
     def _call(self, handler: Callable[[Task], object], task: Task) -> object:
-        if not self.chaos.active:
+        if not self._chaos_active:
             return handler(task)
         faults = chaos_mod.draw(self.chaos, task.id, task.attempt)
         if faults.crash:

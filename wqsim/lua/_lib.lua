@@ -35,8 +35,7 @@ local function package_key(pid) return PREFIX .. 'package:' .. pid end
 
 -- Wake one idle worker. The list never holds more than one token.
 local function wake()
-  redis.call('LPUSH', SIGNAL, '1')
-  redis.call('LTRIM', SIGNAL, 0, 0)
+  if redis.call('EXISTS', SIGNAL) == 0 then redis.call('LPUSH', SIGNAL, '1') end
 end
 
 local function record(id, event, attempt, worker, lease, at, detail)
@@ -65,6 +64,7 @@ end
 
 -- Move retries whose backoff has elapsed back to the front of the ready list.
 local function promote_due(now)
+  if redis.call('EXISTS', DELAYED) == 0 then return end
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(due) do
     redis.call('ZREM', DELAYED, id)
@@ -103,10 +103,11 @@ local function take(id, lease, worker, now, out, taken)
 end
 
 -- Claim up to `count` ready tasks (or one whole work package) for `worker`
--- under one new lease of `lease_ms`.
+-- under one lease of `lease_ms`: a new one, or `reuse`, a live lease of this
+-- worker that settle.lua has just emptied (renewing it saves creating one).
 -- Returns {drained 0|1, next retry due (epoch s; only when nothing was claimed) or '', lease id or '',
 --          then id, kind, payload, attempt for each claimed task}.
-local function claim(worker, now, lease_ms, count)
+local function claim(worker, now, lease_ms, count, reuse)
   promote_due(now)
   local out = {0, '', ''}
   local taken = {}
@@ -129,17 +130,27 @@ local function claim(worker, now, lease_ms, count)
         for j = #entries, i + 1, -1 do redis.call('RPUSH', READY, entries[j]) end
         break
       end
-      lease = lease or (worker .. '#' .. redis.call('HINCRBY', STATS, 'leases', 1))
+      lease = lease or reuse or (worker .. '#' .. redis.call('HINCRBY', STATS, 'leases', 1))
       take(entry, lease, worker, now, out, taken)
     end
   end
   if #taken > 0 then
     redis.call('SADD', held_key(lease), unpack(taken))
-    redis.call('SET', lease_key(lease), worker, 'PX', lease_ms)
-    redis.call('ZADD', INFLIGHT, tonumber(now) + tonumber(lease_ms) / 1000, lease)
+    -- A new lease is created; a reused one is renewed once less than half of it is left
+    -- (heartbeats renew it too), which spares two writes per task under load.
+    if lease ~= reuse or redis.call('PTTL', lease_key(lease)) < tonumber(lease_ms) / 2 then
+      redis.call('SET', lease_key(lease), worker, 'PX', lease_ms)
+      redis.call('ZADD', INFLIGHT, tonumber(now) + tonumber(lease_ms) / 1000, lease)
+    end
     out[3] = lease
   end
-  if redis.call('LLEN', READY) > 0 then wake() end
+  if reuse and (#taken == 0 or lease ~= reuse) then
+    redis.call('DEL', lease_key(reuse), held_key(reuse))
+    redis.call('ZREM', INFLIGHT, reuse)
+  end
+  if redis.call('EXISTS', SIGNAL) == 0 and redis.call('LLEN', READY) > 0 then
+    redis.call('LPUSH', SIGNAL, '1')  -- more work is ready: wake one idle worker
+  end
   if #taken == 0 then
     if drained() then
       out[1] = 1

@@ -6,4 +6,4 @@
 --   ARGV[6] how many tasks to claim at most
 -- Returns {drained 0|1, next retry due or '', lease id or '',
 --          then id, kind, payload, attempt for each claimed task}.
-return claim(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
+return claim(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), nil)

@@ -31,23 +31,32 @@ for i = 0, n - 1 do
   table.insert(by_lease[lease], 9 + 6 * i)
 end
 local accepted = {}
+local reuse = nil  -- a live non-package lease left empty: the claim below may renew it
 for _, lease in ipairs(order) do
   local bases = by_lease[lease]
   if redis.call('EXISTS', lease_key(lease)) == 1 then
-    local ids = {}
-    for k, base in ipairs(bases) do ids[k] = ARGV[base] end
-    local held = redis.call('SMISMEMBER', held_key(lease), unpack(ids))
-    local mine = {}
-    for k, base in ipairs(bases) do
-      if held[k] == 1 then
-        accepted[base] = true
-        mine[#mine + 1] = ids[k]
+    if #bases == 1 then  -- the common case under load: SREM both checks and removes
+      accepted[bases[1]] = redis.call('SREM', held_key(lease), ARGV[bases[1]]) == 1
+    else
+      local ids = {}
+      for k, base in ipairs(bases) do ids[k] = ARGV[base] end
+      local held = redis.call('SMISMEMBER', held_key(lease), unpack(ids))
+      local mine = {}
+      for k, base in ipairs(bases) do
+        if held[k] == 1 then
+          accepted[base] = true
+          mine[#mine + 1] = ids[k]
+        end
       end
+      if #mine > 0 then redis.call('SREM', held_key(lease), unpack(mine)) end
     end
-    if #mine > 0 then redis.call('SREM', held_key(lease), unpack(mine)) end
     if redis.call('SCARD', held_key(lease)) == 0 then
-      redis.call('DEL', lease_key(lease), held_key(lease))
-      redis.call('ZREM', INFLIGHT, lease)
+      if reuse == nil and count > 0 and not string.find(lease, '@', 1, true) then
+        reuse = lease
+      else
+        redis.call('DEL', lease_key(lease), held_key(lease))
+        redis.call('ZREM', INFLIGHT, lease)
+      end
     end
   end
 end
@@ -86,6 +95,6 @@ if #done > 0 then
   redis.call('XADD', EVENTS, '*', 'event', 'done', 'id', ids, 'worker', worker, 'at', now)
   redis.call('PUBLISH', PROGRESS, 'done ' .. ids)
 end
-local out = claim(worker, now, lease_ms, count)
+local out = claim(worker, now, lease_ms, count, reuse)
 table.insert(out, 1, rejected)
 return out
