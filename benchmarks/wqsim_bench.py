@@ -109,9 +109,11 @@ def makespan(url: str, tasks: int = 200, duration_ms: float = 20.0, workers: int
     """The seed-like sleep workload: measured makespan against sum(durations) / workers."""
     client = wqsim.connect(url)
     q = _queue(client, "mk")
-    generate(q, tasks, duration_ms=duration_ms)
     try:
+        # Workers start first and wait, so process start-up is not part of the workload.
         pool = WorkerPool(url, q.name, [f"m{i}" for i in range(workers)], WorkerConfig()).start()
+        time.sleep(0.5)
+        generate(q, tasks, duration_ms=duration_ms)
         pool.join(120)
         spans = list(_times(q, ("started_at", "finished_at")))
         measured = max(f for _, f in spans) - min(s for s, _ in spans)

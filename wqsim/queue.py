@@ -74,22 +74,23 @@ class _OwnConnection:
         self.client = client
         self.conn: redis.connection.AbstractConnection | None = None
 
-    def evalsha(self, name: str, keys: list[str], args: list[object]) -> object:
-        script = scripts_for(self.client)[name]
+    def command(self, *args: object) -> object:
         if self.conn is None:
             self.conn = self.client.connection_pool.make_connection()
         try:
-            try:
-                self.conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                return self.conn.read_response()
-            except redis.exceptions.NoScriptError:  # first use, or the server restarted
-                self.conn.send_command("SCRIPT", "LOAD", script.script)
-                self.conn.read_response()
-                self.conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                return self.conn.read_response()
+            self.conn.send_command(*args)
+            return self.conn.read_response()
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             self.close()
             raise
+
+    def evalsha(self, name: str, keys: list[str], args: list[object]) -> object:
+        script = scripts_for(self.client)[name]
+        try:
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # first use, or the server restarted
+            self.command("SCRIPT", "LOAD", script.script)
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -164,8 +165,11 @@ class Queue:
             if payload is None:
                 payload = payloads[id(task.payload)] = json.dumps(task.payload, separators=(",", ":"))
             flat += (task.id, task.kind, payload, task.max_attempts)
-        # EVAL with the source, not EVALSHA: inside MULTI a missing script could not be
-        # reloaded, and redis-py would spend a round trip on SCRIPT EXISTS to check.
+        if len(flat) <= 4 * chunk:  # one script call is atomic by itself
+            return list(self._run("enqueue", now, size, len(flat) // 4, *flat))
+        # Several chunks: EVAL with the source inside MULTI/EXEC, not EVALSHA, since a
+        # missing script could not be reloaded mid-transaction (and redis-py would
+        # spend a round trip on SCRIPT EXISTS to check).
         source = full_source("enqueue")
         keys = self.keys.script_keys()
         pipe = self.client.pipeline(transaction=True)
@@ -214,7 +218,10 @@ class Queue:
 
     def wait_for_work(self, timeout_s: float) -> bool:
         """Block until a wake-up signal arrives or ``timeout_s`` passes. No polling loop."""
-        return self.client.blpop([self.keys.signal], timeout=max(timeout_s, 0.001)) is not None
+        timeout = max(timeout_s, 0.001)
+        if self._own is not None:
+            return self._own.command("BLPOP", self.keys.signal, timeout) is not None
+        return self.client.blpop([self.keys.signal], timeout=timeout) is not None
 
     # -- inspecting --------------------------------------------------------------
     def counters(self) -> dict[str, int]:
