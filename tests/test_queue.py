@@ -108,6 +108,16 @@ def test_duplicate_completion_is_rejected_and_counted_once(make_queue):
     assert audit(q).completed_twice == 0
 
 
+def test_a_task_listed_twice_in_one_settle_is_recorded_once(make_queue):
+    q = make_queue()
+    generate(q, 2)
+    claim = q.claim("w1", lease_ms=5000, count=2)
+    twice = [Settlement("1", claim.lease, "done", "null")] * 2 + [Settlement("2", claim.lease, "done", "null")]
+    assert q.settle("w1", twice, lease_ms=1000).rejected == ["1"]
+    assert (done_count(q, "1"), q.counters()["done"]) == (1, 2)
+    assert audit(q).completed_twice == 0
+
+
 def test_late_completion_after_lease_expiry_is_rejected_and_not_recorded(make_queue):
     q = make_queue()
     generate(q, 1)

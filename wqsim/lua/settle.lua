@@ -41,9 +41,10 @@ for _, lease in ipairs(order) do
       local ids = {}
       for k, base in ipairs(bases) do ids[k] = ARGV[base] end
       local held = redis.call('SMISMEMBER', held_key(lease), unpack(ids))
-      local mine = {}
+      local mine, seen = {}, {}
       for k, base in ipairs(bases) do
-        if held[k] == 1 then
+        if held[k] == 1 and not seen[ids[k]] then  -- a task listed twice in one call counts once
+          seen[ids[k]] = true
           accepted[base] = true
           mine[#mine + 1] = ids[k]
         end
