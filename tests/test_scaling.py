@@ -81,7 +81,7 @@ def test_enqueueing_many_tasks_is_one_round_trip(real_client, queue_name):
 def test_batch_claims_run_every_task_in_fewer_round_trips(make_queue, make_worker):
     q = make_queue()
     generate(q, 95, duration_ms=0)
-    worker = make_worker(batch_size=10)
+    worker = make_worker(batch_size=10, prefetch=False)
     calls: list[str] = []
     for name in ("claim", "settle"):
         original = getattr(worker.queue, name)
@@ -91,6 +91,23 @@ def test_batch_claims_run_every_task_in_fewer_round_trips(make_queue, make_worke
     assert result.clean and result.done == 95
     # One claim, then each settle records a batch and claims the next: ten settles for 95 tasks.
     assert calls == ["claim"] + ["settle"] * 10
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_a_prefetching_worker_sends_results_and_its_next_request_together(make_queue, make_worker, batch_size):
+    q = make_queue()
+    generate(q, 50, duration_ms=0)
+    worker = make_worker(batch_size=batch_size, prefetch=True)
+    calls: list[str] = []
+    for name in ("claim", "settle", "claim_nowait", "settle_nowait"):
+        original = getattr(worker.queue, name)
+        setattr(worker.queue, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    worker.run()
+    result = audit(q)
+    assert result.clean and result.done == 50 and result.executions == 50
+    assert calls[:2] == ["claim", "claim_nowait"]  # the first batch, and at once a request for the next
+    assert "settle" not in calls  # every later round trip overlaps with work
+    assert calls.count("settle_nowait") == -(-50 // batch_size)
 
 
 def test_a_settle_that_claims_more_renews_the_emptied_lease_instead_of_making_one(make_queue):

@@ -42,6 +42,9 @@ class WorkerConfig:
     idle_wait_s: longest single wait for a wake-up signal while idle. It is a
         safety net; workers are woken by signals, not by polling.
     batch_size: tasks claimed per round trip, all under one lease.
+    prefetch: hold one claim in reserve: results and the request for more go
+        to Redis together while the worker runs the reserve, so round trips
+        overlap with work (Celery's prefetch, one batch deep).
     heartbeat: renew the lease from a background thread while tasks run
         ("pings"), so long work is not reaped; every ping_interval_s seconds
         (default lease_s / 3).
@@ -58,6 +61,7 @@ class WorkerConfig:
     backoff_max_s: float = 5.0
     idle_wait_s: float = 1.0
     batch_size: int = 1
+    prefetch: bool = True
     heartbeat: bool = True
     ping_interval_s: float | None = None
     flush_interval_s: float = 0.01

@@ -20,7 +20,7 @@ from .scripts import full_source, scripts_for
 from .task import Status, Task
 
 Clock = Callable[[], float]
-Outcome = Literal["done", "retry", "dead"]
+Outcome = Literal["done", "retry", "dead", "release"]
 
 
 class Settlement(NamedTuple):
@@ -73,13 +73,21 @@ class _OwnConnection:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.conn: redis.connection.AbstractConnection | None = None
+        self.pending: list[tuple[int, str, list[str], list[object]]] = []  # sent, reply not read yet
+        self.replies: dict[int, object] = {}  # replies read, by ticket
+        self._tickets = 0
 
-    def command(self, *args: object) -> object:
+    def _connection(self) -> redis.connection.AbstractConnection:
         if self.conn is None:
             self.conn = self.client.connection_pool.make_connection()
+        return self.conn
+
+    def command(self, *args: object) -> object:
+        self.drain()
         try:
-            self.conn.send_command(*args)
-            return self.conn.read_response()
+            conn = self._connection()
+            conn.send_command(*args)
+            return conn.read_response()
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             self.close()
             raise
@@ -92,7 +100,38 @@ class _OwnConnection:
             self.command("SCRIPT", "LOAD", script.script)
             return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
 
+    def evalsha_nowait(self, name: str, keys: list[str], args: list[object]) -> int:
+        """Send without waiting for the reply; returns a ticket for ``reply``."""
+        script = scripts_for(self.client)[name]
+        try:
+            self._connection().send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self.close()
+            raise
+        self._tickets += 1
+        self.pending.append((self._tickets, name, keys, args))
+        return self._tickets
+
+    def reply(self, ticket: int) -> object:
+        """The reply for ``ticket``, reading (in order) every reply sent before it."""
+        self.drain(until=ticket)
+        return self.replies.pop(ticket)
+
+    def drain(self, until: int | None = None) -> None:
+        """Read the replies of commands sent without waiting (all, or up to ``until``)."""
+        while self.pending and (until is None or self.pending[0][0] <= until):
+            ticket, name, keys, args = self.pending.pop(0)
+            try:
+                self.replies[ticket] = self._connection().read_response()
+            except redis.exceptions.NoScriptError:  # it did not run: send it again, waiting this time
+                self.replies[ticket] = self.evalsha(name, keys, args)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self.close()  # what was in flight is lost; leases expire and the reaper returns the tasks
+                raise
+
     def close(self) -> None:
+        self.pending.clear()
+        self.replies.clear()
         if self.conn is not None:
             self.conn.disconnect()
             self.conn = None
@@ -111,6 +150,9 @@ class Queue:
         self.clock = clock
         self._scripts = scripts_for(client)
         self._own = _OwnConnection(client) if own_connection else None
+        self._results: dict[int, tuple[str, list]] = {}  # without a private connection: replies by ticket
+        self._names: dict[int, str] = {}
+        self._ticket = 0
 
     @property
     def name(self) -> str:
@@ -193,11 +235,45 @@ class Queue:
         backoff_s: float = 0.0,
     ) -> Claim:
         """Record outcomes (each fenced by its lease) and claim up to ``claim_next`` more, in one call."""
+        reply = self._hot("settle", *self._settle_args(worker, settlements, lease_ms, claim_next, backoff_s))
+        return _claim_from(reply[1:], rejected=list(reply[0]))
+
+    # -- pipelined: send now, read the reply later ---------------------------------
+    # A worker hands Redis its finished work and its request for more, then goes
+    # on with tasks it already holds while Redis answers: round trips overlap with
+    # work. Without a private connection these calls simply run at once.
+    def claim_nowait(self, worker: str, lease_ms: int, count: int = 1) -> int:
+        return self._nowait("claim", [worker, repr(self.clock()), lease_ms, count])
+
+    def settle_nowait(
+        self, worker: str, settlements: Iterable[Settlement], lease_ms: int, claim_next: int = 0, backoff_s: float = 0.0
+    ) -> int:
+        return self._nowait("settle", self._settle_args(worker, settlements, lease_ms, claim_next, backoff_s))
+
+    def result(self, ticket: int) -> Claim:
+        """The Claim answering a claim_nowait or settle_nowait ticket."""
+        if ticket in self._results:
+            name, reply = self._results.pop(ticket)
+        else:
+            name, reply = self._names.pop(ticket), self._own.reply(ticket)  # type: ignore[union-attr]
+        if name == "settle":
+            return _claim_from(reply[1:], rejected=list(reply[0]))
+        return _claim_from(reply, rejected=[])
+
+    def _nowait(self, name: str, args: list[object]) -> int:
+        if self._own is None:
+            self._ticket += 1
+            self._results[self._ticket] = (name, self._run(name, *args))
+            return self._ticket
+        ticket = self._own.evalsha_nowait(name, self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel, *args])
+        self._names[ticket] = name
+        return ticket
+
+    def _settle_args(self, worker: str, settlements: Iterable[Settlement], lease_ms: int, claim_next: int, backoff_s: float) -> list[object]:
         flat: list[object] = []
         for s in settlements:
             flat += (s.task_id, s.lease, s.outcome, s.value, repr(s.started_at), repr(s.finished_at))
-        reply = self._hot("settle", worker, repr(self.clock()), lease_ms, claim_next, repr(backoff_s), len(flat) // 6, *flat)
-        return _claim_from(reply[1:], rejected=list(reply[0]))
+        return [worker, repr(self.clock()), lease_ms, claim_next, repr(backoff_s), len(flat) // 6, *flat]
 
     def heartbeat(self, leases: Iterable[str], lease_ms: int) -> list[str]:
         """Renew leases that are still alive; return the ids of those that were lost."""

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import redis
@@ -89,6 +89,7 @@ class Worker:
         self._held: set[str] = set()
         self._lost: set[str] = set()
         self._attempts: dict[str, int] = {}  # attempt numbers of failed tasks, for the backoff
+        self._flushes: list[int] = []  # tickets of mid-claim settles whose replies are not read yet
 
     def stop(self) -> None:
         """Finish and settle the task(s) in hand, claim nothing more, then return."""
@@ -96,16 +97,29 @@ class Worker:
 
     def run(self) -> WorkerStats:
         cfg = self.config
-        pinger = None
         if cfg.heartbeat:
-            pinger = threading.Thread(target=self._ping_loop, name=f"wqsim-ping-{self.id}", daemon=True)
-            pinger.start()
+            threading.Thread(target=self._ping_loop, name=f"wqsim-ping-{self.id}", daemon=True).start()
         try:
-            claim = self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size()))
+            claim = self._hold(self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size())))
+            ahead: int | None = None  # a request in flight whose reply holds this worker's next tasks
             while True:
                 self._note_rejected(claim)
                 if claim.tasks:
-                    claim = self._work_on(claim)
+                    if cfg.prefetch and ahead is None and not self._stopping.is_set():
+                        ahead = self._send(lambda: self.queue.claim_nowait(self.id, cfg.lease_ms, cfg.batch_size))
+                    settlements = self._work_on(claim)
+                    if ahead is None:
+                        claim = self._hold(self._settle(settlements, claim_next=self._claim_size()))
+                        continue
+                    # Pipelined: take the reply to the earlier request, then hand Redis these
+                    # results and the next request together, and work on while it answers.
+                    claim = self._collect(ahead)
+                    backoff_s = self._backoff_s(settlements)
+                    ahead = self._send(lambda: self.queue.settle_nowait(
+                        self.id, settlements, cfg.lease_ms, self._claim_size(), backoff_s))
+                    continue
+                if ahead is not None:
+                    claim, ahead = self._collect(ahead), None
                     continue
                 if self._stopping.is_set() or (claim.drained and cfg.exit_when_drained):
                     break
@@ -113,7 +127,7 @@ class Worker:
                 if claim.next_due is not None:
                     wait_s = min(wait_s, max(claim.next_due - self.clock(), 0.001))
                 self._with_redis(lambda: self.queue.wait_for_work(wait_s))
-                claim = self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size()))
+                claim = self._hold(self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size())))
         finally:
             self._finished.set()  # ends the ping loop
             self.queue.close()
@@ -124,24 +138,58 @@ class Worker:
     def _claim_size(self) -> int:
         return 0 if self._stopping.is_set() else self.config.batch_size
 
-    def _work_on(self, claim: Claim) -> Claim:
-        """Perform a claim's tasks, recording finished ones at most every flush_interval_s."""
+    def _hold(self, claim: Claim) -> Claim:
+        """From now on the heartbeat renews this claim's lease (until its tasks are settled)."""
+        if claim.lease is not None:
+            with self._lock:
+                self._held.add(claim.lease)
+        return claim
+
+    def _send(self, request: Callable[[], int]) -> int | None:
+        """Send a pipelined request; None if Redis is unreachable (the loop then claims afresh)."""
+        try:
+            return request()
+        except RETRYABLE_REDIS_ERRORS as exc:
+            self.log.warning("Worker %s: Redis unreachable (%s); results in flight are left to the reaper", self.id, exc)
+            return None
+
+    def _collect(self, ticket: int | None) -> Claim:
+        """The reply to a pipelined request, with the rejections of earlier flushes folded in."""
+        if ticket is None:
+            return Claim()
+        try:
+            claim = self.queue.result(ticket)
+        except RETRYABLE_REDIS_ERRORS as exc:
+            self.log.warning("Worker %s: Redis unreachable (%s); results in flight are left to the reaper", self.id, exc)
+            self._flushes.clear()
+            return Claim()
+        return self._hold(self._with_flush_rejections(claim))
+
+    def _work_on(self, claim: Claim) -> list[Settlement]:
+        """Perform a claim's tasks; return the outcomes not yet sent to Redis.
+
+        Finished tasks are sent at most every flush_interval_s without waiting
+        for the reply, so a worker that dies mid-package loses only its
+        unfinished tasks, and Redis records them while the next task runs.
+        """
         lease = claim.lease
         assert lease is not None
-        with self._lock:
-            self._held.add(lease)
         pending: list[Settlement] = []
         flushed_at = time.monotonic()
         try:
-            for claimed in claim.tasks:
+            for i, claimed in enumerate(claim.tasks):
                 if lease in self._lost:
+                    break
+                if self._stopping.is_set():  # hand back what was never started
+                    pending += [Settlement(c.id, lease, "release", "") for c in claim.tasks[i:]]
                     break
                 pending.append(self.perform(claimed, lease))
                 if time.monotonic() - flushed_at >= self.config.flush_interval_s and claimed is not claim.tasks[-1]:
-                    flushed = self._settle(pending, claim_next=0)
-                    self._note_rejected(flushed)
-                    if flushed.rejected:  # Redis no longer honours this lease: stop, as a lost ping would
-                        self._lost.add(lease)
+                    backoff_s = self._backoff_s(pending)
+                    batch = pending
+                    ticket = self._send(lambda: self.queue.settle_nowait(self.id, batch, self.config.lease_ms, 0, backoff_s))
+                    if ticket is not None:
+                        self._flushes.append(ticket)
                     pending = []
                     flushed_at = time.monotonic()
         except _Abandoned:
@@ -159,16 +207,29 @@ class Worker:
                 self.id, lease, len(pending),
             )
             pending = []
-        return self._settle(pending, claim_next=self._claim_size())
+        return pending
 
-    def _settle(self, settlements: list[Settlement], claim_next: int) -> Claim:
+    def _backoff_s(self, settlements: list[Settlement]) -> float:
         retries = [s for s in settlements if s.outcome == "retry"]
         backoff_s = self.config.backoff_for(max(self._attempts[s.task_id] for s in retries)) if retries else 0.0
         for s in settlements:
             self._attempts.pop(s.task_id, None)
-        return self._with_redis(
+        return backoff_s
+
+    def _settle(self, settlements: list[Settlement], claim_next: int) -> Claim:
+        backoff_s = self._backoff_s(settlements)
+        claim = self._with_redis(
             lambda: self.queue.settle(self.id, settlements, self.config.lease_ms, claim_next, backoff_s)
         )
+        return self._with_flush_rejections(claim)
+
+    def _with_flush_rejections(self, claim: Claim) -> Claim:
+        """Fold in the rejections of flushes whose replies have been read by now."""
+        late: list[str] = []
+        for ticket in self._flushes:
+            late += self.queue.result(ticket).rejected
+        self._flushes.clear()
+        return replace(claim, rejected=late + claim.rejected) if late else claim
 
     def _note_rejected(self, claim: Claim) -> None:
         if claim.rejected:

@@ -6,8 +6,10 @@
 --   ARGV[6] how many tasks to claim after settling (0: claim none)
 --   ARGV[7] retry backoff, seconds (the same for every retry in this call)
 --   ARGV[8] number of outcomes n, followed by n groups of 6:
---           task id, lease id, outcome ('done'|'retry'|'dead'),
---           result JSON (done) or error text (retry/dead),
+--           task id, lease id, outcome ('done'|'retry'|'dead'|'release'),
+--           result JSON (done) or error text (retry/dead); 'release' hands back a
+--           task that was never started (a stopping worker's reserve): it goes
+--           back to the front of the ready list and its attempt is not counted,
 --           started_at, finished_at (epoch seconds, measured by the worker)
 -- An outcome is recorded only while its lease is alive (the lease key exists)
 -- and still holds the task (it is a member of held:<lease>, removed as it is recorded). Otherwise it is
@@ -72,6 +74,11 @@ for i = 0, n - 1 do
     rejected[#rejected + 1] = id
     redis.call('HINCRBY', STATS, 'rejected', 1)
     record(id, 'rejected', 0, worker, lease, now, 'late ' .. outcome .. ': lease ' .. lease .. ' no longer holds it')
+  elseif outcome == 'release' then
+    redis.call('HINCRBY', tkey, 'attempt', -1)
+    redis.call('HSET', tkey, 'status', 'queued')
+    redis.call('RPUSH', READY, id)
+    record(id, 'released', 0, worker, lease, now, 'not started; handed back')
   elseif outcome == 'done' then
     redis.call('HSET', tkey, 'status', 'done', 'result', value, 'error', '',
       'started_at', started_at, 'finished_at', finished_at)
