@@ -105,13 +105,13 @@ def memory_per_task(url: str, n: int = 100_000) -> dict[str, float]:
         q.purge()
 
 
-def makespan(url: str, tasks: int = 200, duration_ms: float = 20.0, workers: int = 4) -> dict[str, float]:
+def makespan(url: str, tasks: int = 200, duration_ms: float = 20.0, workers: int = 4, batch: int = 1) -> dict[str, float]:
     """The seed-like sleep workload: measured makespan against sum(durations) / workers."""
     client = wqsim.connect(url)
     q = _queue(client, "mk")
     try:
         # Workers start first and wait, so process start-up is not part of the workload.
-        pool = WorkerPool(url, q.name, [f"m{i}" for i in range(workers)], WorkerConfig()).start()
+        pool = WorkerPool(url, q.name, [f"m{i}" for i in range(workers)], WorkerConfig(batch_size=batch)).start()
         time.sleep(0.5)
         generate(q, tasks, duration_ms=duration_ms)
         pool.join(120)
