@@ -8,7 +8,7 @@ import time
 import pytest
 
 from helpers import done_count
-from wqsim import Keys, Queue, Settlement, Status, Task, audit, generate, make_tasks
+from wqsim import Keys, Queue, Settlement, Status, audit, generate, make_tasks
 
 
 class FakeClock:

@@ -82,7 +82,7 @@ class RedisServer:
                 except (redis.ConnectionError, redis.BusyLoadingError):
                     if time.monotonic() > deadline:
                         self.stop()
-                        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout_s} s")
+                        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout_s} s") from None
                     time.sleep(0.02)
         finally:
             client.close()

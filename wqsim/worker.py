@@ -114,26 +114,33 @@ class Worker:
                     # Pipelined: take the reply to the earlier request, then hand Redis these
                     # results and the next request together, and work on while it answers.
                     claim = self._collect(ahead)
-                    backoff_s = self._backoff_s(settlements)
-                    ahead = self._send(lambda: self.queue.settle_nowait(
-                        self.id, settlements, cfg.lease_ms, self._claim_size(), backoff_s))
+                    ahead = self._send_results_and_ask_for_more(settlements)
                     continue
                 if ahead is not None:
                     claim, ahead = self._collect(ahead), None
                     continue
                 if self._stopping.is_set() or (claim.drained and cfg.exit_when_drained):
                     break
-                wait_s = cfg.idle_wait_s
-                if claim.next_due is not None:
-                    wait_s = min(wait_s, max(claim.next_due - self.clock(), 0.001))
-                self._with_redis(lambda: self.queue.wait_for_work(wait_s))
+                self._wait_for_work(claim.next_due)
                 claim = self._hold(self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size())))
         finally:
             self._finished.set()  # ends the ping loop
             self.queue.close()
-        self._with_redis(lambda: self.queue.client.publish(self.queue.keys.finished_channel, self.id))
         self.log.info("Worker %s finished", self.id)
+        self._with_redis(lambda: self.queue.client.publish(self.queue.keys.finished_channel, self.id))
         return self.stats
+
+    def _send_results_and_ask_for_more(self, settlements: list[Settlement]) -> int | None:
+        backoff_s = self._backoff_s(settlements)
+        return self._send(lambda: self.queue.settle_nowait(
+            self.id, settlements, self.config.lease_ms, self._claim_size(), backoff_s))
+
+    def _wait_for_work(self, next_due: float | None) -> None:
+        """Sleep until woken by a signal, a retry falls due, or idle_wait_s passes."""
+        wait_s = self.config.idle_wait_s
+        if next_due is not None:
+            wait_s = min(wait_s, max(next_due - self.clock(), 0.001))
+        self._with_redis(lambda: self.queue.wait_for_work(wait_s))
 
     def _claim_size(self) -> int:
         return 0 if self._stopping.is_set() else self.config.batch_size
@@ -185,11 +192,7 @@ class Worker:
                     break
                 pending.append(self.perform(claimed, lease))
                 if time.monotonic() - flushed_at >= self.config.flush_interval_s and claimed is not claim.tasks[-1]:
-                    backoff_s = self._backoff_s(pending)
-                    batch = pending
-                    ticket = self._send(lambda: self.queue.settle_nowait(self.id, batch, self.config.lease_ms, 0, backoff_s))
-                    if ticket is not None:
-                        self._flushes.append(ticket)
+                    self._flush(pending)
                     pending = []
                     flushed_at = time.monotonic()
         except _Abandoned:
@@ -208,6 +211,13 @@ class Worker:
             )
             pending = []
         return pending
+
+    def _flush(self, settlements: list[Settlement]) -> None:
+        """Send finished tasks' outcomes without waiting; the reply is checked later."""
+        backoff_s = self._backoff_s(settlements)
+        ticket = self._send(lambda: self.queue.settle_nowait(self.id, settlements, self.config.lease_ms, 0, backoff_s))
+        if ticket is not None:
+            self._flushes.append(ticket)
 
     def _backoff_s(self, settlements: list[Settlement]) -> float:
         retries = [s for s in settlements if s.outcome == "retry"]
