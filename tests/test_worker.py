@@ -48,6 +48,17 @@ def test_worker_publishes_one_finished_message_when_no_more_work_can_be_had(make
     assert result.progress == {"done": 3, "dead": 0}
 
 
+def test_listener_counts_every_task_of_a_batched_progress_message(make_queue, make_worker, client, queue_name):
+    q = make_queue()
+    generate(q, 25, duration_ms=0)
+    seen: list[tuple[str, str]] = []
+    listener = Listener(client, queue_name, ["w1"], on_progress=lambda status, task_id: seen.append((status, task_id))).start()
+    make_worker("w1", batch_size=10).run()
+    result = listener.wait(timeout_s=2)
+    assert result.progress == {"done": 25, "dead": 0}
+    assert sorted(int(task_id) for _, task_id in seen) == list(range(1, 26))
+
+
 def test_worker_does_not_exit_while_another_worker_still_holds_a_task(make_queue, make_worker):
     """Termination waits for every task to be terminal, not for an empty ready list."""
     q = make_queue()

@@ -89,7 +89,7 @@ class Keys:
 
     @property
     def progress_channel(self) -> str:
-        """Each terminal task outcome is announced here as "<status> <id>"."""
+        """Terminal outcomes are announced here as "<status> <id> [<id> ...]", one message per settle call."""
         return self.prefix + "progress"
 
     # Per-task keys.

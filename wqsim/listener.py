@@ -88,10 +88,11 @@ class Listener:
                 if not message or message["type"] != "message":
                     continue
                 if message["channel"] == self.keys.progress_channel:
-                    status, _, task_id = str(message["data"]).partition(" ")
-                    progress[status] = progress.get(status, 0) + 1
+                    status, *task_ids = str(message["data"]).split(" ")  # one message per settle call
+                    progress[status] = progress.get(status, 0) + len(task_ids)
                     if self.on_progress:
-                        self.on_progress(status, task_id)
+                        for task_id in task_ids:
+                            self.on_progress(status, task_id)
                     continue
                 worker = str(message["data"])
                 finished.append(worker)
