@@ -13,6 +13,7 @@ from wqsim import ChaosConfig, RunConfig, WorkerConfig, default_workers
         (WorkerConfig, "lease_s", 0),
         (WorkerConfig, "lease_s", -1),
         (WorkerConfig, "batch_size", 0),
+        (WorkerConfig, "prefetch", -1),
         (WorkerConfig, "idle_wait_s", 0),
         (WorkerConfig, "backoff_s", -0.5),
         (RunConfig, "max_attempts", 0),

@@ -81,7 +81,7 @@ def test_enqueueing_many_tasks_is_one_round_trip(real_client, queue_name):
 def test_batch_claims_run_every_task_in_fewer_round_trips(make_queue, make_worker):
     q = make_queue()
     generate(q, 95, duration_ms=0)
-    worker = make_worker(batch_size=10, prefetch=False)
+    worker = make_worker(batch_size=10, prefetch=0)
     calls: list[str] = []
     for name in ("claim", "settle"):
         original = getattr(worker.queue, name)
@@ -97,7 +97,7 @@ def test_batch_claims_run_every_task_in_fewer_round_trips(make_queue, make_worke
 def test_a_prefetching_worker_sends_results_and_its_next_request_together(make_queue, make_worker, batch_size):
     q = make_queue()
     generate(q, 50, duration_ms=0)
-    worker = make_worker(batch_size=batch_size, prefetch=True)
+    worker = make_worker(batch_size=batch_size, prefetch=1)
     calls: list[str] = []
     for name in ("claim", "settle", "claim_nowait", "settle_nowait"):
         original = getattr(worker.queue, name)
@@ -108,6 +108,19 @@ def test_a_prefetching_worker_sends_results_and_its_next_request_together(make_q
     assert calls[:2] == ["claim", "claim_nowait"]  # the first batch, and at once a request for the next
     assert "settle" not in calls  # every later round trip overlaps with work
     assert calls.count("settle_nowait") == -(-50 // batch_size)
+
+
+def test_a_deeper_prefetch_keeps_more_requests_in_flight_and_still_loses_nothing(make_queue, make_worker):
+    q = make_queue()
+    generate(q, 60, duration_ms=0)
+    worker = make_worker(prefetch=3)
+    calls: list[str] = []
+    original = worker.queue.claim_nowait
+    worker.queue.claim_nowait = lambda *a, **k: (calls.append("claim_nowait"), original(*a, **k))[1]
+    worker.run()
+    result = audit(q)
+    assert result.clean and result.done == 60 and result.executions == 60
+    assert calls == ["claim_nowait"] * 3  # three requests in flight from the start, then settles keep it so
 
 
 def test_a_settle_that_claims_more_renews_the_emptied_lease_instead_of_making_one(make_queue):

@@ -42,9 +42,12 @@ class WorkerConfig:
     idle_wait_s: longest single wait for a wake-up signal while idle. It is a
         safety net; workers are woken by signals, not by polling.
     batch_size: tasks claimed per round trip, all under one lease.
-    prefetch: hold one claim in reserve: results and the request for more go
-        to Redis together while the worker runs the reserve, so round trips
-        overlap with work (Celery's prefetch, one batch deep).
+    prefetch: requests kept in flight: results and the request for more go
+        to Redis together while the worker runs a claim it holds in reserve,
+        so round trips overlap with work. 0 turns it off; each step deeper
+        holds one more batch (Celery's prefetch multiplier, which defaults to 4).
+        A claim made ahead starts with a lease prefetch + 1 times as long, since
+        the worker learns its id (and can ping it) only when it reads the reply.
     heartbeat: renew the lease from a background thread while tasks run
         ("pings"), so long work is not reaped; every ping_interval_s seconds
         (default lease_s / 3).
@@ -61,7 +64,7 @@ class WorkerConfig:
     backoff_max_s: float = 5.0
     idle_wait_s: float = 1.0
     batch_size: int = 1
-    prefetch: bool = True
+    prefetch: int = 2
     heartbeat: bool = True
     ping_interval_s: float | None = None
     flush_interval_s: float = 0.01
@@ -72,6 +75,7 @@ class WorkerConfig:
         for name in ("lease_s", "backoff_s", "backoff_max_s", "idle_wait_s", "reconnect_s", "flush_interval_s"):
             _positive(name, getattr(self, name))
         _at_least("batch_size", self.batch_size, 1)
+        _at_least("prefetch", self.prefetch, 0)
         if self.lease_s < 0.01:
             raise ValueError(f"lease_s must be at least 0.01 s (got {self.lease_s!r})")
         if self.ping_interval_s is not None:

@@ -115,6 +115,8 @@ class _OwnConnection:
     def reply(self, ticket: int) -> object:
         """The reply for ``ticket``, reading (in order) every reply sent before it."""
         self.drain(until=ticket)
+        if ticket not in self.replies:
+            raise redis.ConnectionError("the connection was reset before this reply was read")
         return self.replies.pop(ticket)
 
     def drain(self, until: int | None = None) -> None:
@@ -137,6 +139,13 @@ class _OwnConnection:
             self.conn = None
 
 
+def _real_sockets(client: redis.Redis) -> bool:
+    """False for an in-process FakeRedis: its connection runs pipelined commands out of
+    order (seen with fakeredis 2.41), so it takes the ordinary path. fakeredis served
+    over TCP (the embedded fallback) is a real socket and keeps the order."""
+    return not client.connection_pool.connection_class.__module__.startswith("fakeredis")
+
+
 class Queue:
     """One named queue on one Redis client.
 
@@ -149,7 +158,7 @@ class Queue:
         self.keys = Keys(name)
         self.clock = clock
         self._scripts = scripts_for(client)
-        self._own = _OwnConnection(client) if own_connection else None
+        self._own = _OwnConnection(client) if own_connection and _real_sockets(client) else None
         self._results: dict[int, tuple[str, list]] = {}  # without a private connection: replies by ticket
         self._names: dict[int, str] = {}
         self._ticket = 0
@@ -255,7 +264,8 @@ class Queue:
         if ticket in self._results:
             name, reply = self._results.pop(ticket)
         else:
-            name, reply = self._names.pop(ticket), self._own.reply(ticket)  # type: ignore[union-attr]
+            name = self._names.pop(ticket, "claim")
+            reply = self._own.reply(ticket)  # type: ignore[union-attr]
         if name == "settle":
             return _claim_from(reply[1:], rejected=list(reply[0]))
         return _claim_from(reply, rejected=[])

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -101,23 +102,23 @@ class Worker:
             threading.Thread(target=self._ping_loop, name=f"wqsim-ping-{self.id}", daemon=True).start()
         try:
             claim = self._hold(self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size())))
-            ahead: int | None = None  # a request in flight whose reply holds this worker's next tasks
+            ahead: deque[int | None] = deque()  # requests in flight whose replies hold the next tasks
             while True:
                 self._note_rejected(claim)
                 if claim.tasks:
-                    if cfg.prefetch and ahead is None and not self._stopping.is_set():
-                        ahead = self._send(lambda: self.queue.claim_nowait(self.id, cfg.lease_ms, cfg.batch_size))
+                    while len(ahead) < cfg.prefetch and not self._stopping.is_set():
+                        ahead.append(self._send(lambda: self.queue.claim_nowait(self.id, self._reserve_lease_ms, cfg.batch_size)))
                     settlements = self._work_on(claim)
-                    if ahead is None:
+                    if not ahead:
                         claim = self._hold(self._settle(settlements, claim_next=self._claim_size()))
                         continue
-                    # Pipelined: take the reply to the earlier request, then hand Redis these
+                    # Pipelined: take the reply to the oldest request, then hand Redis these
                     # results and the next request together, and work on while it answers.
-                    claim = self._collect(ahead)
-                    ahead = self._send_results_and_ask_for_more(settlements)
+                    claim = self._collect(ahead.popleft())
+                    ahead.append(self._send_results_and_ask_for_more(settlements))
                     continue
-                if ahead is not None:
-                    claim, ahead = self._collect(ahead), None
+                if ahead:
+                    claim = self._collect(ahead.popleft())
                     continue
                 if self._stopping.is_set() or (claim.drained and cfg.exit_when_drained):
                     break
@@ -133,7 +134,7 @@ class Worker:
     def _send_results_and_ask_for_more(self, settlements: list[Settlement]) -> int | None:
         backoff_s = self._backoff_s(settlements)
         return self._send(lambda: self.queue.settle_nowait(
-            self.id, settlements, self.config.lease_ms, self._claim_size(), backoff_s))
+            self.id, settlements, self._reserve_lease_ms, self._claim_size(), backoff_s))
 
     def _wait_for_work(self, next_due: float | None) -> None:
         """Sleep until woken by a signal, a retry falls due, or idle_wait_s passes."""
@@ -141,6 +142,12 @@ class Worker:
         if next_due is not None:
             wait_s = min(wait_s, max(next_due - self.clock(), 0.001))
         self._with_redis(lambda: self.queue.wait_for_work(wait_s))
+
+    @property
+    def _reserve_lease_ms(self) -> int:
+        """Lease for a claim made ahead: its id is unknown (so it is not pinged) until its
+        reply is read, which may take ``prefetch`` claims' worth of work."""
+        return self.config.lease_ms * (self.config.prefetch + 1)
 
     def _claim_size(self) -> int:
         return 0 if self._stopping.is_set() else self.config.batch_size
@@ -237,7 +244,10 @@ class Worker:
         """Fold in the rejections of flushes whose replies have been read by now."""
         late: list[str] = []
         for ticket in self._flushes:
-            late += self.queue.result(ticket).rejected
+            try:
+                late += self.queue.result(ticket).rejected
+            except RETRYABLE_REDIS_ERRORS:
+                pass  # lost with the connection: those tasks' leases expire and the reaper returns them
         self._flushes.clear()
         return replace(claim, rejected=late + claim.rejected) if late else claim
 
