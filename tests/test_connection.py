@@ -61,3 +61,15 @@ def test_a_malformed_url_is_a_clear_error():
 def test_redact_hides_the_password_only():
     assert redact("redis://user:secret@h:6379/0") == "redis://user:***@h:6379/0"
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_a_redis_server_removes_the_temporary_directory_it_made_but_keeps_one_it_was_given(tmp_path):
+    from wqsim import RedisServer
+
+    with RedisServer() as made:
+        made_dir = made.dir
+        assert os.path.isdir(made_dir)
+    assert not os.path.exists(made_dir)
+    with RedisServer(dir=str(tmp_path)):
+        pass
+    assert tmp_path.is_dir()

@@ -50,6 +50,7 @@ class RedisServer:
     extra_args: tuple[str, ...] = ()
     dir: str = ""
     process: subprocess.Popen | None = field(default=None, repr=False)
+    _own_dir: bool = field(default=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -60,7 +61,8 @@ class RedisServer:
         if path is None:
             raise FileNotFoundError(f"{self.binary} not found on PATH")
         self.port = self.port or free_port()
-        self.dir = self.dir or tempfile.mkdtemp(prefix="wqsim-redis-")
+        if not self.dir:
+            self.dir, self._own_dir = tempfile.mkdtemp(prefix="wqsim-redis-"), True
         args = [
             path, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
             "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning",
@@ -99,6 +101,9 @@ class RedisServer:
                 self.process.wait()
         if self.process is not None and self.process.stderr:
             self.process.stderr.close()
+        if self._own_dir:  # a directory the caller passed in (to restart on the same data) is kept
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._own_dir = False
 
     def __enter__(self) -> RedisServer:
         return self.start()
