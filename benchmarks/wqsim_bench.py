@@ -23,7 +23,7 @@ def _times(q: Queue, fields: tuple[str, ...]) -> Iterator[list[float]]:
 
 
 def throughput(url: str, n: int, batch: int = 1, workers: int = 1, package: bool = False) -> float:
-    """No-op tasks/s from the first claim to the last finish (start-up excluded).
+    """No-op tasks/s from the first start to the last finish (start-up excluded).
 
     One worker runs in this process; more run as a process pool. ``batch`` is
     the claim size, or with ``package`` the work-package size made at creation.
@@ -38,7 +38,7 @@ def throughput(url: str, n: int, batch: int = 1, workers: int = 1, package: bool
         else:
             pool = WorkerPool(url, q.name, [f"b{i}" for i in range(workers)], config).start()
             pool.join(600)
-        spans = list(_times(q, ("claimed_at", "finished_at")))
+        spans = list(_times(q, ("started_at", "finished_at")))
         assert q.counters().get("done") == n, "benchmark run did not finish every task"
         return n / (max(f for _, f in spans) - min(c for c, _ in spans))
     finally:

@@ -259,12 +259,12 @@ def test_task_of_a_sigkilled_worker_is_reaped_once_and_completed_by_another_and_
     pool = WorkerPool(redis_url, queue_name, ["1", "2"], config, mode="process", restart_crashed=False)
     with running(pool, reaper):
         assert wait_until(lambda: queue.client.hget(queue.keys.task(task_id), "status") == "running", timeout_s=30)
-        holder = queue.client.hget(queue.keys.task(task_id), "worker")
+        holder = queue.task(task_id).worker
         pool.kill(holder, signal.SIGKILL)
         late_lease = queue.client.hget(queue.keys.task(task_id), "lease")
         # Killed mid-task: still running under the dead worker's lease, nothing recorded yet.
-        held = queue.client.hmget(queue.keys.task(task_id), ["status", "attempt", "worker"])
-        assert held == ["running", "1", holder]
+        held = queue.task(task_id)
+        assert (held.status, held.attempt, held.worker) == (Status.RUNNING, 1, holder)
         assert queue.client.get(queue.keys.lease(late_lease)) == holder
         assert queue.client.smembers(queue.keys.held(late_lease)) == {task_id}
         assert queue.events() == []

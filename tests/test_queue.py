@@ -80,7 +80,7 @@ def test_completion_writes_result_back_and_records_an_event(make_queue):
     task = q.task("1")
     assert (task.status, task.result, done_count(q, "1")) == (Status.DONE, {"answer": 42}, 1)
     assert (task.started_at, task.finished_at) == (1.0, 2.0)  # as the worker measured them
-    assert task.claimed_at is not None and task.enqueued_at is not None
+    assert task.enqueued_at is not None and task.worker == "w1"
     assert not q.client.exists(q.keys.lease(claim.lease), q.keys.held(claim.lease))
     assert q.client.zcard(q.keys.inflight) == 0
     assert [(e["event"], e["id"]) for e in q.events()] == [("done", "1")]

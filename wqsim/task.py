@@ -46,16 +46,15 @@ class Task:
     max_attempts: int = 3
     status: Status = Status.QUEUED
     attempt: int = 0
-    worker: str = ""
+    worker: str = ""         # who ran the latest attempt: the prefix of its lease id
     lease: str = ""          # the claim this attempt runs under; its id is the fencing token
     package: str = ""        # the work package the task was bundled into, if any
     created_at: float | None = None
     enqueued_at: float | None = None
-    claimed_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
     result: Any = None
-    error: str = ""
+    error: str = ""          # the last failure, if any (kept when a later attempt succeeds)
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> Task:
@@ -76,12 +75,11 @@ class Task:
                 max_attempts=int(fields.get("max_attempts", 1)),
                 status=Status(fields.get("status", "queued")),
                 attempt=int(fields.get("attempt", 0)),
-                worker=fields.get("worker", ""),
+                worker=fields.get("lease", "").rsplit("#", 1)[0],
                 lease=fields.get("lease", ""),
                 package=fields.get("package", ""),
                 created_at=_float(fields.get("created_at")),
                 enqueued_at=_float(fields.get("enqueued_at")),
-                claimed_at=_float(fields.get("claimed_at")),
                 started_at=_float(fields.get("started_at")),
                 finished_at=_float(fields.get("finished_at")),
                 result=result,

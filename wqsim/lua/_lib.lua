@@ -96,7 +96,9 @@ local function take(id, lease, worker, now, out, taken)
     return
   end
   local attempt = (tonumber(h[4]) or 0) + 1
-  redis.call('HSET', tkey, 'status', 'running', 'attempt', attempt, 'worker', worker, 'lease', lease, 'claimed_at', now)
+  -- Three fields only: the worker is the lease id's prefix, and every field written
+  -- here costs time on the hot path (a listpack is scanned and shifted per field).
+  redis.call('HSET', tkey, 'status', 'running', 'attempt', attempt, 'lease', lease)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3], out[n + 4] = id, h[2], h[3], attempt
   taken[#taken + 1] = id

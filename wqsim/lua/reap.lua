@@ -16,18 +16,19 @@ for _, lease in ipairs(candidates) do
   if redis.call('EXISTS', lease_key(lease)) == 0 then
     redis.call('ZREM', INFLIGHT, lease)
     local pid = string.match(lease, '@(.+)$')
+    local worker = string.match(lease, '^(.*)#')
     local back = {}
     for _, id in ipairs(redis.call('SMEMBERS', held_key(lease))) do
-      local h = redis.call('HMGET', task_key(id), 'attempt', 'max_attempts', 'worker')
+      local h = redis.call('HMGET', task_key(id), 'attempt', 'max_attempts')
       local attempt, max_attempts = tonumber(h[1] or '0'), tonumber(h[2] or '1') or 1
-      local why = 'lease ' .. lease .. ' expired on worker ' .. (h[3] or '?') .. ' (attempt ' .. attempt .. ')'
+      local why = 'lease ' .. lease .. ' expired on worker ' .. worker .. ' (attempt ' .. attempt .. ')'
       redis.call('HINCRBY', STATS, 'expired', 1)
       if attempt >= max_attempts then
-        bury(id, attempt, h[3], lease, now, why .. '; no attempts left')
+        bury(id, attempt, worker, lease, now, why .. '; no attempts left')
         buried = buried + 1
       else
         redis.call('HSET', task_key(id), 'status', 'queued', 'error', why)
-        record(id, 'expired', attempt, h[3], lease, now, why)
+        record(id, 'expired', attempt, worker, lease, now, why)
         back[#back + 1] = id
       end
     end

@@ -80,8 +80,8 @@ for i = 0, n - 1 do
     redis.call('RPUSH', READY, id)
     record(id, 'released', 0, worker, lease, now, 'not started; handed back')
   elseif outcome == 'done' then
-    redis.call('HSET', tkey, 'status', 'done', 'result', value, 'error', '',
-      'started_at', started_at, 'finished_at', finished_at)
+    -- 'error' is left as it was: a task that failed before it succeeded keeps its last error.
+    redis.call('HSET', tkey, 'status', 'done', 'result', value, 'started_at', started_at, 'finished_at', finished_at)
     done[#done + 1] = id
   else
     local h = redis.call('HMGET', tkey, 'attempt', 'max_attempts')
