@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Task and worker ids: no ':' (package entries), '#' or '@' (lease ids), no glob characters.
@@ -125,4 +126,8 @@ class Keys:
 
     def script_keys(self) -> list[str]:
         """The KEYS every wqsim Lua script receives, in the order lua/_lib.lua expects."""
-        return [self.ready, self.inflight, self.delayed, self.dead, self.stats, self.signal, self.events]
+        return list(self._script_keys)
+
+    @cached_property
+    def _script_keys(self) -> tuple[str, ...]:  # built once: every claim and settle sends them
+        return (self.ready, self.inflight, self.delayed, self.dead, self.stats, self.signal, self.events)
