@@ -60,6 +60,12 @@ class ReapResult:
     buried: int
 
 
+try:  # hiredis packs a whole command in C; redis-py's packer encodes argument by argument
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - hiredis is a dependency, but stay correct without it
+    _pack = None
+
+
 class _OwnConnection:
     """A connection that one thread keeps for itself, for a worker's hot path.
 
@@ -82,12 +88,15 @@ class _OwnConnection:
             self.conn = self.client.connection_pool.make_connection()
         return self.conn
 
+    def _send(self, args: tuple[object, ...]) -> None:
+        conn = self._connection()
+        conn.send_packed_command([_pack(args)] if _pack else conn.pack_command(*args), check_health=False)
+
     def command(self, *args: object) -> object:
         self.drain()
         try:
-            conn = self._connection()
-            conn.send_command(*args)
-            return conn.read_response()
+            self._send(args)
+            return self._connection().read_response()
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             self.close()
             raise
@@ -104,7 +113,7 @@ class _OwnConnection:
         """Send without waiting for the reply; returns a ticket for ``reply``."""
         script = scripts_for(self.client)[name]
         try:
-            self._connection().send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             self.close()
             raise
