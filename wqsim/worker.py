@@ -7,6 +7,11 @@ Redis reports the lease lost, the worker stops working on that claim and
 records none of its results. If Redis goes away, the worker keeps its outcomes
 and retries the same fenced call after reconnecting; if its lease expired
 meanwhile, the settle is rejected and the reaper has returned those tasks.
+
+With ``prefetch`` the loop is pipelined: the worker keeps requests in flight on
+its private connection (see queue._OwnConnection) and, after each claim, sends
+that claim's results together with a request for more, then goes on with a
+claim it already holds while Redis answers. Replies are read in order, later.
 """
 
 from __future__ import annotations
