@@ -512,8 +512,22 @@ return #ARGV
 """
 
 
-def raw_throughput(url: str, n: int, batch: int = 1, prefix: str | None = None) -> float:
+# The same acknowledgement, but also writing each task's result to a hash of its own:
+# the least per-task state a queue that "writes results back" must keep.
+_ACK_BATCH_WITH_RESULTS_LUA = """
+for i = 1, #ARGV do
+  redis.call('LREM', KEYS[1], -1, ARGV[i])
+  redis.call('HSET', KEYS[2] .. ARGV[i], 'status', 'done', 'result', 'null')
+end
+return #ARGV
+"""
+
+
+def raw_throughput(url: str, n: int, batch: int = 1, prefix: str | None = None, write_results: bool = False) -> float:
     """The ceiling: a bare redis-py consume loop, no lease and no result write-back; tasks/s.
+
+    ``write_results`` (batched only) makes the acknowledgement also write each
+    task's result to a hash: not a peer, a yardstick for the price of per-task state.
 
     ``batch == 1``: ``BLMOVE ready processing RIGHT LEFT 1``, run ``noop()``,
     ``LREM processing 1 id`` (two round trips per task).  ``batch > 1``: one
@@ -544,10 +558,11 @@ def raw_throughput(url: str, n: int, batch: int = 1, prefix: str | None = None) 
                 done += 1
             elapsed = time.perf_counter() - started
         else:
+            ack_source = _ACK_BATCH_WITH_RESULTS_LUA if write_results else _ACK_BATCH_LUA
             pop = client.register_script(_POP_BATCH_LUA)
-            ack = client.register_script(_ACK_BATCH_LUA)
+            ack = client.register_script(ack_source)
             client.script_load(_POP_BATCH_LUA)  # so the timed loop's first EVALSHA does not miss
-            client.script_load(_ACK_BATCH_LUA)
+            client.script_load(ack_source)
             started = time.perf_counter()
             while done < n:
                 ids = pop(keys=[ready, processing], args=[batch])
@@ -555,13 +570,26 @@ def raw_throughput(url: str, n: int, batch: int = 1, prefix: str | None = None) 
                     raise PeerError(f"raw: ready list empty after {done} of {n} tasks")
                 for _ in ids:
                     noop()
-                ack(keys=[processing], args=ids)
+                ack(keys=[processing, f"{tag}:task:"], args=ids)
                 done += len(ids)
             elapsed = time.perf_counter() - started
         return n / elapsed
     finally:
         client.delete(ready, processing)
+        if write_results:
+            _delete_matching(client, f"{tag}:task:*")
         client.close()
+
+
+def _delete_matching(client: redis.Redis, pattern: str) -> None:
+    batch: list[str] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.delete(*batch)
+            batch = []
+    if batch:
+        client.delete(*batch)
 
 
 # --------------------------------------------------------------------------- latency

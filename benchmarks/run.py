@@ -43,7 +43,7 @@ def measure(url: str, quick: bool = False, rounds: int = 3) -> dict[str, Any]:
     The host is shared: one system measured during a noisy second would be
     judged on the noise. Interleaving spreads it over every system alike.
     """
-    results: dict[str, Any] = {"throughput": {}, "peers": {}, "latency_ms": {}, "rounds": rounds}
+    results: dict[str, Any] = {"throughput": {}, "peers": {}, "yardstick": {}, "latency_ms": {}, "rounds": rounds}
     runs: dict[tuple[str, str], list[float]] = {}
     n_peer = 2_000 if quick else 10_000
     for round_no in range(1, rounds + 1):
@@ -58,6 +58,8 @@ def measure(url: str, quick: bool = False, rounds: int = 3) -> dict[str, Any]:
             runs.setdefault(("peers", name), []).append(fn(url, n_peer // (5 if name == "rq" else 1)))
         runs.setdefault(("peers", "raw BLMOVE+LREM"), []).append(peers.raw_throughput(url, _n_for(1, quick), batch=1))
         runs.setdefault(("peers", "raw batched Lua 100"), []).append(peers.raw_throughput(url, _n_for(100, quick), batch=100))
+        runs.setdefault(("yardstick", "raw batched 100 + result hash"), []).append(
+            peers.raw_throughput(url, _n_for(100, quick), batch=100, write_results=True))
     for (section, label), values in runs.items():
         results[section][label] = statistics.median(values)
     results["all_rounds"] = {f"{section}: {label}": values for (section, label), values in runs.items()}
@@ -105,6 +107,9 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"wqsim {label:32} {value:>10,.0f} {value / p[best]:>8.1f}x {value / raw:>7.2f}x")
     for name, value in p.items():
         lines.append(f"{name:38} {value:>10,.0f}")
+    for name, value in r.get("yardstick", {}).items():
+        b100 = r["throughput"]["batch 100, 1 worker"]
+        lines.append(f"{name:38} {value:>10,.0f}   (wqsim batch 100 is {b100 / value:.2f}x this)")
     lines += ["", "Idle pickup latency, enqueue -> start (ms; tasks 3 ms apart, 20 ms for rq and celery)", f"{'':10} {'p50':>8} {'p95':>8} {'p99':>8}"]
     for system, q in r["latency_ms"].items():
         lines.append(f"{system:10} {q['p50']:>8.3f} {q['p95']:>8.3f} {q['p99']:>8.3f}")
