@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import ctypes
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -34,7 +33,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGTERM it when its parent dies (Linux only;
+    elsewhere the server is stopped by atexit alone)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
@@ -151,6 +152,3 @@ def start_embedded(backend: str = "auto") -> RedisServer | FakeRedisServer:
     log.info("Using embedded fakeredis at %s (no redis-server on PATH)", server.url)
     return server
 
-
-if os.name != "posix":  # pragma: no cover - documented limitation
-    log.debug("PR_SET_PDEATHSIG is Linux-only; the embedded server is stopped by atexit alone")
