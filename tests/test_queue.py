@@ -310,6 +310,11 @@ def test_every_key_of_a_queue_shares_one_cluster_hash_tag():
     assert all(name.startswith("wqsim:{demo}:") for name in names)
 
 
+def test_a_task_key_reads_back_as_its_id():
+    k = Keys("demo")
+    assert k.task_id_of(k.task("a.b-7")) == "a.b-7"
+
+
 @pytest.mark.parametrize("bad", ["", "has space", "star*", "{brace}", "x" * 65, 7])
 def test_bad_queue_names_are_rejected_naming_the_value(bad):
     with pytest.raises(ValueError, match="queue name"):

@@ -91,7 +91,7 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
     twice: set[str] = set()
     executions = 0
     for key, (status, attempt) in q.iter_task_hashes(("status", "attempt")):
-        task_id = key[len(k.prefix) + len("task:"):]
+        task_id = k.task_id_of(key)
         executions += int(attempt or 0)
         try:
             st = Status(status) if status else Status.QUEUED

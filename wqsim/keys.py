@@ -98,6 +98,10 @@ class Keys:
         """HASH holding one task: kind, payload, status, attempt, result, times."""
         return f"{self.prefix}task:{task_id}"
 
+    def task_id_of(self, task_key: str) -> str:
+        """The id in a task key: the inverse of ``task()``."""
+        return task_key[len(self.prefix) + len("task:"):]
+
     def lease(self, lease_id: str) -> str:
         """STRING (the worker id) with a TTL: the claim ``lease_id`` is alive while it exists."""
         return f"{self.prefix}lease:{lease_id}"

@@ -346,7 +346,7 @@ class Queue:
         """Status of every task of the queue (SCAN; for audits and tests, not hot paths)."""
         out: dict[str, Status] = {}
         for key, fields in self.iter_task_hashes(("status",)):
-            out[key.rsplit(":", 1)[1]] = Status(fields[0]) if fields[0] else Status.QUEUED
+            out[self.keys.task_id_of(key)] = Status(fields[0]) if fields[0] else Status.QUEUED
         return out
 
     def iter_task_hashes(self, fields: Sequence[str], chunk: int = 1000):
