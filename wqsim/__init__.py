@@ -5,17 +5,20 @@ queues their ids; a pool of workers claims them under leases (Redis EXPIRE),
 performs them, writes results back and announces completion; a reaper returns
 tasks whose lease expired; a listener counts the workers' ``finished``
 messages; and an audit proves from Redis state that nothing was lost.
+Tasks may depend on others (``Task.depends_on``): a graph is released in
+Redis, atomically, as its prerequisites finish (see ``wqsim.graph``).
 """
 
 from .audit import Audit, audit
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import RedisUnavailable, connect, embedded_server, resolve_url
 from .generator import generate, make_tasks
+from .graph import Bounds, GraphError, bounds, chain, diamond, fanout, layered
 from .handlers import HandlerRegistry, UnknownKind, register, registry
 from .keys import Keys
 from .listener import Listener, ListenResult
 from .pool import WorkerPool
-from .queue import Claim, Queue, ReapResult, Settlement
+from .queue import Claim, DuplicateTask, Queue, ReapResult, Settlement
 from .reaper import Reaper
 from .runner import RunReport, run
 from .server import RedisServer
@@ -29,11 +32,12 @@ __all__ = [
     "ChaosConfig", "RunConfig", "WorkerConfig", "default_workers",
     "RedisUnavailable", "connect", "embedded_server", "resolve_url",
     "generate", "make_tasks",
+    "Bounds", "GraphError", "bounds", "chain", "diamond", "fanout", "layered",
     "HandlerRegistry", "UnknownKind", "register", "registry",
     "Keys",
     "Listener", "ListenResult",
     "WorkerPool",
-    "Claim", "Queue", "ReapResult", "Settlement",
+    "Claim", "DuplicateTask", "Queue", "ReapResult", "Settlement",
     "Reaper",
     "RunReport", "run",
     "RedisServer",

@@ -3,7 +3,8 @@
 It trusts no worker and no log line. Every task hash is checked against the
 structure its status says it must be in (queued -> the ready list or a work
 package in it, running -> a live claim, scheduled -> the delayed set, dead ->
-the dead-letter list), and the durable event stream is counted independently
+the dead-letter list, waiting -> some prerequisite not yet finished), and the
+durable event stream is counted independently
 of the hashes: a task recorded done twice would show up there twice.
 """
 
@@ -90,7 +91,9 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
     unknown = 0
     twice: set[str] = set()
     executions = 0
-    for key, (status, attempt) in q.iter_task_hashes(("status", "attempt")):
+    status_of: dict[str, Status] = {}
+    waiting: dict[str, list[str]] = {}  # a waiting task's prerequisites
+    for key, (status, attempt, prereqs) in q.iter_task_hashes(("status", "attempt", "prereqs")):
         task_id = k.task_id_of(key)
         executions += int(attempt or 0)
         try:
@@ -100,8 +103,15 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
             unknown += 1
             continue
         statuses[st] += 1
+        status_of[task_id] = st
         home = _HOME[st]
         if home is not None and task_id not in homes[home]:
+            lost.append(task_id)
+        if st is Status.WAITING:
+            waiting[task_id] = (prereqs or "").split()
+    # A waiting task is stuck (lost) once none of its prerequisites can still finish.
+    for task_id, prereqs in waiting.items():
+        if all(p in status_of and status_of[p].terminal for p in prereqs):
             lost.append(task_id)
 
     done_events: Counter[str] = Counter()

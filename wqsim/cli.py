@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=None, help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)")
     p.add_argument("--timeout-s", type=float, default=None, help="listener timeout (default: scaled to the work)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
+    p.add_argument("--graph", choices=("chain", "fanout", "diamond", "layered"), default=None,
+                   help="run an example dependency graph of about --tasks sleep tasks")
+    p.add_argument("--allow-failure", action="store_true", help="with --graph: run dependents of failed tasks instead of cancelling them")
     chaos = p.add_argument_group("failure injection (seedable)")
     chaos.add_argument("--chaos", action="store_true", help=f"inject every kind of fault: {CHAOS_PRESET}")
     chaos.add_argument("--seed", type=int, default=0)
@@ -96,6 +99,9 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         timeout_s=args.timeout_s,
         worker=worker,
         chaos=chaos,
+        graph=args.graph,
+        allow_failure=args.allow_failure,
+        graph_seed=args.seed,
     )
 
 

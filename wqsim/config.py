@@ -139,6 +139,9 @@ class RunConfig:
     """The seed's scenario: generate tasks, run a pool of workers, listen, audit.
 
     package_size: bundle tasks into work packages of this many at creation.
+    graph: run an example graph instead (chain, fanout, diamond, layered; see
+        wqsim.graph.example) of about ``tasks`` sleep tasks; ``allow_failure``
+        lets dependents of a failed task run anyway instead of being cancelled.
     timeout_s: the listener's limit; None scales it with the work to be done.
     reap_interval_s: how often the reaper runs; None means a quarter of the lease.
     """
@@ -155,9 +158,18 @@ class RunConfig:
     reap_interval_s: float | None = None
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
+    graph: str | None = None
+    allow_failure: bool = False
+    graph_seed: int = 0
 
     def __post_init__(self) -> None:
+        from .graph import GRAPHS
         from .keys import Keys
+
+        if self.graph is not None and self.graph not in GRAPHS:
+            raise ValueError(f"graph must be one of {', '.join(GRAPHS)} (got {self.graph!r})")
+        if self.graph is not None and self.package_size is not None:
+            raise ValueError("a graph cannot be bundled into work packages (drop package_size)")
 
         Keys(self.queue)  # validates the name
         _at_least("tasks", self.tasks, 1)
@@ -178,7 +190,7 @@ class RunConfig:
     def listener_timeout_s(self) -> float:
         if self.timeout_s is not None:
             return self.timeout_s
-        ideal_s = self.tasks * self.duration_ms / 1000 / self.workers
+        ideal_s = self.tasks * self.duration_ms / 1000 / (1 if self.graph else self.workers)
         return 60.0 + 5 * ideal_s
 
     @property

@@ -15,8 +15,9 @@ from typing import Literal, NamedTuple
 
 import redis
 
+from .graph import validate as validate_graph
 from .keys import Keys, check_id
-from .scripts import full_source, scripts_for
+from .scripts import scripts_for
 from .task import Status, Task
 
 Clock = Callable[[], float]
@@ -34,6 +35,10 @@ class Settlement(NamedTuple):
     finished_at: float = 0.0
 
 
+class DuplicateTask(ValueError):
+    """An enqueue named a task id the queue already holds; nothing was written."""
+
+
 class Claimed(NamedTuple):
     """One task as claim.lua hands it over; kind or payload is None in a malformed hash."""
 
@@ -41,6 +46,7 @@ class Claimed(NamedTuple):
     kind: str | None
     payload: str | None
     attempt: int
+    inputs: list = []  # a graph task's prerequisites: flat [id, status, result JSON or error, ...]
 
 
 @dataclass(frozen=True)
@@ -199,23 +205,42 @@ class Queue:
         last = self.client.incrby(self.keys.next_id, count)
         return [str(i) for i in range(last - count + 1, last + 1)]
 
-    def enqueue(self, tasks: Sequence[Task], package_size: int | None = None, chunk: int = 5000) -> list[str]:
+    def enqueue(
+        self,
+        tasks: Sequence[Task],
+        package_size: int | None = None,
+        allow_failure: bool | None = None,
+        chunk: int = 5000,
+    ) -> list[str]:
         """Write task hashes and queue them: all-or-nothing, in one round trip.
 
         The tasks go in chunks of ``chunk`` through enqueue.lua, all chunks in one
         MULTI/EXEC, so a crash mid-way leaves no half-enqueued batch and the
-        ``total`` counter always matches the tasks written. With ``package_size``,
-        consecutive tasks are bundled into work packages that a worker claims as
-        one unit under one lease (a package never spans two chunks). Returns the
-        package ids.
+        ``total`` counter always matches the tasks written. An id that already
+        exists in the queue is refused (DuplicateTask) and nothing is written.
+
+        With ``package_size``, consecutive tasks are bundled into work packages
+        that a worker claims as one unit under one lease (a package never spans
+        two chunks). Returns the package ids.
+
+        If any task names prerequisites (``depends_on``), the tasks are a graph:
+        it is validated first (GraphError names an unknown id, a self-dependency
+        or a cycle's path), and each task waits until its prerequisites are done.
+        ``allow_failure`` sets every task's policy at once (the graph-wide
+        default); left as None, each task's own ``allow_failure`` counts.
         """
         if not tasks:
             return []
         if package_size is not None and (isinstance(package_size, bool) or not isinstance(package_size, int) or package_size < 1):
             raise ValueError(f"package_size must be an integer >= 1 (got {package_size!r})")
+        is_graph = any(t.depends_on for t in tasks)
+        if is_graph and package_size:
+            raise ValueError("a graph cannot be bundled into work packages: its tasks are released one by one")
         size = package_size or 0
         if size:
             chunk = max(chunk - chunk % size, size)
+        dependents = validate_graph(tasks) if is_graph else {}
+        width = 7 if is_graph else 4
         now = repr(self.clock())
         payloads: dict[int, str] = {}  # generated tasks share one payload dict: encode it once
         flat: list[object] = []
@@ -225,18 +250,38 @@ class Queue:
             if payload is None:
                 payload = payloads[id(task.payload)] = json.dumps(task.payload, separators=(",", ":"))
             flat += (task.id, task.kind, payload, task.max_attempts)
-        if len(flat) <= 4 * chunk:  # one script call is atomic by itself
-            return list(self._run("enqueue", now, size, len(flat) // 4, *flat))
-        # Several chunks: EVAL with the source inside MULTI/EXEC, not EVALSHA, since a
-        # missing script could not be reloaded mid-transaction (and redis-py would
-        # spend a round trip on SCRIPT EXISTS to check).
-        source = full_source("enqueue")
+            if is_graph:
+                fails_ok = task.allow_failure if allow_failure is None else allow_failure
+                flat += (" ".join(task.depends_on), " ".join(dependents[task.id]), int(fails_ok))
+        ids = [t.id for t in tasks]
+        # The first chunk checks every id (see enqueue.lua). EVALSHA inside MULTI/EXEC:
+        # if the server lacks the script, that call fails without writing anything, so
+        # the whole transaction is loaded and sent again.
+        script = self._scripts["enqueue"]
         keys = self.keys.script_keys()
-        pipe = self.client.pipeline(transaction=True)
-        for start in range(0, len(flat), 4 * chunk):
-            part = flat[start:start + 4 * chunk]
-            pipe.eval(source, len(keys), *keys, self.keys.prefix, self.keys.progress_channel, now, size, len(part) // 4, *part)
-        return [pid for reply in pipe.execute() for pid in reply]
+        head = [self.keys.prefix, self.keys.progress_channel, now, size]
+        for _ in range(2):
+            pipe = self.client.pipeline(transaction=True)
+            for start in range(0, len(flat), width * chunk):
+                part = flat[start:start + width * chunk]
+                check = ids if start == 0 else []
+                pipe.evalsha(script.sha, len(keys), *keys, *head, len(check), *check, width, len(part) // width, *part)
+            pipe.hget(self.keys.stats, "refused")
+            pipe.hdel(self.keys.stats, "refused")
+            *replies, refused, _ = pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                break
+            self.client.script_load(script.script)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        if refused:
+            shown = refused.split()
+            more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+            raise DuplicateTask(
+                f"task id(s) already exist in queue {self.name!r}: {', '.join(shown[:10])}{more}; nothing was enqueued"
+            )
+        return [pid for reply in replies for pid in reply]
 
     # -- consuming ---------------------------------------------------------------
     def claim(self, worker: str, lease_ms: int, count: int = 1) -> Claim:
@@ -389,7 +434,7 @@ def _claim_from(reply: list, rejected: list[str]) -> Claim:
     drained, next_due, lease, *flat = reply
     return Claim(
         lease=lease or None,
-        tasks=[Claimed(flat[i], flat[i + 1], flat[i + 2], int(flat[i + 3])) for i in range(0, len(flat), 4)],
+        tasks=[Claimed(flat[i], flat[i + 1], flat[i + 2], int(flat[i + 3]), flat[i + 4]) for i in range(0, len(flat), 5)],
         drained=bool(int(drained)),
         next_due=float(next_due) if next_due not in ("", None) else None,
         rejected=rejected,

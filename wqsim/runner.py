@@ -15,6 +15,9 @@ from .audit import Audit, audit
 from .config import RunConfig
 from .connection import connect, redact, resolve_url
 from .generator import generate
+from .graph import Bounds
+from .graph import bounds as graph_bounds
+from .graph import example as example_graph
 from .listener import ListenResult, Listener, ProgressCallback
 from .pool import WorkerPool
 from .queue import Queue
@@ -31,6 +34,8 @@ class RunReport:
     wall_s: float        # from the first worker's start to the last finished message
     restarts: int        # worker processes replaced after dying
     reaped: int          # tasks the reaper returned to the queue
+    makespan_s: float = 0.0          # first start to last finish, from the task hashes
+    bounds: Bounds | None = None     # for a graph: the critical path and work/workers
 
     @property
     def tasks_per_s(self) -> float:
@@ -43,9 +48,21 @@ class RunReport:
 
     def summary(self) -> str:
         a = self.audit
+        cancelled = f"{a.cancelled} cancelled, " if a.cancelled else ""
         return (
-            f"Summary: {a.done} done, {a.dead} dead, {a.lost} lost, {a.completed_twice} completed twice, "
+            f"Summary: {a.done} done, {a.dead} dead, {cancelled}{a.lost} lost, {a.completed_twice} completed twice, "
             f"{a.executions} executions; {self.wall_s:.2f} s wall, {self.tasks_per_s:,.0f} tasks/s"
+        )
+
+    def makespan_summary(self) -> str:
+        """Measured makespan beside its lower bounds (a graph's critical path, work/workers)."""
+        if self.bounds is None:
+            return f"Makespan {self.makespan_s:.3f} s"
+        b = self.bounds
+        ratio = f"; makespan / bound = {self.makespan_s / b.lower_bound_s:.2f}" if b.lower_bound_s > 0 else ""
+        return (
+            f"Makespan {self.makespan_s:.3f} s; bounds: critical path {b.critical_path_s:.3f} s "
+            f"({len(b.critical_path)} tasks), work/workers {b.per_worker_s:.3f} s{ratio}"
         )
 
 
@@ -67,7 +84,16 @@ def run(
     )
     worker_ids = [str(i) for i in range(1, cfg.workers + 1)]
     listener = Listener(connect(url), cfg.queue, worker_ids, logger=logger, on_progress=on_progress).start()
-    generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size, logger=logger)
+    bounds = None
+    if cfg.graph:
+        tasks = example_graph(cfg.graph, cfg.tasks, cfg.duration_ms, cfg.graph_seed)
+        for task in tasks:
+            task.max_attempts = cfg.max_attempts
+        queue.enqueue(tasks, allow_failure=cfg.allow_failure)
+        bounds = graph_bounds(tasks, cfg.workers)
+        logger.info("Created a %s graph of %d tasks, critical path %d tasks", cfg.graph, len(tasks), len(bounds.critical_path))
+    else:
+        generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size, logger=logger)
     reaper = Reaper(Queue(connect(url), cfg.queue), cfg.reaper_interval_s).start()
     pool = WorkerPool(url, cfg.queue, worker_ids, cfg.worker, cfg.chaos, cfg.mode)
     started = time.perf_counter()
@@ -89,8 +115,20 @@ def run(
         listener.close()
         reaper.stop()
     result = audit(queue)
-    report = RunReport(cfg, result, listened, wall_s, pool.restarts, reaper.returned)
+    report = RunReport(cfg, result, listened, wall_s, pool.restarts, reaper.returned, makespan(queue), bounds)
     logger.info(report.summary())
+    if bounds is not None:
+        logger.info(report.makespan_summary())
     if not result.clean:
         logger.error("Audit is not clean: %s", result.summary())
     return report
+
+
+def makespan(queue: Queue) -> float:
+    """Seconds from the first task's start to the last one's finish (0 if none ran)."""
+    starts, ends = [], []
+    for _, (started, finished) in queue.iter_task_hashes(("started_at", "finished_at")):
+        if started and finished:
+            starts.append(float(started))
+            ends.append(float(finished))
+    return max(ends) - min(starts) if starts else 0.0

@@ -55,6 +55,13 @@ class Task:
     finished_at: float | None = None
     result: Any = None
     error: str = ""          # the last failure, if any (kept when a later attempt succeeds)
+    # Graphs (the seed's "Sequential Tasks"): see wqsim.graph.
+    depends_on: tuple[str, ...] = ()   # prerequisites: queued once all of them are done
+    dependents: tuple[str, ...] = ()   # the tasks that name this one in depends_on
+    allow_failure: bool = False        # run even if a prerequisite ends dead or cancelled
+    cancelled_by: str = ""             # for a cancelled task: the failed ancestor's id
+    inputs: dict[str, Any] = field(default_factory=dict)  # prerequisites' results, by id (when run)
+    input_errors: dict[str, str] = field(default_factory=dict)  # failed prerequisites' errors (allow_failure)
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> Task:
@@ -84,6 +91,10 @@ class Task:
                 finished_at=_float(fields.get("finished_at")),
                 result=result,
                 error=fields.get("error", ""),
+                depends_on=tuple(fields.get("prereqs", "").split()),
+                dependents=tuple(fields.get("dependents", "").split()),
+                allow_failure=fields.get("allow_failure") == "1",
+                cancelled_by=fields.get("cancelled_by", ""),
             )
         except (ValueError, json.JSONDecodeError) as exc:
             raise MalformedTask(f"task {task_id} has a malformed field: {exc}") from None
@@ -117,3 +128,22 @@ def parse_payload(task_id: str, raw: str | None) -> dict[str, Any]:
     if len(_FLAT_PAYLOADS) < 256 and all(isinstance(v, _SCALARS) for v in payload.values()):
         _FLAT_PAYLOADS[raw] = dict(payload)
     return payload
+
+
+def inputs_of(flat: list[str]) -> tuple[tuple[str, ...], dict[str, Any], dict[str, str]]:
+    """A graph task's prerequisites as claim.lua reports them ([id, status, value, ...]):
+    (ids, results of those done, errors of those that failed)."""
+    ids: list[str] = []
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for i in range(0, len(flat), 3):
+        prereq, status, value = flat[i], flat[i + 1], flat[i + 2]
+        ids.append(prereq)
+        if status == Status.DONE.value:
+            try:
+                results[prereq] = json.loads(value) if value else None
+            except json.JSONDecodeError as exc:
+                raise MalformedTask(f"prerequisite {prereq} has a result that is not valid JSON: {exc}") from None
+        else:
+            errors[prereq] = value or f"prerequisite {prereq} is {status}"
+    return tuple(ids), results, errors

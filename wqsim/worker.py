@@ -34,7 +34,7 @@ from .handlers import HandlerRegistry, UnknownKind
 from .handlers import registry as default_registry
 from .keys import check_id
 from .queue import Claim, Claimed, Clock, Queue, Settlement
-from .task import MalformedTask, Status, Task, parse_payload
+from .task import MalformedTask, Status, Task, inputs_of, parse_payload
 
 log = logging.getLogger("wqsim.worker")
 
@@ -282,6 +282,13 @@ class Worker:
             id=claimed.id, kind=claimed.kind, payload=payload, status=Status.RUNNING,  # type: ignore[arg-type]
             attempt=claimed.attempt, worker=self.id, lease=lease, started_at=started_at,
         )
+        if claimed.inputs:
+            try:
+                task.depends_on, task.inputs, task.input_errors = inputs_of(claimed.inputs)
+            except MalformedTask as exc:
+                self.stats.dead += 1
+                self.log.error("Worker %s cannot run task %s: %s", self.id, claimed.id, exc)
+                return Settlement(claimed.id, lease, "dead", str(exc), started_at, self.clock())
         self.log.info("Worker %s picked up task %s", self.id, task.id)
         try:
             result = self._call(handler, task)

@@ -54,12 +54,51 @@ local function drained()
   return total > 0 and tonumber(c[2] or '0') + tonumber(c[3] or '0') + tonumber(c[4] or '0') >= total
 end
 
+-- Graphs: a prerequisite `id` has just ended (done when `ok`, else dead or cancelled);
+-- tell its dependents. Each dependent's count of unfinished prerequisites drops by
+-- one, and a dependent whose count reaches zero is queued, at the front of the
+-- ready list (work that unblocks other work goes first). When a prerequisite failed,
+-- a dependent without allow_failure is cancelled instead, and so are its own
+-- dependents in turn, naming the ancestor that failed. A dependent is acted on
+-- only while it is 'waiting', and a prerequisite ends only once (its completion
+-- is fenced by its lease), so no dependent is queued twice, or never.
+local function resolve_dependents(id, ok, now)
+  local work, i, queued = {{id, ok}}, 1, false
+  while i <= #work do
+    local from, succeeded = work[i][1], work[i][2]
+    i = i + 1
+    local dependents = redis.call('HGET', task_key(from), 'dependents')
+    for dep in string.gmatch(dependents or '', '%S+') do
+      local dkey = task_key(dep)
+      local h = redis.call('HMGET', dkey, 'status', 'allow_failure')
+      if h[1] == 'waiting' then
+        if succeeded or h[2] == '1' then
+          if redis.call('HINCRBY', dkey, 'pending', -1) <= 0 then
+            redis.call('HSET', dkey, 'status', 'queued', 'enqueued_at', now)
+            redis.call('RPUSH', READY, dep)
+            queued = true
+          end
+        else
+          local why = 'cancelled: prerequisite ' .. from .. ' did not succeed (failed ancestor ' .. id .. ')'
+          redis.call('HSET', dkey, 'status', 'cancelled', 'cancelled_by', id, 'error', why, 'finished_at', now)
+          redis.call('HINCRBY', STATS, 'cancelled', 1)
+          record(dep, 'cancelled', 0, '', '', now, why)
+          redis.call('PUBLISH', PROGRESS, 'cancelled ' .. dep)
+          work[#work + 1] = {dep, false}
+        end
+      end
+    end
+  end
+  if queued then wake() end
+end
+
 local function bury(id, attempt, worker, lease, now, err)
   redis.call('HSET', task_key(id), 'status', 'dead', 'error', err, 'finished_at', now)
   redis.call('LPUSH', DEAD, id)
   redis.call('HINCRBY', STATS, 'dead', 1)
   record(id, 'dead', attempt, worker, lease, now, err)
   redis.call('PUBLISH', PROGRESS, 'dead ' .. id)
+  resolve_dependents(id, false, now)
 end
 
 -- Move retries whose backoff has elapsed back to the front of the ready list.
@@ -73,13 +112,26 @@ local function promote_due(now)
   end
 end
 
--- Take one task into `lease`, appending {id, kind, payload, attempt} to `out`
+-- The results of a task's prerequisites, for its handler: {id, status, result JSON
+-- or error, ...} ({} for a task without prerequisites: the common case costs nothing).
+local function inputs(prereqs)
+  local out = {}
+  for p in string.gmatch(prereqs or '', '%S+') do
+    local r = redis.call('HMGET', task_key(p), 'status', 'result', 'error')
+    local ok = r[1] == 'done'
+    out[#out + 1], out[#out + 2], out[#out + 3] = p, r[1] or 'missing', (ok and r[2] or r[3]) or ''
+  end
+  return out
+end
+
+-- Take one task into `lease`, appending {id, kind, payload, attempt, inputs} to `out`
 -- and its id to `taken`. Only a task whose status is 'queued' (or absent: a hash
 -- written by hand, which is adopted) is taken; a stale duplicate id is dropped;
--- a missing hash is dead-lettered. Two commands per task on the hot path.
+-- a missing hash is dead-lettered. Two commands per task on the hot path
+-- (plus one per prerequisite of a graph task, to hand over its results).
 local function take(id, lease, worker, now, out, taken)
   local tkey = task_key(id)
-  local h = redis.call('HMGET', tkey, 'status', 'kind', 'payload', 'attempt')
+  local h = redis.call('HMGET', tkey, 'status', 'kind', 'payload', 'attempt', 'prereqs')
   local status = h[1]
   if status == false then
     if redis.call('EXISTS', tkey) == 0 then
@@ -100,7 +152,7 @@ local function take(id, lease, worker, now, out, taken)
   -- here costs time on the hot path (a listpack is scanned and shifted per field).
   redis.call('HSET', tkey, 'status', 'running', 'attempt', attempt, 'lease', lease)
   local n = #out
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = id, h[2], h[3], attempt
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = id, h[2], h[3], attempt, inputs(h[5])
   taken[#taken + 1] = id
 end
 
@@ -108,7 +160,7 @@ end
 -- under one lease of `lease_ms`: a new one, or `reuse`, a live lease of this
 -- worker that settle.lua has just emptied (renewing it saves creating one).
 -- Returns {drained 0|1, next retry due (epoch s; only when nothing was claimed) or '', lease id or '',
---          then id, kind, payload, attempt for each claimed task}.
+--          then id, kind, payload, attempt, inputs for each claimed task}.
 local function claim(worker, now, lease_ms, count, reuse)
   promote_due(now)
   local out = {0, '', ''}

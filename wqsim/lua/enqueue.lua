@@ -2,14 +2,34 @@
 --   KEYS[1..7], ARGV[1..2]  as in _lib.lua
 --   ARGV[3] now, epoch seconds (created_at and enqueued_at of every task)
 --   ARGV[4] package size; 0 queues each task on its own
---   ARGV[5] number of tasks n, followed by n groups of 4:
+--   ARGV[5] c, how many ids to check, followed by those c ids: the first chunk of an
+--           enqueue checks every id of the whole enqueue; the others pass 0
+--   then    width w: 4 for plain tasks, 7 for a graph
+--   then    number of tasks n, followed by n groups of w:
 --           task id, kind, payload JSON, max_attempts
--- One call writes a whole chunk; queue.py sends several chunks in one MULTI/EXEC,
--- so an enqueue is all-or-nothing and one round trip, and the server is never
--- blocked for long by a single script. Arguments are 4 per task instead of the
--- 16 of an HSET with a mapping: packing commands is the client's main cost.
+--           [graph: prerequisite ids, dependent ids (each space-separated), allow_failure 0|1]
+-- queue.py sends the chunks of one enqueue in one MULTI/EXEC, so an enqueue is
+-- all-or-nothing and one round trip, and the server is never blocked for long by
+-- a single script. An id that already exists would overwrite a task (losing it):
+-- then the first chunk notes the ids in the stats field 'refused', every chunk
+-- writes nothing, and queue.py reads and deletes the field in the same transaction.
+-- Arguments are 4 per task instead of the 16 of an HSET with a mapping: packing
+-- commands is the client's main cost.
+-- A graph task with prerequisites is written 'waiting', with 'pending' = the number
+-- of its prerequisites, and stays out of the ready list until settle.lua releases it.
 -- Returns the package ids created (empty without packages).
-local now, size, n = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local now, size, c = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local width, n = tonumber(ARGV[6 + c]), tonumber(ARGV[7 + c])
+local first = 8 + c
+if c > 0 then
+  local taken = {}
+  for i = 6, 5 + c do
+    if redis.call('EXISTS', task_key(ARGV[i])) == 1 then taken[#taken + 1] = ARGV[i] end
+  end
+  if #taken > 0 then redis.call('HSET', STATS, 'refused', table.concat(taken, ' ')) end
+end
+if redis.call('HEXISTS', STATS, 'refused') == 1 then return {} end
+
 local packages = {}
 local members = {}
 local function seal()
@@ -21,11 +41,22 @@ local function seal()
   members = {}
 end
 for i = 0, n - 1 do
-  local base = 6 + 4 * i
+  local base = first + width * i
   local id = ARGV[base]
-  redis.call('HSET', task_key(id), 'id', id, 'kind', ARGV[base + 1], 'payload', ARGV[base + 2],
+  local tkey = task_key(id)
+  redis.call('HSET', tkey, 'id', id, 'kind', ARGV[base + 1], 'payload', ARGV[base + 2],
     'max_attempts', ARGV[base + 3], 'status', 'queued', 'created_at', now, 'enqueued_at', now)
-  if size > 0 then
+  local pending = 0
+  if width == 7 then
+    local prereqs = ARGV[base + 4]
+    for _ in string.gmatch(prereqs, '%S+') do pending = pending + 1 end
+    redis.call('HSET', tkey, 'prereqs', prereqs, 'dependents', ARGV[base + 5],
+      'allow_failure', ARGV[base + 6], 'pending', pending)
+    if pending > 0 then redis.call('HSET', tkey, 'status', 'waiting') end
+  end
+  if pending > 0 then
+    -- waits outside the ready list
+  elseif size > 0 then
     members[#members + 1] = id
     if #members == size then seal() end
   else
@@ -34,5 +65,6 @@ for i = 0, n - 1 do
 end
 if #members > 0 then seal() end
 redis.call('HINCRBY', STATS, 'total', n)
+if width == 7 then redis.call('HINCRBY', STATS, 'graphs', 1) end
 wake()
 return packages

@@ -17,7 +17,7 @@
 -- task; or the outcome was already recorded. So a task is never both finished
 -- and returned, and never finished twice.
 -- Returns {rejected ids, drained 0|1, next retry due or '', lease id or '',
---          then id, kind, payload, attempt for each newly claimed task}.
+--          then id, kind, payload, attempt, inputs for each newly claimed task}.
 local worker, now, lease_ms, count = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local backoff = tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
@@ -65,6 +65,7 @@ for _, lease in ipairs(order) do
 end
 
 local rejected, done = {}, {}
+local graphs = redis.call('HEXISTS', STATS, 'graphs') == 1  -- a queue without graphs skips resolve_dependents()
 for i = 0, n - 1 do
   local base = 9 + 6 * i
   local id, lease, outcome, value = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
@@ -83,6 +84,7 @@ for i = 0, n - 1 do
     -- 'error' is left as it was: a task that failed before it succeeded keeps its last error.
     redis.call('HSET', tkey, 'status', 'done', 'result', value, 'started_at', started_at, 'finished_at', finished_at)
     done[#done + 1] = id
+    if graphs then resolve_dependents(id, true, now) end
   else
     local h = redis.call('HMGET', tkey, 'attempt', 'max_attempts')
     local attempt, max_attempts = tonumber(h[1] or '1'), tonumber(h[2] or '1') or 1
