@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,8 @@ def wqsim(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
         (["run", "--package-size", "0"], "package_size must be an integer >= 1 (got 0)"),
         (["run", "--lease-s", "1", "--ping-interval-s", "2"], "lease_s must be longer than ping_interval_s (got 1.0 <= 2.0)"),
         (["run", "--kind", "launch_missiles"], "unknown task kind 'launch_missiles' (registered: noop, sleep)"),
+        (["run", "--graph", "tree"], "argument --graph: invalid choice: 'tree'"),
+        (["run", "--graph", "chain", "--package-size", "5"], "a graph cannot be bundled into work packages"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_readable_line(args, needle):
@@ -89,6 +92,18 @@ def test_run_of_1000_tasks_with_3_workers_ends_all_done_none_lost_none_duplicate
     assert proc.returncode == 0, proc.stderr
     assert "Summary: 1000 done, 0 dead, 0 lost, 0 completed twice, 1000 executions" in proc.stderr
     assert "picked up" not in proc.stderr  # -q hides per-task lines
+
+
+@pytest.mark.parametrize("graph, tasks, path", [("diamond", 4, 3), ("chain", 30, 30), ("fanout", 30, 3), ("layered", 30, 6)])
+def test_run_graph_ends_with_a_clean_audit_and_prints_makespan_against_the_critical_path(
+    redis_url, queue_name, graph, tasks, path
+):
+    proc = wqsim("run", "--graph", graph, "--tasks", "30", "--workers", "2", "--duration-ms", "5", "-q",
+                 "--redis-url", redis_url, "--queue", queue_name)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Created a {graph} graph of {tasks} tasks, critical path {path} tasks" in proc.stderr
+    assert f"Summary: {tasks} done, 0 dead, 0 lost, 0 completed twice" in proc.stderr
+    assert re.search(r"Makespan \d+\.\d+ s; bounds: critical path \d+\.\d+ s \(\d+ tasks\), work/workers", proc.stderr)
 
 
 def test_status_and_reap_once_report_on_a_queue(redis_url, queue_name):

@@ -7,17 +7,14 @@ tests slower, not flaky.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -26,6 +23,8 @@ from wqsim import (
     ChaosConfig, Listener, Queue, Reaper, RedisServer, Settlement, Status, WorkerConfig, WorkerPool, audit, connect, generate,
 )
 
+from helpers import Killer, running, shut_down, wait_until
+
 pytestmark = pytest.mark.real_redis
 
 WORKER_IDS = ["1", "2", "3"]
@@ -33,37 +32,6 @@ AOF_ARGS = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 # -- helpers ----------------------------------------------------------------------
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.01) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout_s`` passes; a deadline, not a timing assert."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
-
-
-@contextlib.contextmanager
-def running(pool: WorkerPool, *reapers: Reaper) -> Iterator[WorkerPool]:
-    """Start ``pool``; whatever happens, no worker process or reaper thread outlives the test."""
-    pool.start()
-    try:
-        yield pool
-    finally:
-        shut_down(pool)
-        for reaper in reapers:
-            reaper.stop()
-
-
-def shut_down(pool: WorkerPool) -> None:
-    """stop(), join(), terminate() if need be."""
-    if pool.join(0):
-        return
-    pool.stop()
-    if not pool.join(10):
-        pool.terminate()
-
 
 def done_events_per_id(q: Queue) -> Counter[str]:
     """A 'done' entry lists every task one settle call recorded, space-separated."""
@@ -94,41 +62,6 @@ def queue(real_client: redis.Redis, queue_name: str) -> Iterator[Queue]:
     q = Queue(real_client, queue_name)
     yield q
     q.purge()
-
-
-class Killer(threading.Thread):
-    """SIGKILLs a random live worker of ``pool`` every 100-300 ms until the queue is drained.
-
-    Every choice (the pause, the victim) comes from ``random.Random(seed)``. The
-    pool's own supervisor replaces each killed process, as it would in production.
-    """
-
-    def __init__(self, pool: WorkerPool, queue: Queue, seed: int) -> None:
-        super().__init__(name=f"killer-{seed}", daemon=True)
-        self.pool = pool
-        self.queue = queue
-        self.rng = random.Random(seed)
-        self.kills: list[tuple[str, int]] = []  # (worker id, pid)
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._stop_event.wait(self.rng.uniform(0.1, 0.3)):
-                if self.queue.drained():
-                    return
-                live = self.pool.pids()
-                if not live:
-                    continue
-                victim = self.rng.choice(sorted(live))
-                os.kill(live[victim], signal.SIGKILL)
-                self.kills.append((victim, live[victim]))
-        except BaseException as exc:  # surfaced by the test, never swallowed
-            self.error = exc
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(10)
 
 
 # -- 1. the seed scenario with real processes -----------------------------------------
