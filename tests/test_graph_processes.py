@@ -14,17 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wqsim import Queue, Reaper, Task, WorkerConfig, WorkerPool, audit, connect, register
+from wqsim import Queue, Reaper, Task, WorkerConfig, WorkerPool, audit, connect
 
 from helpers import Killer, running, wait_until
 
 pytestmark = pytest.mark.real_redis
 
 
-@register("graph_test_fail")
-def _always_fail(task: Task) -> None:
-    """Registered before the pool forks, so worker processes know it."""
-    raise RuntimeError(f"task {task.id} fails on purpose")
+# A task that always fails, with a built-in kind (so forked workers know it and
+# the global handler registry is left alone): sleep refuses a negative duration.
+FAILING = {"duration_ms": -1}
 
 
 def random_dag(n: int, edge_p: float, fail_p: float, seed: int, duration_ms: float, fail_from: float = 0.0) -> list[Task]:
@@ -36,7 +35,7 @@ def random_dag(n: int, edge_p: float, fail_p: float, seed: int, duration_ms: flo
         earlier = [f"g{j}" for j in range(i) if rng.random() < edge_p]
         prereqs = tuple(rng.sample(earlier, min(len(earlier), 4)))
         if rng.random() < fail_p and i >= fail_from * n:
-            tasks.append(Task(id=f"g{i}", kind="graph_test_fail", depends_on=prereqs, max_attempts=1))
+            tasks.append(Task(id=f"g{i}", kind="sleep", payload=FAILING, depends_on=prereqs, max_attempts=1))
         else:
             tasks.append(Task(id=f"g{i}", kind="sleep", payload={"duration_ms": duration_ms}, depends_on=prereqs, max_attempts=20))
     return tasks
@@ -49,7 +48,7 @@ def expected_statuses(tasks: list[Task]) -> dict[str, str]:
         if any(out[p] != "done" for p in task.depends_on):
             out[task.id] = "cancelled"
         else:
-            out[task.id] = "dead" if task.kind == "graph_test_fail" else "done"
+            out[task.id] = "dead" if task.payload is FAILING else "done"
     return out
 
 

@@ -109,9 +109,23 @@ def test_a_prefetching_worker_sends_results_and_its_next_request_together(make_q
     worker.run()
     result = audit(q)
     assert result.clean and result.done == 50 and result.executions == 50
-    assert calls[:2] == ["claim", "claim_nowait"]  # the first batch, and at once a request for the next
-    assert "settle" not in calls  # every later round trip overlaps with work
-    assert calls.count("settle_nowait") == -(-50 // batch_size)
+    # The first batch proves the tasks short; from then on a request for more is always in flight.
+    assert calls[:3] == ["claim", "settle", "claim_nowait"]
+    assert calls.count("settle") == 1  # every later round trip overlaps with work
+    assert calls.count("settle_nowait") == -(-50 // batch_size) - 1
+
+
+def test_a_worker_does_not_prefetch_long_tasks_so_idle_workers_can_take_them(make_queue, make_worker):
+    q = make_queue()
+    generate(q, 6, duration_ms=5)
+    worker = make_worker(prefetch=2, prefetch_below_s=0.002)
+    calls: list[str] = []
+    for name in ("claim", "settle", "claim_nowait", "settle_nowait"):
+        original = getattr(worker.queue, name)
+        setattr(worker.queue, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    worker.run()
+    assert audit(q).clean
+    assert calls == ["claim"] + ["settle"] * 6  # each task claimed only when the worker is free
 
 
 def test_a_deeper_prefetch_keeps_more_requests_in_flight_and_still_loses_nothing(make_queue, make_worker):

@@ -27,6 +27,17 @@ from .worker import Worker, WorkerStats
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``wqsim.metrics`` and ``wqsim.plots`` import pandas and matplotlib: only on first use,
+    so the CLI and worker processes start without them."""
+    if name in ("metrics", "plots"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'wqsim' has no attribute {name!r}")
+
+
 __all__ = [
     "Audit", "audit",
     "ChaosConfig", "RunConfig", "WorkerConfig", "default_workers",
@@ -43,4 +54,5 @@ __all__ = [
     "RedisServer",
     "MalformedTask", "Status", "Task",
     "Worker", "WorkerStats",
+    "metrics", "plots",
 ]

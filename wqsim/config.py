@@ -48,6 +48,11 @@ class WorkerConfig:
         holds one more batch (Celery's prefetch multiplier, which defaults to 4).
         A claim made ahead starts with a lease prefetch + 1 times as long, since
         the worker learns its id (and can ping it) only when it reads the reply.
+    prefetch_below_s: prefetch only while tasks take less than this each (on
+        the last claim). A round trip saved is worth much for a 50 us task and
+        little for a 20 ms one, while tasks held in reserve are tasks an idle
+        worker cannot start: for long tasks the worker claims only when it is
+        free (Celery's -Ofair), which keeps makespans near their bound.
     heartbeat: renew the lease from a background thread while tasks run
         ("pings"), so long work is not reaped; every ping_interval_s seconds
         (default lease_s / 3).
@@ -65,6 +70,7 @@ class WorkerConfig:
     idle_wait_s: float = 1.0
     batch_size: int = 1
     prefetch: int = 2
+    prefetch_below_s: float = 0.002
     heartbeat: bool = True
     ping_interval_s: float | None = None
     flush_interval_s: float = 0.01
@@ -72,7 +78,8 @@ class WorkerConfig:
     reconnect_s: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("lease_s", "backoff_s", "backoff_max_s", "idle_wait_s", "reconnect_s", "flush_interval_s"):
+        for name in ("lease_s", "backoff_s", "backoff_max_s", "idle_wait_s", "reconnect_s", "flush_interval_s",
+                     "prefetch_below_s"):
             _positive(name, getattr(self, name))
         _at_least("batch_size", self.batch_size, 1)
         _at_least("prefetch", self.prefetch, 0)

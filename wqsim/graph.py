@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -81,10 +82,10 @@ def topological_order(tasks: Sequence[Task]) -> list[str]:
     """Task ids, each after all of its prerequisites (Kahn's algorithm; validates first)."""
     dependents = validate(tasks)
     waiting = {t.id: len(t.depends_on) for t in tasks}
-    ready = [t.id for t in tasks if not t.depends_on]
+    ready = deque(t.id for t in tasks if not t.depends_on)  # FIFO: the order reads layer by layer
     order: list[str] = []
     while ready:
-        task_id = ready.pop()
+        task_id = ready.popleft()
         order.append(task_id)
         for dep in dependents[task_id]:
             waiting[dep] -= 1

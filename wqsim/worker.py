@@ -96,6 +96,9 @@ class Worker:
         self._lost: set[str] = set()
         self._attempts: dict[str, int] = {}  # attempt numbers of failed tasks, for the backoff
         self._flushes: list[int] = []  # tickets of mid-claim settles whose replies are not read yet
+        # Prefetch only once tasks have proved short (config.prefetch_below_s): a worker
+        # that started by hoarding long tasks would starve the others from the start.
+        self._short_tasks = False
 
     def stop(self) -> None:
         """Finish and settle the task(s) in hand, claim nothing more, then return."""
@@ -111,9 +114,11 @@ class Worker:
             while True:
                 self._note_rejected(claim)
                 if claim.tasks:
-                    while len(ahead) < cfg.prefetch and not self._stopping.is_set():
+                    while len(ahead) < cfg.prefetch and self._short_tasks and not self._stopping.is_set():
                         ahead.append(self._send(lambda: self.queue.claim_nowait(self.id, self._reserve_lease_ms, cfg.batch_size)))
+                    began = time.perf_counter()
                     settlements = self._work_on(claim)
+                    self._short_tasks = (time.perf_counter() - began) / len(claim.tasks) < cfg.prefetch_below_s
                     if not ahead:
                         claim = self._hold(self._settle(settlements, claim_next=self._claim_size()))
                         continue

@@ -38,9 +38,10 @@ local function wake()
   if redis.call('EXISTS', SIGNAL) == 0 then redis.call('LPUSH', SIGNAL, '1') end
 end
 
-local function record(id, event, attempt, worker, lease, at, detail)
+-- `started`: when the attempt's handler started (retry and dead outcomes), for timelines.
+local function record(id, event, attempt, worker, lease, at, detail, started)
   redis.call('XADD', EVENTS, '*', 'event', event, 'id', id, 'attempt', attempt or 0,
-    'worker', worker or '', 'lease', lease or '', 'at', at, 'detail', detail or '')
+    'worker', worker or '', 'lease', lease or '', 'at', at, 'detail', detail or '', 'started', started or '')
 end
 
 local function counter(name)
@@ -62,7 +63,13 @@ end
 -- dependents in turn, naming the ancestor that failed. A dependent is acted on
 -- only while it is 'waiting', and a prerequisite ends only once (its completion
 -- is fenced by its lease), so no dependent is queued twice, or never.
-local function resolve_dependents(id, ok, now)
+--
+-- The release is stamped with Redis's own clock (TIME), not the caller's `now`:
+-- a worker reads its clock before its request reaches Redis, so its `now` can be
+-- older than the finish of a prerequisite another worker recorded in between.
+local function resolve_dependents(id, ok)
+  local t = redis.call('TIME')
+  local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
   local work, i, queued = {{id, ok}}, 1, false
   while i <= #work do
     local from, succeeded = work[i][1], work[i][2]
@@ -92,13 +99,13 @@ local function resolve_dependents(id, ok, now)
   if queued then wake() end
 end
 
-local function bury(id, attempt, worker, lease, now, err)
+local function bury(id, attempt, worker, lease, now, err, started)
   redis.call('HSET', task_key(id), 'status', 'dead', 'error', err, 'finished_at', now)
   redis.call('LPUSH', DEAD, id)
   redis.call('HINCRBY', STATS, 'dead', 1)
-  record(id, 'dead', attempt, worker, lease, now, err)
+  record(id, 'dead', attempt, worker, lease, now, err, started)
   redis.call('PUBLISH', PROGRESS, 'dead ' .. id)
-  resolve_dependents(id, false, now)
+  resolve_dependents(id, false)
 end
 
 -- Move retries whose backoff has elapsed back to the front of the ready list.

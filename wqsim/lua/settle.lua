@@ -84,7 +84,7 @@ for i = 0, n - 1 do
     -- 'error' is left as it was: a task that failed before it succeeded keeps its last error.
     redis.call('HSET', tkey, 'status', 'done', 'result', value, 'started_at', started_at, 'finished_at', finished_at)
     done[#done + 1] = id
-    if graphs then resolve_dependents(id, true, now) end
+    if graphs then resolve_dependents(id, true) end
   else
     local h = redis.call('HMGET', tkey, 'attempt', 'max_attempts')
     local attempt, max_attempts = tonumber(h[1] or '1'), tonumber(h[2] or '1') or 1
@@ -93,9 +93,9 @@ for i = 0, n - 1 do
       redis.call('HSET', tkey, 'status', 'scheduled', 'error', value, 'finished_at', finished_at)
       redis.call('ZADD', DELAYED, tonumber(now) + backoff, id)
       redis.call('HINCRBY', STATS, 'retried', 1)
-      record(id, 'retry', attempt, worker, lease, finished_at, value)
+      record(id, 'retry', attempt, worker, lease, finished_at, value, started_at)
     else
-      bury(id, attempt, worker, lease, finished_at, value)
+      bury(id, attempt, worker, lease, finished_at, value, started_at)
     end
   end
 end

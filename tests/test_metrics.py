@@ -1,0 +1,120 @@
+"""wqsim.metrics and wqsim.plots on synthetic runs whose answers are known in advance."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from wqsim import Queue, Settlement, Worker, WorkerConfig, bounds, diamond, generate, metrics, plots  # noqa: E402
+
+
+def synthetic(n: int = 100, workers: int = 2, service_s: float = 0.01, gap_s: float = 0.0) -> "metrics.pd.DataFrame":
+    """n tasks all enqueued at t=1000, run back to back on ``workers`` workers, each taking service_s."""
+    rows = []
+    for i in range(n):
+        worker = str(i % workers + 1)
+        slot = i // workers
+        start = 1000.0 + slot * (service_s + gap_s)
+        rows.append({"task_id": str(i), "kind": "sleep", "package": "", "attempt": 1, "worker": worker,
+                     "enqueued_at": 1000.0, "started_at": start, "finished_at": start + service_s,
+                     "status": "done", "error": ""})
+    return metrics.frame(rows, "synthetic")
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_throughput_and_makespan_of_a_known_schedule():
+    df = synthetic(n=100, workers=2, service_s=0.01)
+    assert metrics.makespan(df) == pytest.approx(0.5)
+    assert metrics.throughput(df) == pytest.approx(200.0)
+    assert metrics.ideal_makespan(df, workers=2) == pytest.approx(0.5)
+    assert metrics.utilisation(df).to_dict() == pytest.approx({"1": 1.0, "2": 1.0})
+    assert metrics.executions(df) == {"executions": 100, "completions": 100}
+
+
+def test_throughput_over_time_counts_completions_per_bin():
+    df = synthetic(n=100, workers=2, service_s=0.007)  # 2 per 7 ms; no finish falls on a 0.1 s bin edge
+    series = metrics.throughput_over_time(df, bin_s=0.1)
+    assert series.sum() * 0.1 == pytest.approx(100)
+    assert set(series.iloc[:-1].round().astype(int)) <= {280, 300}  # 14 or 15 per worker per full bin
+
+
+def test_latency_percentiles_of_known_waits():
+    df = synthetic(n=100, workers=1, service_s=0.01)  # the k-th task waits k * 10 ms
+    table = metrics.latency_percentiles(df)
+    assert table.loc["service"].to_numpy() == pytest.approx([0.01, 0.01, 0.01])
+    waits = np.arange(100) * 0.01
+    assert table.loc["wait", "p50"] == pytest.approx(np.percentile(waits, 50))
+    assert table.loc["wait", "p99"] == pytest.approx(np.percentile(waits, 99))
+    assert table.loc["end_to_end", "p95"] == pytest.approx(np.percentile(waits + 0.01, 95))
+
+
+def test_queue_length_steps_down_as_tasks_start():
+    df = synthetic(n=4, workers=1, service_s=1.0)
+    length = metrics.queue_length(df)
+    assert list(length.to_numpy()) == [3, 2, 1, 0]  # all four arrive at once and the first starts at once
+    assert list(length.index) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_littles_law_holds_on_a_measured_schedule():
+    result = metrics.littles_law(synthetic(n=200, workers=4, service_s=0.01, gap_s=0.002))
+    assert result["L_measured"] == pytest.approx(result["L_predicted"])
+
+
+def test_erlang_c_matches_the_textbook_case():
+    # 100 calls per 30 minutes, 180 s handling time, 14 agents: P(wait) = 0.174 (a standard worked example).
+    assert metrics.erlang_c(100 / 1800, 180, 14) == pytest.approx(0.174, abs=0.001)
+    assert metrics.erlang_c(1.0, 2.0, 2) == 1.0  # overloaded: everybody waits
+    assert metrics.mmc_mean_wait(0.5, 1.0, 1) == pytest.approx(1.0)  # M/M/1: rho / (mu - lambda)
+    assert metrics.mdc_mean_wait(0.5, 1.0, 1) == pytest.approx(0.5)  # M/D/1: half of it (Pollaczek-Khinchine)
+    with pytest.raises(ValueError):
+        metrics.erlang_c(1.0, 1.0, 0)
+
+
+def test_attempts_reads_retries_and_final_outcomes_from_redis(fake_client):
+    q = Queue(fake_client, "m")
+    generate(q, 2, duration_ms=0)
+    claim = q.claim("w", lease_ms=10_000, count=2)
+    q.settle("w", [Settlement("1", claim.lease, "retry", "boom", 10.0, 11.0),
+                   Settlement("2", claim.lease, "done", "null", 10.0, 12.0)], lease_ms=10_000)
+    Worker(fake_client, "m", "w2", WorkerConfig(idle_wait_s=0.01, backoff_s=0.001)).run()
+    df = metrics.attempts(q)
+    assert sorted(zip(df["task_id"], df["attempt"], df["status"])) == [("1", 1, "retry"), ("1", 2, "done"), ("2", 1, "done")]
+    retry = df[df["status"] == "retry"].iloc[0]
+    assert (retry["started_at"], retry["finished_at"], retry["worker"], retry["error"]) == (10.0, 11.0, "w", "boom")
+    assert metrics.executions(df) == {"executions": 3, "completions": 2}
+
+
+def test_every_plot_returns_labelled_axes():
+    df = synthetic(n=40, workers=2, service_s=0.01)
+    tasks = diamond(prefix="s")
+    graph_df = metrics.frame([
+        {"task_id": t.id, "worker": "1", "attempt": 1, "status": "done", "enqueued_at": 0.0,
+         "started_at": float(i), "finished_at": float(i) + 0.5} for i, t in enumerate(tasks)
+    ])
+    axes = [
+        plots.worker_timeline(df),
+        plots.dependency_gantt(graph_df, tasks, bounds(tasks, 2)),
+        plots.throughput_over_time(df),
+        plots.latency_cdf(df),
+        plots.latency_histogram(df),
+        plots.queue_length(df),
+        plots.sweep(metrics.pd.DataFrame({"batch_size": [1, 10, 100], "tasks_per_s": [1e4, 5e4, 1e5]}), "batch_size"),
+        plots.wait_vs_theory(df, arrival_rate=50, service_time_s=0.01, servers=2),
+    ]
+    for ax in axes:
+        assert ax.get_title() and ax.get_xlabel(), ax
+        assert "(s)" in ax.get_xlabel() or "(ms)" in ax.get_xlabel() or "size" in ax.get_xlabel()
+    gantt = axes[1]
+    assert len(gantt.patches) == 4  # one bar per task
+    assert len([t for t in gantt.texts]) == 4  # one arrow per dependency edge: a->b, a->c, b->d, c->d
+    assert any("critical path 0.030 s" in t.get_text() for t in gantt.get_legend().get_texts())

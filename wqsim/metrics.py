@@ -1,0 +1,217 @@
+"""A run as numbers: one DataFrame row per task attempt, and the summaries built from it.
+
+Everything is read from Redis's durable records (task hashes and the event
+stream), never from worker logs, so a crashed worker's attempt still shows.
+Times are epoch seconds; the summaries give seconds and tasks per second.
+Beside the measurements sit the queueing-theory predictions they are checked
+against: Little's law, the makespan bounds and the Erlang C formula.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from .queue import Queue
+
+COLUMNS = [
+    "queue", "task_id", "kind", "package", "attempt", "worker",
+    "enqueued_at", "started_at", "finished_at", "status", "error",
+]
+_HASH_FIELDS = ("kind", "package", "attempt", "lease", "enqueued_at", "started_at", "finished_at", "status", "error")
+
+
+def attempts(queue: Queue) -> pd.DataFrame:
+    """One row per attempt of every task of ``queue``.
+
+    The task hash gives each task's latest attempt (status done, dead, cancelled,
+    or still queued/running/waiting); the event stream adds the earlier ones that
+    failed (status ``retry``) and those whose lease expired on a crashed or hung
+    worker (status ``expired``: ``started_at`` unknown, ``finished_at`` is when the
+    reaper returned the task). ``enqueued_at`` is when the task first became ready.
+    """
+    tasks: dict[str, dict[str, str | None]] = {}
+    for key, values in queue.iter_task_hashes(_HASH_FIELDS):
+        tasks[queue.keys.task_id_of(key)] = dict(zip(_HASH_FIELDS, values))
+    rows: list[dict[str, object]] = []
+    for task_id, h in tasks.items():
+        rows.append({
+            "task_id": task_id, "kind": h["kind"], "package": h["package"] or "",
+            "attempt": int(h["attempt"] or 0), "worker": (h["lease"] or "").rsplit("#", 1)[0],
+            "enqueued_at": h["enqueued_at"], "started_at": h["started_at"], "finished_at": h["finished_at"],
+            "status": h["status"] or "queued", "error": h["error"] or "",
+        })
+    for event in queue.events():
+        if event["event"] not in ("retry", "expired"):
+            continue
+        h = tasks.get(event["id"], {})
+        rows.append({
+            "task_id": event["id"], "kind": h.get("kind"), "package": h.get("package") or "",
+            "attempt": int(event.get("attempt") or 0), "worker": event.get("worker", ""),
+            "enqueued_at": h.get("enqueued_at"), "started_at": event.get("started") or None,
+            "finished_at": event["at"], "status": event["event"], "error": event.get("detail", ""),
+        })
+    return frame(rows, queue.name)
+
+
+def frame(rows: Iterable[dict[str, object]], queue: str = "") -> pd.DataFrame:
+    """Rows (dicts with the COLUMNS, times as numbers or numeric strings) as a typed attempts DataFrame."""
+    df = pd.DataFrame(list(rows), columns=COLUMNS)
+    df["queue"] = df["queue"].astype(object).where(df["queue"].notna(), queue)
+    for col in ("enqueued_at", "started_at", "finished_at"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["attempt"] = df["attempt"].fillna(0).astype(int)
+    return df.sort_values(["started_at", "finished_at", "task_id"], na_position="last").reset_index(drop=True)
+
+
+def completed(df: pd.DataFrame) -> pd.DataFrame:
+    """The attempts that completed their task."""
+    return df[df["status"] == "done"]
+
+
+def makespan(df: pd.DataFrame) -> float:
+    """Seconds from the first attempt's start to the last attempt's finish."""
+    ran = df.dropna(subset=["started_at", "finished_at"])
+    return float(ran["finished_at"].max() - ran["started_at"].min()) if len(ran) else 0.0
+
+
+def throughput(df: pd.DataFrame) -> float:
+    """Completed tasks per second over the makespan."""
+    span = makespan(df)
+    return len(completed(df)) / span if span > 0 else 0.0
+
+
+def throughput_over_time(df: pd.DataFrame, bin_s: float = 0.1) -> pd.Series:
+    """Completions per second in bins of ``bin_s``, indexed by seconds since the first start."""
+    done = completed(df)
+    if done.empty:
+        return pd.Series(dtype=float, name="tasks/s")
+    t0 = df["started_at"].min()
+    offsets = done["finished_at"] - t0
+    bins = np.floor(offsets / bin_s).astype(int)
+    counts = bins.value_counts().reindex(range(int(bins.max()) + 1), fill_value=0).sort_index()
+    return pd.Series(counts.to_numpy() / bin_s, index=counts.index * bin_s, name="tasks/s")
+
+
+def latencies(df: pd.DataFrame) -> pd.DataFrame:
+    """Per completed task: queue wait (enqueued -> started), service (started -> finished)
+    and end-to-end (enqueued -> finished) time, in seconds."""
+    done = completed(df)
+    return pd.DataFrame({
+        "wait": done["started_at"] - done["enqueued_at"],
+        "service": done["finished_at"] - done["started_at"],
+        "end_to_end": done["finished_at"] - done["enqueued_at"],
+    }).reset_index(drop=True)
+
+
+def latency_percentiles(df: pd.DataFrame, percentiles: tuple[float, ...] = (50, 95, 99)) -> pd.DataFrame:
+    """p50/p95/p99 (by default) of wait, service and end-to-end time, in seconds; one row each."""
+    lat = latencies(df)
+    table = {f"p{p:g}": lat.quantile(p / 100) for p in percentiles}
+    return pd.DataFrame(table)
+
+
+def utilisation(df: pd.DataFrame) -> pd.Series:
+    """Per worker: the share of the makespan spent inside handlers (0..1)."""
+    ran = df.dropna(subset=["started_at", "finished_at"])
+    span = makespan(df)
+    if span <= 0:
+        return pd.Series(dtype=float, name="utilisation")
+    busy = (ran["finished_at"] - ran["started_at"]).groupby(ran["worker"]).sum()
+    return (busy / span).rename("utilisation")
+
+
+def ideal_makespan(df: pd.DataFrame, workers: int) -> float:
+    """The work/workers lower bound: total service time of the completed attempts over ``workers``."""
+    done = completed(df)
+    return float((done["finished_at"] - done["started_at"]).sum()) / workers
+
+
+def executions(df: pd.DataFrame) -> dict[str, int]:
+    """Attempts started (retries and expired ones included) against tasks completed."""
+    return {"executions": int(df["attempt"].groupby(df["task_id"]).max().sum()), "completions": len(completed(df))}
+
+
+def queue_length(df: pd.DataFrame) -> pd.Series:
+    """Tasks ready but not yet started, over time: a step function indexed by seconds since the first enqueue.
+
+    Each task counts from when it became ready to its first known start (a
+    retried task is not counted again while it waits for its retry).
+    """
+    per_task = df.groupby("task_id").agg(enqueued_at=("enqueued_at", "min"), started_at=("started_at", "min"))
+    changes = pd.concat([
+        pd.Series(1, index=per_task["enqueued_at"].dropna().to_numpy()),
+        pd.Series(-1, index=per_task["started_at"].dropna().to_numpy()),
+    ])
+    if changes.empty:
+        return pd.Series(dtype=float, name="waiting")
+    length = changes.groupby(level=0).sum().sort_index().cumsum()
+    length.index = length.index - length.index[0]
+    return length.rename("waiting")
+
+
+def littles_law(df: pd.DataFrame) -> dict[str, float]:
+    """Little's law L = lambda * W, checked on a run's completed tasks.
+
+    L is measured directly, as the time-average number of tasks in the system
+    (enqueued, not yet finished); lambda is the arrival rate and W the mean
+    end-to-end time. The two sides agree for any stable queue, whatever the
+    arrival or service distributions: a check on the measurements themselves.
+    """
+    done = completed(df)
+    if len(done) < 2:
+        return {"L_measured": 0.0, "arrival_rate": 0.0, "mean_time_in_system": 0.0, "L_predicted": 0.0}
+    start, end = done["enqueued_at"].min(), done["finished_at"].max()
+    time_in_system = (done["finished_at"] - done["enqueued_at"]).to_numpy()
+    L = float(time_in_system.sum() / (end - start))
+    lam = len(done) / (end - start)
+    W = float(time_in_system.mean())
+    return {"L_measured": L, "arrival_rate": lam, "mean_time_in_system": W, "L_predicted": lam * W}
+
+
+# -- queueing theory -----------------------------------------------------------------
+
+def erlang_c(arrival_rate: float, service_time_s: float, servers: int) -> float:
+    """P(an arrival waits) in an M/M/c queue: the Erlang C formula.
+
+    ``arrival_rate`` per second, mean ``service_time_s``, ``servers`` workers.
+    Computed through the Erlang B recursion, which stays stable for hundreds
+    of servers where the textbook factorials overflow.
+    """
+    if servers < 1 or arrival_rate <= 0 or service_time_s <= 0:
+        raise ValueError("erlang_c needs servers >= 1 and positive arrival rate and service time")
+    load = arrival_rate * service_time_s  # offered traffic, in Erlangs
+    if load >= servers:
+        return 1.0  # unstable: every arrival waits, and the queue grows without bound
+    b = 1.0
+    for k in range(1, servers + 1):
+        b = load * b / (k + load * b)
+    rho = load / servers
+    return b / (1 - rho + rho * b)
+
+
+def mmc_mean_wait(arrival_rate: float, service_time_s: float, servers: int) -> float:
+    """Mean queue wait (seconds) in M/M/c: P(wait) / (c * mu - lambda)."""
+    load = arrival_rate * service_time_s
+    if load >= servers:
+        return math.inf
+    return erlang_c(arrival_rate, service_time_s, servers) * service_time_s / (servers - load)
+
+
+def mdc_mean_wait(arrival_rate: float, service_time_s: float, servers: int) -> float:
+    """Mean queue wait in M/D/c (fixed service times, as sleep tasks have): about half of M/M/c's.
+
+    The factor 1/2 is exact for one server (Pollaczek-Khinchine) and a close
+    approximation for several (Cosmetatos); good enough to draw beside a measurement.
+    """
+    return mmc_mean_wait(arrival_rate, service_time_s, servers) / 2
+
+
+def mmc_wait_cdf(t: np.ndarray | float, arrival_rate: float, service_time_s: float, servers: int) -> np.ndarray:
+    """P(wait <= t) in M/M/c: 1 - C * exp(-(c * mu - lambda) * t)."""
+    c = erlang_c(arrival_rate, service_time_s, servers)
+    rate = servers / service_time_s - arrival_rate
+    return 1 - c * np.exp(-rate * np.asarray(t, dtype=float))
