@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import redis
 
-from wqsim import Queue, Reaper, Settlement, Status, WorkerConfig, WorkerPool, audit, connect, generate
+from wqsim import Queue, Reaper, Settlement, Status, Task, WorkerConfig, WorkerPool, audit, connect, generate
 
 
 def commands_sent(client: redis.Redis, action) -> dict[str, int]:
@@ -109,15 +109,16 @@ def test_a_prefetching_worker_sends_results_and_its_next_request_together(make_q
     worker.run()
     result = audit(q)
     assert result.clean and result.done == 50 and result.executions == 50
-    # The first batch proves the tasks short; from then on a request for more is always in flight.
-    assert calls[:3] == ["claim", "settle", "claim_nowait"]
-    assert calls.count("settle") == 1  # every later round trip overlaps with work
-    assert calls.count("settle_nowait") == -(-50 // batch_size) - 1
+    assert calls[:2] == ["claim", "claim_nowait"]  # the first batch, and at once a request for the next
+    assert "settle" not in calls  # every later round trip overlaps with work
+    assert calls.count("settle_nowait") == -(-50 // batch_size)
 
 
-def test_a_worker_does_not_prefetch_long_tasks_so_idle_workers_can_take_them(make_queue, make_worker):
+def test_a_worker_does_not_hold_long_tasks_in_reserve_that_an_idle_worker_could_start(make_queue, make_worker):
     q = make_queue()
-    generate(q, 6, duration_ms=5)
+    # Two long tasks: after the first claim the backlog (1) does not outnumber the
+    # claims in flight (1), so claiming ahead could leave another worker idle.
+    q.enqueue([Task(id=i, kind="sleep", payload={"duration_ms": 5}) for i in ("a", "b")])
     worker = make_worker(prefetch=2, prefetch_below_s=0.002)
     calls: list[str] = []
     for name in ("claim", "settle", "claim_nowait", "settle_nowait"):
@@ -125,7 +126,16 @@ def test_a_worker_does_not_prefetch_long_tasks_so_idle_workers_can_take_them(mak
         setattr(worker.queue, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
     worker.run()
     assert audit(q).clean
-    assert calls == ["claim"] + ["settle"] * 6  # each task claimed only when the worker is free
+    assert calls == ["claim", "settle", "settle"]  # each task claimed only once the worker is free
+
+
+def test_claims_report_the_backlog_and_the_claims_in_flight(make_queue):
+    q = make_queue()
+    generate(q, 10, kind="noop")
+    first = q.claim("w1", lease_ms=10_000, count=3)
+    second = q.claim("w2", lease_ms=10_000, count=3)
+    assert (first.backlog, first.claims_in_flight) == (7, 1)
+    assert (second.backlog, second.claims_in_flight) == (4, 2)
 
 
 def test_a_deeper_prefetch_keeps_more_requests_in_flight_and_still_loses_nothing(make_queue, make_worker):

@@ -48,11 +48,12 @@ class WorkerConfig:
         holds one more batch (Celery's prefetch multiplier, which defaults to 4).
         A claim made ahead starts with a lease prefetch + 1 times as long, since
         the worker learns its id (and can ping it) only when it reads the reply.
-    prefetch_below_s: prefetch only while tasks take less than this each (on
-        the last claim). A round trip saved is worth much for a 50 us task and
-        little for a 20 ms one, while tasks held in reserve are tasks an idle
-        worker cannot start: for long tasks the worker claims only when it is
-        free (Celery's -Ofair), which keeps makespans near their bound.
+    prefetch_below_s: tasks shorter than this (on the last claim) are always
+        prefetched. Longer ones are prefetched only while the ready backlog
+        outnumbers the claims in flight: tasks held in reserve are tasks an idle
+        worker cannot start, so near the end of a run, or in a task graph whose
+        ready list is short, a worker claims only when it is free (Celery's
+        -Ofair), which keeps makespans near their bound.
     heartbeat: renew the lease from a background thread while tasks run
         ("pings"), so long work is not reaped; every ping_interval_s seconds
         (default lease_s / 3).

@@ -58,6 +58,8 @@ class Claim:
     drained: bool = False
     next_due: float | None = None  # when the earliest scheduled retry becomes due
     rejected: list[str] = field(default_factory=list)
+    backlog: int = 0               # ready-list entries left after this claim
+    claims_in_flight: int = 0      # leases alive on the queue, this one included (all workers)
 
 
 @dataclass(frozen=True)
@@ -431,8 +433,10 @@ class Queue:
 
 
 def _claim_from(reply: list, rejected: list[str]) -> Claim:
-    drained, next_due, lease, *flat = reply
+    drained, next_due, lease, backlog, in_flight, *flat = reply
     return Claim(
+        backlog=int(backlog),
+        claims_in_flight=int(in_flight),
         lease=lease or None,
         tasks=[Claimed(flat[i], flat[i + 1], flat[i + 2], int(flat[i + 3]), flat[i + 4]) for i in range(0, len(flat), 5)],
         drained=bool(int(drained)),

@@ -96,8 +96,7 @@ class Worker:
         self._lost: set[str] = set()
         self._attempts: dict[str, int] = {}  # attempt numbers of failed tasks, for the backoff
         self._flushes: list[int] = []  # tickets of mid-claim settles whose replies are not read yet
-        # Prefetch only once tasks have proved short (config.prefetch_below_s): a worker
-        # that started by hoarding long tasks would starve the others from the start.
+        # Tasks of the last claim ran in under config.prefetch_below_s each (see _may_claim_ahead).
         self._short_tasks = False
 
     def stop(self) -> None:
@@ -114,7 +113,7 @@ class Worker:
             while True:
                 self._note_rejected(claim)
                 if claim.tasks:
-                    while len(ahead) < cfg.prefetch and self._short_tasks and not self._stopping.is_set():
+                    while len(ahead) < cfg.prefetch and self._may_claim_ahead(claim) and not self._stopping.is_set():
                         ahead.append(self._send(lambda: self.queue.claim_nowait(self.id, self._reserve_lease_ms, cfg.batch_size)))
                     began = time.perf_counter()
                     settlements = self._work_on(claim)
@@ -158,6 +157,16 @@ class Worker:
         """Lease for a claim made ahead: its id is unknown (so it is not pinged) until its
         reply is read, which may take ``prefetch`` claims' worth of work."""
         return self.config.lease_ms * (self.config.prefetch + 1)
+
+    def _may_claim_ahead(self, claim: Claim) -> bool:
+        """Claim ahead (prefetch) when it cannot starve another worker, or cannot matter.
+
+        Tasks held in reserve are tasks an idle worker cannot start. That is
+        harmless while the backlog outnumbers the claims in flight (no worker
+        will go idle for want of them), and costs little when tasks are short
+        (config.prefetch_below_s): there the saved round trip is what counts.
+        """
+        return self._short_tasks or claim.backlog > claim.claims_in_flight
 
     def _claim_size(self) -> int:
         return 0 if self._stopping.is_set() else self.config.batch_size

@@ -167,10 +167,12 @@ end
 -- under one lease of `lease_ms`: a new one, or `reuse`, a live lease of this
 -- worker that settle.lua has just emptied (renewing it saves creating one).
 -- Returns {drained 0|1, next retry due (epoch s; only when nothing was claimed) or '', lease id or '',
+--          backlog: entries left in the ready list, claims in flight (leases, all workers),
 --          then id, kind, payload, attempt, inputs for each claimed task}.
+-- The last two tell a worker whether claiming ahead could starve another worker.
 local function claim(worker, now, lease_ms, count, reuse)
   promote_due(now)
-  local out = {0, '', ''}
+  local out = {0, '', '', 0, 0}
   local taken = {}
   local lease = nil
   if count > 0 then
@@ -209,9 +211,11 @@ local function claim(worker, now, lease_ms, count, reuse)
     redis.call('DEL', lease_key(reuse), held_key(reuse))
     redis.call('ZREM', INFLIGHT, reuse)
   end
-  if redis.call('EXISTS', SIGNAL) == 0 and redis.call('LLEN', READY) > 0 then
+  local backlog = redis.call('LLEN', READY)
+  if backlog > 0 and redis.call('EXISTS', SIGNAL) == 0 then
     redis.call('LPUSH', SIGNAL, '1')  -- more work is ready: wake one idle worker
   end
+  out[4], out[5] = backlog, redis.call('ZCARD', INFLIGHT)
   if #taken == 0 then
     if drained() then
       out[1] = 1
