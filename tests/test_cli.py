@@ -106,6 +106,14 @@ def test_run_graph_ends_with_a_clean_audit_and_prints_makespan_against_the_criti
     assert re.search(r"Makespan \d+\.\d+ s; bounds: critical path \d+\.\d+ s \(\d+ tasks\), work/workers", proc.stderr)
 
 
+def test_run_with_progress_draws_a_bar_fed_by_completion_events(redis_url, queue_name):
+    proc = wqsim("run", "--tasks", "40", "--workers", "2", "--duration-ms", "1", "--progress",
+                 "--redis-url", redis_url, "--queue", queue_name)
+    assert proc.returncode == 0, proc.stderr
+    assert f"queue {queue_name}: 100%" in proc.stderr and "40/40" in proc.stderr
+    assert "picked up" not in proc.stderr  # the bar replaces per-task lines
+
+
 def test_status_and_reap_once_report_on_a_queue(redis_url, queue_name):
     assert wqsim("run", "--tasks", "3", "--workers", "1", "--redis-url", redis_url, "--queue", queue_name).returncode == 0
     status = wqsim("status", "--redis-url", redis_url, "--queue", queue_name)

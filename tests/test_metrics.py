@@ -10,7 +10,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from wqsim import Queue, Settlement, Worker, WorkerConfig, bounds, diamond, generate, metrics, plots  # noqa: E402
+import time  # noqa: E402
+
+from wqsim import (  # noqa: E402
+    Queue, Settlement, Worker, WorkerConfig, arrivals, bounds, diamond, generate, metrics, plots,
+)
 
 
 def synthetic(n: int = 100, workers: int = 2, service_s: float = 0.01, gap_s: float = 0.0) -> "metrics.pd.DataFrame":
@@ -118,3 +122,45 @@ def test_every_plot_returns_labelled_axes():
     assert len(gantt.patches) == 4  # one bar per task
     assert len([t for t in gantt.texts]) == 4  # one arrow per dependency edge: a->b, a->c, b->d, c->d
     assert any("critical path 0.030 s" in t.get_text() for t in gantt.get_legend().get_texts())
+
+
+def test_arrivals_are_a_seeded_poisson_process_enqueued_on_schedule(fake_client):
+    q = Queue(fake_client, "arrivals")
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    ids = arrivals(q, 2000, rate_per_s=100.0, duration_ms=1, seed=5, clock=lambda: now[0], sleep=sleep)
+    assert len(ids) == 2000 and q.counters()["total"] == 2000
+    assert sum(slept) == pytest.approx(2000 / 100.0, rel=0.1)  # mean gap 1 / rate
+    gaps = np.array(slept)
+    assert gaps.std() == pytest.approx(gaps.mean(), rel=0.15)  # exponential: sd equals the mean
+    again: list[float] = []
+    arrivals(Queue(fake_client, "again"), 50, 100.0, seed=5, clock=lambda: 0.0, sleep=again.append)
+    assert again == pytest.approx(list(np.cumsum(slept[:49])))  # the same seed, the same schedule (a frozen clock)
+    with pytest.raises(ValueError, match="rate_per_s must be a positive number"):
+        arrivals(q, 1, rate_per_s=0)
+
+
+def test_length_sampler_observes_queued_and_running_tasks(fake_client):
+    q = Queue(fake_client, "sampled")
+    generate(q, 5, kind="noop")
+    q.claim("w", lease_ms=10_000, count=2)
+    with metrics.LengthSampler(q, every_s=0.005) as sampler:
+        time.sleep(0.05)
+    df = sampler.frame()
+    assert len(df) >= 2
+    assert set(zip(df["queued"], df["running"], df["in_system"])) == {(3, 2, 5)}
+
+
+def test_littles_law_from_samples_compares_an_observed_L_with_lambda_times_W():
+    df = synthetic(n=100, workers=1, service_s=0.01)  # all arrive at 1000.0, one at a time in service
+    samples = metrics.pd.DataFrame({"at": [1000.0, 1000.5, 1000.99], "queued": [99, 49, 0], "running": [1, 1, 1]})
+    samples["in_system"] = samples["queued"] + samples["running"]
+    result = metrics.littles_law_sampled(df, samples)
+    assert result["L_sampled"] == pytest.approx((100 + 50 + 1) / 3)
+    assert result["arrival_rate"] == pytest.approx(100.0)
+    assert result["L_predicted"] == pytest.approx(100.0 * 0.505)

@@ -12,7 +12,7 @@ Redis, atomically, as its prerequisites finish (see ``wqsim.graph``).
 from .audit import Audit, audit
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import RedisUnavailable, connect, embedded_server, resolve_url
-from .generator import generate, make_tasks
+from .generator import arrivals, generate, make_tasks
 from .graph import Bounds, GraphError, bounds, chain, diamond, fanout, layered
 from .handlers import HandlerRegistry, UnknownKind, register, registry
 from .keys import Keys
@@ -42,7 +42,7 @@ __all__ = [
     "Audit", "audit",
     "ChaosConfig", "RunConfig", "WorkerConfig", "default_workers",
     "RedisUnavailable", "connect", "embedded_server", "resolve_url",
-    "generate", "make_tasks",
+    "arrivals", "generate", "make_tasks",
     "Bounds", "GraphError", "bounds", "chain", "diamond", "fanout", "layered",
     "HandlerRegistry", "UnknownKind", "register", "registry",
     "Keys",

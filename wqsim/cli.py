@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=None, help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)")
     p.add_argument("--timeout-s", type=float, default=None, help="listener timeout (default: scaled to the work)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
+    p.add_argument("--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)")
     p.add_argument("--graph", choices=("chain", "fanout", "diamond", "layered"), default=None,
                    help="run an example dependency graph of about --tasks sleep tasks")
     p.add_argument("--allow-failure", action="store_true", help="with --graph: run dependents of failed tasks instead of cancelling them")
@@ -111,9 +112,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .handlers import registry
 
         registry.get(args.kind)  # raises UnknownKind with the registered names
-    if args.quiet:
+    if args.quiet or args.progress:
         logging.getLogger("wqsim.worker").setLevel(logging.WARNING)
-    report = run(config, url=args.redis_url)
+    report = run(config, url=args.redis_url, progress=args.progress)
     a = report.audit
     log.info("Audit: %s", a.summary())
     if config.chaos.active:

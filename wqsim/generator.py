@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 from .queue import Queue
@@ -49,4 +52,40 @@ def generate(
     logger.info("Created %d work items out of %d", len(tasks), count)
     if packages:
         logger.info("Bundled them into %d work packages of up to %d", len(packages), package_size)
+    return ids
+
+
+def arrivals(
+    queue: Queue,
+    count: int,
+    rate_per_s: float,
+    duration_ms: float = 10.0,
+    seed: int = 0,
+    kind: str = "sleep",
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Enqueue ``count`` tasks one at a time as a Poisson process of ``rate_per_s``.
+
+    The queueing-theory notebooks need arrivals spread out in time (the "M" in
+    M/M/c) rather than all at once. Inter-arrival gaps are exponential, drawn
+    from ``random.Random(seed)``; each task is enqueued at its scheduled time,
+    counted from the first (so a slow enqueue does not shift the rest).
+    Blocks until the last task is enqueued; returns the ids.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an integer >= 1 (got {count!r})")
+    if isinstance(rate_per_s, bool) or not isinstance(rate_per_s, (int, float)) or not rate_per_s > 0:
+        raise ValueError(f"rate_per_s must be a positive number (got {rate_per_s!r})")
+    rng = random.Random(seed)
+    payload: dict[str, Any] = {"duration_ms": duration_ms} if kind == "sleep" else {}
+    ids = queue.allocate_ids(count)
+    start = clock()
+    due = 0.0
+    for task in make_tasks(ids, kind=kind, payload=payload):
+        wait = start + due - clock()
+        if wait > 0:
+            sleep(wait)
+        queue.enqueue([task])
+        due += rng.expovariate(rate_per_s)
     return ids

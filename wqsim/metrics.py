@@ -10,6 +10,8 @@ against: Little's law, the makespan bounds and the Erlang C formula.
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -215,3 +217,54 @@ def mmc_wait_cdf(t: np.ndarray | float, arrival_rate: float, service_time_s: flo
     c = erlang_c(arrival_rate, service_time_s, servers)
     rate = servers / service_time_s - arrival_rate
     return 1 - c * np.exp(-rate * np.asarray(t, dtype=float))
+
+
+class LengthSampler:
+    """Samples a queue's ready and running counts every ``every_s`` seconds, in a thread.
+
+    An observation independent of the task timestamps: Little's law compares
+    the time-average of these samples (L) with the arrival rate times the mean
+    time in system (lambda * W) computed from the timestamps.
+    """
+
+    def __init__(self, queue: Queue, every_s: float = 0.01) -> None:
+        if not every_s > 0:
+            raise ValueError(f"every_s must be positive (got {every_s!r})")
+        self.queue = queue
+        self.every_s = every_s
+        self.rows: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wqsim-length-sampler", daemon=True)
+
+    def __enter__(self) -> LengthSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            snap = self.queue.snapshot()
+            self.rows.append((time.time(), len(snap["queued"]), len(snap["running"])))
+            self._stop.wait(self.every_s)
+
+    def frame(self) -> pd.DataFrame:
+        """Columns at (epoch s), queued, running, in_system (queued + running)."""
+        df = pd.DataFrame(self.rows, columns=["at", "queued", "running"])
+        df["in_system"] = df["queued"] + df["running"]
+        return df
+
+
+def littles_law_sampled(df: pd.DataFrame, samples: pd.DataFrame) -> dict[str, float]:
+    """Little's law with L observed by sampling Redis (LengthSampler) rather than derived
+    from the timestamps: L over the samples taken while tasks were in the system,
+    against lambda * W from the completed tasks' timestamps."""
+    done = completed(df)
+    start, end = done["enqueued_at"].min(), done["finished_at"].max()
+    window = samples[(samples["at"] >= start) & (samples["at"] <= end)]
+    lam = len(done) / (end - start)
+    W = float((done["finished_at"] - done["enqueued_at"]).mean())
+    return {"L_sampled": float(window["in_system"].mean()), "arrival_rate": lam,
+            "mean_time_in_system": W, "L_predicted": lam * W}

@@ -71,11 +71,28 @@ def run(
     url: str | None = None,
     logger: logging.Logger | None = None,
     on_progress: ProgressCallback | None = None,
+    progress: bool = False,
 ) -> RunReport:
-    """Run the seed scenario on ``config.queue`` (purged first) and audit the result."""
+    """Run the seed scenario on ``config.queue`` (purged first) and audit the result.
+
+    ``progress`` shows a tqdm bar (a widget in Jupyter) fed by the completion
+    events the listener receives; ``on_progress`` is called with each one too.
+    """
     cfg = config or RunConfig()
     logger = logger or log
     url = resolve_url(url)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.tasks if not cfg.graph else None, unit="task", desc=f"queue {cfg.queue}")
+        inner = on_progress
+
+        def on_progress(status: str, task_id: str) -> None:
+            bar.update(1)
+            if inner:
+                inner(status, task_id)
+
     queue = Queue(connect(url), cfg.queue)
     queue.purge()
     logger.info(
@@ -91,6 +108,8 @@ def run(
             task.max_attempts = cfg.max_attempts
         queue.enqueue(tasks, allow_failure=cfg.allow_failure)
         bounds = graph_bounds(tasks, cfg.workers)
+        if bar is not None:
+            bar.total = len(tasks)
         logger.info("Created a %s graph of %d tasks, critical path %d tasks", cfg.graph, len(tasks), len(bounds.critical_path))
     else:
         generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size, logger=logger)
@@ -114,6 +133,8 @@ def run(
     finally:
         listener.close()
         reaper.stop()
+        if bar is not None:
+            bar.close()
     result = audit(queue)
     report = RunReport(cfg, result, listened, wall_s, pool.restarts, reaper.returned, makespan(queue), bounds)
     logger.info(report.summary())
