@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from unittest import mock
 
@@ -9,6 +10,8 @@ import pytest
 import redis
 
 from wqsim import Queue, Reaper, Settlement, Status, Task, WorkerConfig, WorkerPool, audit, connect, generate
+
+from helpers import wait_until
 
 
 def commands_sent(client: redis.Redis, action) -> dict[str, int]:
@@ -218,3 +221,26 @@ def test_a_heartbeat_keeps_a_package_alive_past_its_lease(client, queue_name):
 def test_lease_must_exceed_the_ping_interval(lease_s, ping_s):
     with pytest.raises(ValueError, match=rf"lease_s must be longer than ping_interval_s \(got {lease_s} <= {ping_s}\)"):
         WorkerConfig(lease_s=lease_s, ping_interval_s=ping_s)
+
+
+def test_a_prefetching_worker_stops_claiming_ahead_once_the_backlog_runs_short(make_queue, make_worker):
+    q = make_queue()
+    generate(q, 23, duration_ms=3)
+    for other in ("x", "y", "z"):  # three other workers, each holding a task: three claims in flight
+        q.claim(other, lease_ms=60_000)
+    worker = make_worker(prefetch=2, prefetch_below_s=0.002, idle_wait_s=0.01, exit_when_drained=False)
+    calls: list[str] = []
+    for name in ("claim", "settle", "claim_nowait", "settle_nowait"):
+        original = getattr(worker.queue, name)
+        setattr(worker.queue, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    try:
+        assert wait_until(lambda: worker.stats.done == 20 and q.counters().get("done") == 20, 30)
+    finally:
+        worker.stop()
+        runner.join(10)
+    assert "claim_nowait" in calls  # a long backlog: claiming ahead cannot starve anyone
+    # The tail: no more backlog than claims in flight, so each task is claimed only once the worker is free.
+    work = [c for c in calls[1:] if c != "claim"]  # without the idle worker's empty claims at the end
+    assert work[-3:] == ["settle"] * 3, calls

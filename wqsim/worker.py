@@ -113,7 +113,7 @@ class Worker:
             while True:
                 self._note_rejected(claim)
                 if claim.tasks:
-                    while len(ahead) < cfg.prefetch and self._may_claim_ahead(claim) and not self._stopping.is_set():
+                    while len(ahead) < cfg.prefetch and self._may_claim_ahead(claim, len(ahead)) and not self._stopping.is_set():
                         ahead.append(self._send(lambda: self.queue.claim_nowait(self.id, self._reserve_lease_ms, cfg.batch_size)))
                     began = time.perf_counter()
                     settlements = self._work_on(claim)
@@ -124,7 +124,10 @@ class Worker:
                     # Pipelined: take the reply to the oldest request, then hand Redis these
                     # results and the next request together, and work on while it answers.
                     claim = self._collect(ahead.popleft())
-                    ahead.append(self._send_results_and_ask_for_more(settlements))
+                    if self._may_claim_ahead(claim, len(ahead)):
+                        ahead.append(self._send_results_and_ask_for_more(settlements))
+                    elif settlements:
+                        self._flush(settlements)  # results now; more is claimed once this worker is free
                     continue
                 if ahead:
                     claim = self._collect(ahead.popleft())
@@ -158,15 +161,19 @@ class Worker:
         reply is read, which may take ``prefetch`` claims' worth of work."""
         return self.config.lease_ms * (self.config.prefetch + 1)
 
-    def _may_claim_ahead(self, claim: Claim) -> bool:
+    def _may_claim_ahead(self, claim: Claim, requests_ahead: int) -> bool:
         """Claim ahead (prefetch) when it cannot starve another worker, or cannot matter.
 
         Tasks held in reserve are tasks an idle worker cannot start. That is
         harmless while the backlog outnumbers the claims in flight (no worker
         will go idle for want of them), and costs little when tasks are short
         (config.prefetch_below_s): there the saved round trip is what counts.
+        ``claim`` is the latest reply; ``requests_ahead`` were sent after it.
         """
-        return self._short_tasks or claim.backlog > claim.claims_in_flight
+        if self._short_tasks:
+            return True
+        left = claim.backlog - requests_ahead * self.config.batch_size
+        return left > claim.claims_in_flight + requests_ahead
 
     def _claim_size(self) -> int:
         return 0 if self._stopping.is_set() else self.config.batch_size

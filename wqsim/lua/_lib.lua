@@ -57,8 +57,8 @@ end
 
 -- Graphs: a prerequisite `id` has just ended (done when `ok`, else dead or cancelled);
 -- tell its dependents. Each dependent's count of unfinished prerequisites drops by
--- one, and a dependent whose count reaches zero is queued, at the front of the
--- ready list (work that unblocks other work goes first). When a prerequisite failed,
+-- one, and a dependent whose count reaches zero joins the back of the ready list,
+-- like any new task (first ready, first served). When a prerequisite failed,
 -- a dependent without allow_failure is cancelled instead, and so are its own
 -- dependents in turn, naming the ancestor that failed. A dependent is acted on
 -- only while it is 'waiting', and a prerequisite ends only once (its completion
@@ -82,7 +82,7 @@ local function resolve_dependents(id, ok)
         if succeeded or h[2] == '1' then
           if redis.call('HINCRBY', dkey, 'pending', -1) <= 0 then
             redis.call('HSET', dkey, 'status', 'queued', 'enqueued_at', now)
-            redis.call('RPUSH', READY, dep)
+            redis.call('LPUSH', READY, dep)
             queued = true
           end
         else
