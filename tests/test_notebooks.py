@@ -1,0 +1,73 @@
+"""The notebooks' shape, checked without running them (nbval runs them: see pyproject.toml).
+
+Each opens with a numbered title and one sentence, then one setup cell with its
+own queue; each is committed with the outputs of a clean run; between them they
+show every plot wqsim.plots offers.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+SEED_SECTIONS = {"01": "Overview", "02": "Testing", "03": "Shortcomings", "04": "Scaling", "05": "Sequential"}
+
+
+def cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_there_are_six_numbered_notebooks_covering_the_seed_sections():
+    numbers = [p.name[:2] for p in NOTEBOOKS]
+    assert numbers == ["01", "02", "03", "04", "05", "06"]
+    for path in NOTEBOOKS:
+        number = path.name[:2]
+        if number in SEED_SECTIONS:
+            assert SEED_SECTIONS[number].lower() in path.name.lower() + source(cells(path)[0]).lower()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_opens_with_a_title_a_sentence_and_one_setup_cell(path):
+    first, *rest = cells(path)
+    assert first["cell_type"] == "markdown"
+    title, *prose = [line for line in source(first).splitlines() if line.strip()]
+    assert re.match(rf"# {path.name[:2]} · \S", title), title
+    assert len(prose) == 1 and prose[0].startswith("You will"), "one sentence on what the reader will see"
+    code = [c for c in rest if c["cell_type"] == "code"]
+    setup = source(code[0])
+    assert "wqsim.connect()" in setup and "queue.purge()" in setup
+    assert sum("wqsim.connect(" in source(c) for c in code) == 1, "one connection, made in the setup cell"
+
+
+def test_each_notebook_has_a_queue_of_its_own():
+    names = [re.search(r'QUEUE = "([^"]+)"', source(cells(p)[[c["cell_type"] for c in cells(p)].index("code")])).group(1)
+             for p in NOTEBOOKS]
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_is_committed_with_the_outputs_of_a_clean_run(path):
+    code = [c for c in cells(path) if c["cell_type"] == "code"]
+    counts = [c["execution_count"] for c in code]
+    assert counts == list(range(1, len(code) + 1)), "run top to bottom, once, in a fresh kernel"
+    assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
+    for c in code:
+        ast.parse(re.sub(r"^%.*$", "", source(c), flags=re.M))  # valid Python, magics aside
+
+
+def test_every_plot_appears_in_some_notebook():
+    import wqsim.plots as plots
+
+    public = {name for name in dir(plots) if not name.startswith("_") and callable(getattr(plots, name))
+              and getattr(getattr(plots, name), "__module__", "") == "wqsim.plots"}
+    used = {name for p in NOTEBOOKS for c in cells(p) for name in re.findall(r"plots\.(\w+)\(", source(c))}
+    assert public - used == set()
