@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,23 @@ def test_every_plot_appears_in_some_notebook():
               and getattr(getattr(plots, name), "__module__", "") == "wqsim.plots"}
     used = {name for p in NOTEBOOKS for c in cells(p) for name in re.findall(r"plots\.(\w+)\(", source(c))}
     assert public - used == set()
+
+
+@pytest.mark.real_redis
+def test_nbval_fails_a_notebook_whose_checked_output_no_longer_matches(tmp_path, redis_url):
+    """The acceptance check on the checks: break one checked line (here, the result a
+    dependent computes from its prerequisites) and nbval must report the mismatch."""
+    notebook = next(p for p in NOTEBOOKS if p.name.startswith("05-"))
+    broken = tmp_path / notebook.name
+    text = notebook.read_text()
+    assert text.count("sum = 13") == 1
+    broken.write_text(text.replace("sum = 13", "sum = 14"))
+    sanitize = notebook.parent / "nbval_sanitize.cfg"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull, "--nbval",
+         "--nbval-current-env", "--nbval-sanitize-with", str(sanitize), str(broken)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "REDIS_URL": redis_url},
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "mismatch 'stdout'" in proc.stdout and "sum = 13" in proc.stdout
+    assert "1 failed" in proc.stdout
