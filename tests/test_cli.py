@@ -35,6 +35,10 @@ def wqsim(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
         (["run", "--lease-s", "1", "--ping-interval-s", "2"], "lease_s must be longer than ping_interval_s (got 1.0 <= 2.0)"),
         (["run", "--kind", "launch_missiles"], "unknown task kind 'launch_missiles' (registered: noop, sleep)"),
         (["run", "--graph", "tree"], "argument --graph: invalid choice: 'tree'"),
+        (["work", "--workers", "0"], "workers must be an integer >= 1 (got 0)"),
+        (["work", "--lease-s", "1", "--ping-interval-s", "3"], "lease_s must be longer than ping_interval_s"),
+        (["generate", "--graph", "chain", "--package-size", "3"], "a graph cannot be bundled into work packages"),
+        (["generate", "--kind", "nope"], "unknown task kind 'nope'"),
         (["run", "--graph", "chain", "--package-size", "5"], "a graph cannot be bundled into work packages"),
     ],
 )
@@ -46,9 +50,10 @@ def test_bad_arguments_exit_2_with_one_readable_line(args, needle):
     assert "Traceback" not in proc.stderr
 
 
-def test_unreachable_redis_exits_nonzero_with_one_line_naming_the_url():
+@pytest.mark.parametrize("command", ["run", "generate", "work", "listen", "reap", "status"])
+def test_unreachable_redis_exits_nonzero_with_one_line_naming_the_url(command):
     url = f"redis://127.0.0.1:{free_port()}/0"
-    proc = wqsim("run", "--redis-url", url)
+    proc = wqsim(command, "--redis-url", url)
     assert proc.returncode == 3
     assert proc.stderr.count("\n") == 1
     assert f"cannot reach Redis at {url} after 5 attempts" in proc.stderr

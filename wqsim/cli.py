@@ -1,5 +1,10 @@
 """The command line. ``main(argv)`` returns an exit code; it alone configures logging.
 
+One role per command, so each piece can run as its own process, container or
+host against one Redis: ``generate``, ``work``, ``listen``, ``reap``,
+``status``; ``run`` does all of them in one process tree (the seed scenario).
+Each reads ``REDIS_URL``; SIGTERM stops any of them the way Ctrl-C does.
+
 Exit codes: 0 success; 1 the run finished but not cleanly (lost or stuck
 tasks, or workers that never reported); 2 bad arguments or configuration;
 3 Redis unreachable. Errors are one readable line, never a traceback.
@@ -9,12 +14,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from .audit import audit
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import RedisUnavailable, connect, redact, resolve_url
+from .generator import generate
+from .graph import example as example_graph
+from .keys import check_id
+from .listener import Listener
+from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
 from .runner import run
@@ -67,6 +81,36 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--seed", type=int, default=0)
     for name in CHAOS_PRESET:
         chaos.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, dest=name)
+
+    p = sub.add_parser("generate", help="write tasks (or work packages, or a graph) into a queue, then exit")
+    common(p)
+    p.add_argument("--tasks", type=int, default=100, help="tasks to generate (default: 100)")
+    p.add_argument("--duration-ms", type=float, default=10.0, help="each sleep task's duration (default: 10)")
+    p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
+    p.add_argument("--package-size", type=int, default=None, help="bundle tasks into work packages of this many")
+    p.add_argument("--max-attempts", type=int, default=3, help="attempts before a task is dead-lettered (default: 3)")
+    p.add_argument("--graph", choices=("chain", "fanout", "diamond", "layered"), default=None,
+                   help="an example dependency graph of about --tasks sleep tasks")
+    p.add_argument("--allow-failure", action="store_true", help="with --graph: dependents of failed tasks run anyway")
+    p.add_argument("--seed", type=int, default=0, help="with --graph layered: the random graph's seed")
+    p.add_argument("--fresh", action="store_true", help="purge the queue first (its keys only)")
+
+    p = sub.add_parser("work", help="a pool of workers on a queue, until stopped (or, with --once, until it is drained)")
+    common(p)
+    p.add_argument("--workers", type=int, default=default_workers(), help="worker processes (default: cores - 1, at least 1)")
+    p.add_argument("--id-prefix", default=None, help="worker ids are <prefix><n> (default: <hostname>-<pid>-)")
+    p.add_argument("--once", action="store_true", help="exit once every task of the queue is terminal")
+    p.add_argument("--batch-size", type=int, default=1, help="tasks claimed per round trip (default: 1)")
+    p.add_argument("--lease-s", type=float, default=30.0, help="lease length (default: 30)")
+    p.add_argument("--ping-interval-s", type=float, default=None, help="heartbeat interval (default: lease / 3)")
+    p.add_argument("--mode", choices=("process", "thread"), default="process")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
+
+    p = sub.add_parser("listen", help="the pub/sub listener: print finished messages and progress")
+    common(p)
+    p.add_argument("--workers", type=int, default=None, help="exit once this many workers have finished (default: listen until stopped)")
+    p.add_argument("--timeout-s", type=float, default=None, help="give up after this long (exit code 1)")
+    p.add_argument("--every-s", type=float, default=1.0, help="print progress at most this often (default: 1)")
 
     p = sub.add_parser("reap", help="return tasks whose lease expired, in a loop")
     common(p)
@@ -126,6 +170,102 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    if args.graph and args.package_size:
+        raise ValueError("a graph cannot be bundled into work packages (drop --package-size)")
+    if args.kind not in ("sleep", "noop"):
+        from .handlers import registry
+
+        registry.get(args.kind)  # raises UnknownKind with the registered names
+    url = resolve_url(args.redis_url)
+    queue = Queue(connect(url), args.queue)
+    if args.fresh:
+        queue.purge()
+    if args.graph:
+        tasks = example_graph(args.graph, args.tasks, args.duration_ms, args.seed)
+        for task in tasks:
+            task.max_attempts = args.max_attempts
+        queue.enqueue(tasks, allow_failure=args.allow_failure)
+        log.info("Created a %s graph of %d tasks on queue %r at %s", args.graph, len(tasks), args.queue, redact(url))
+        return 0
+    _at_least_one("max_attempts", args.max_attempts)
+    generate(queue, args.tasks, args.duration_ms, args.kind, args.max_attempts, args.package_size)
+    log.info("Queue %r at %s now holds %d task(s)", args.queue, redact(url), queue.counters().get("total", 0))
+    return 0
+
+
+def _cmd_work(args: argparse.Namespace) -> int:
+    _at_least_one("workers", args.workers)
+    config = WorkerConfig(
+        lease_s=args.lease_s, batch_size=args.batch_size, ping_interval_s=args.ping_interval_s,
+        exit_when_drained=args.once,
+    )
+    if args.quiet:
+        logging.getLogger("wqsim.worker").setLevel(logging.WARNING)
+    prefix = args.id_prefix if args.id_prefix is not None else f"{socket.gethostname()}-{os.getpid()}-"
+    ids = [check_id("worker id", f"{prefix}{i}") for i in range(1, args.workers + 1)]
+    url = resolve_url(args.redis_url)
+    connect(url).ping()  # unreachable Redis: fail now, in one line, not in every worker
+    pool = WorkerPool(url, args.queue, ids, config, mode=args.mode)
+    log.info("Working on queue %r at %s with %d worker(s): %s%s", args.queue, redact(url), len(ids),
+             ", ".join(ids), "; exiting once it is drained" if args.once else "; Ctrl-C or SIGTERM to stop")
+    pool.start()
+    try:
+        while not pool.join(0.5):
+            pass
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main): finish or hand back what is in hand, then exit
+        log.info("Stopping: workers finish the task in hand and hand back what they hold")
+        pool.stop()
+        if not pool.join(60):
+            log.error("Workers did not stop within 60 s; killing them (the reaper returns their tasks)")
+            pool.terminate()
+            return 1
+    log.info("All workers stopped")
+    return 0
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    url = resolve_url(args.redis_url)
+    printer = _ProgressPrinter(args.every_s)
+    listener = Listener(connect(url), args.queue, args.workers, on_progress=printer).start()
+    log.info("Listening on queue %r at %s%s", args.queue, redact(url),
+             f" for {args.workers} worker(s)" if args.workers else "; Ctrl-C or SIGTERM to stop")
+    try:
+        result = listener.wait(args.timeout_s)
+    except KeyboardInterrupt:
+        printer.flush()
+        return 0
+    printer.flush()
+    return 1 if result.timed_out else 0
+
+
+class _ProgressPrinter:
+    """Counts terminal outcomes from the progress channel; logs a line at most every ``every_s``."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.counts: dict[str, int] = {}
+        self._last = 0.0
+        self._dirty = False
+
+    def __call__(self, status: str, task_id: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self._dirty = True
+        if time.monotonic() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._dirty:
+            log.info("Progress: %s", ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items())))
+            self._last = time.monotonic()
+            self._dirty = False
+
+
+def _at_least_one(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (got {value})")
+
+
 def _cmd_reap(args: argparse.Namespace) -> int:
     reaper = Reaper(Queue(connect(args.redis_url), args.queue), interval_s=args.interval_s)
     if args.once:
@@ -148,6 +288,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"queue {args.queue!r} at {redact(url)}")
     print("  " + ", ".join(f"{k} {v}" for k, v in lengths.items()))
     print("  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none"))
+    now = time.time()
+    leases = queue.client.zrange(queue.keys.inflight, 0, 19, withscores=True)
+    if leases:
+        print(f"  leases in flight ({lengths['inflight']}, soonest deadline first):")
+        for lease, deadline in leases:
+            held = queue.client.scard(queue.keys.held(lease))
+            print(f"    {lease}: {held} task(s), deadline in {deadline - now:.1f} s")
+    dead = queue.client.lrange(queue.keys.dead, 0, 9)
+    if dead:
+        print(f"  dead letters ({lengths['dead']}, newest first):")
+        for task_id in dead:
+            print(f"    {task_id}: {queue.client.hget(queue.keys.task(task_id), 'error')}")
     print("  audit: " + audit(queue).summary())
     return 0
 
@@ -166,7 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         force=True,
     )
-    commands = {"run": _cmd_run, "reap": _cmd_reap, "status": _cmd_status}
+    # SIGTERM (docker stop, systemd, kill) stops a command the way Ctrl-C does: gracefully.
+    signal.signal(signal.SIGTERM, _interrupt)
+    commands = {
+        "run": _cmd_run, "generate": _cmd_generate, "work": _cmd_work, "listen": _cmd_listen,
+        "reap": _cmd_reap, "status": _cmd_status,
+    }
     try:
         return commands[args.command](args)
     except RedisUnavailable as exc:
@@ -185,6 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"wqsim: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 __all__ = ["main", "build_parser"]

@@ -33,7 +33,8 @@ class ListenResult:
 class Listener:
     """Subscribe with ``start()``, then ``wait()`` for ``expected`` finished messages.
 
-    expected: a number of workers, or their ids (then a timeout names the missing ones).
+    expected: a number of workers, or their ids (then a timeout names the missing ones);
+        None listens until stopped (``wqsim listen``, where workers come and go).
     on_progress: called with (status, task id) for each terminal task outcome.
     """
 
@@ -41,15 +42,16 @@ class Listener:
         self,
         client: redis.Redis,
         queue: str,
-        expected: int | Sequence[str],
+        expected: int | Sequence[str] | None,
         logger: logging.Logger | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> None:
         self.keys = Keys(queue)
         self.client = client
-        self.expected_ids = [str(x) for x in expected] if not isinstance(expected, int) else []
+        self.open_ended = expected is None
+        self.expected_ids = [str(x) for x in expected] if not isinstance(expected, (int, type(None))) else []
         self.expected = expected if isinstance(expected, int) else len(self.expected_ids)
-        if self.expected < 1:
+        if not self.open_ended and self.expected < 1:
             raise ValueError(f"expected must be at least 1 worker (got {expected!r})")
         self.log = logger or log
         self.on_progress = on_progress
@@ -71,16 +73,17 @@ class Listener:
         self._pubsub = pubsub
         return self
 
-    def wait(self, timeout_s: float) -> ListenResult:
-        """Count finished messages until all expected workers reported or ``timeout_s`` passed."""
+    def wait(self, timeout_s: float | None) -> ListenResult:
+        """Count finished messages until all expected workers reported or ``timeout_s`` passed
+        (None: no limit; an open-ended listener then runs until interrupted)."""
         if self._pubsub is None:
             self.start()
         assert self._pubsub is not None
         finished: list[str] = []
         progress = {"done": 0, "dead": 0}
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else float("inf"))
         try:
-            while len(finished) < self.expected:
+            while self.open_ended or len(finished) < self.expected:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -96,12 +99,17 @@ class Listener:
                     continue
                 worker = str(message["data"])
                 finished.append(worker)
+                if self.open_ended:
+                    self.log.info("Received finished message from worker %s (%d so far)", worker, len(finished))
+                    continue
                 self.log.info(
                     "Received finished message from worker %s. %d/%d workers finished",
                     worker, len(finished), self.expected,
                 )
         finally:
             self.close()
+        if self.open_ended:
+            return ListenResult(finished, [], False, progress)
         timed_out = len(finished) < self.expected
         missing = [w for w in self.expected_ids if w not in finished]
         if timed_out:
