@@ -104,7 +104,7 @@ def test_batch_claims_run_every_task_in_fewer_round_trips(make_queue, make_worke
 def test_a_prefetching_worker_sends_results_and_its_next_request_together(make_queue, make_worker, batch_size):
     q = make_queue()
     generate(q, 50, duration_ms=0)
-    worker = make_worker(batch_size=batch_size, prefetch=1)
+    worker = make_worker(batch_size=batch_size, prefetch=1, prefetch_below_s=10.0)  # always "short"
     calls: list[str] = []
     for name in ("claim", "settle", "claim_nowait", "settle_nowait"):
         original = getattr(worker.queue, name)
@@ -144,7 +144,7 @@ def test_claims_report_the_backlog_and_the_claims_in_flight(make_queue):
 def test_a_deeper_prefetch_keeps_more_requests_in_flight_and_still_loses_nothing(make_queue, make_worker):
     q = make_queue()
     generate(q, 60, duration_ms=0)
-    worker = make_worker(prefetch=3)
+    worker = make_worker(prefetch=3, prefetch_below_s=10.0)  # always "short": a loaded machine must not change the plan
     calls: list[str] = []
     original = worker.queue.claim_nowait
     worker.queue.claim_nowait = lambda *a, **k: (calls.append("claim_nowait"), original(*a, **k))[1]
