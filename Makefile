@@ -19,7 +19,7 @@ run: $(BIN)/python
 	$(BIN)/wqsim run $(ARGS)
 
 test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,notebook]"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/python
