@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import redis
 
 import wqsim
-from wqsim import Queue, Worker, WorkerConfig, WorkerPool, generate
+from wqsim import Queue, Task, Worker, WorkerConfig, WorkerPool, generate
 
 
 def _queue(client: redis.Redis, label: str) -> Queue:
@@ -57,20 +57,30 @@ def enqueue_rate(url: str, n: int) -> float:
         q.purge()
 
 
-def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003) -> list[float]:
-    """Enqueue -> handler start, seconds, for tasks arriving one by one at an idle worker process."""
+def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003) -> dict[str, list[float]]:
+    """Seconds to handler start for tasks arriving one by one at an idle worker process, measured
+    two ways: from the producer's call (``from_call``: the clock read just before ``enqueue``,
+    as the peers are measured) and from the task becoming visible in Redis (``from_redis``: the
+    task's ``enqueued_at``, Redis's clock inside the enqueue script)."""
     client = wqsim.connect(url)
     q = _queue(client, "lat")
     pool = WorkerPool(url, q.name, ["idle"], WorkerConfig(exit_when_drained=False, idle_wait_s=5.0)).start()
     try:
         time.sleep(0.5)  # let the worker start and block on its wake-up signal
-        for _ in range(count):
-            generate(q, 1, kind="noop")
+        called: dict[str, float] = {}
+        for i in range(count):
+            task = Task(id=f"lat{i}", kind="noop")  # an id of the producer's own, as the peers' are
+            called[task.id] = time.time()
+            q.enqueue([task])
             time.sleep(spacing_s)
         deadline = time.monotonic() + 30
         while q.counters().get("done", 0) < count and time.monotonic() < deadline:
             time.sleep(0.01)
-        return [s - e for e, s in _times(q, ("enqueued_at", "started_at"))]
+        from_call, from_redis = [], []
+        for key, (enqueued, started) in q.iter_task_hashes(("enqueued_at", "started_at")):
+            from_call.append(float(started) - called[q.keys.task_id_of(key)])
+            from_redis.append(float(started) - float(enqueued))
+        return {"from_call": from_call, "from_redis": from_redis}
     finally:
         pool.stop()
         pool.join(10)

@@ -216,10 +216,12 @@ class Queue:
     ) -> list[str]:
         """Write task hashes and queue them: all-or-nothing, in one round trip.
 
-        The tasks go in chunks of ``chunk`` through enqueue.lua, all chunks in one
-        MULTI/EXEC, so a crash mid-way leaves no half-enqueued batch and the
-        ``total`` counter always matches the tasks written. An id that already
-        exists in the queue is refused (DuplicateTask) and nothing is written.
+        The tasks go through enqueue.lua: one call when they fit in one chunk of
+        ``chunk`` tasks, else every chunk in one MULTI/EXEC. Either way a crash
+        mid-way leaves no half-enqueued batch, the ``total`` counter always
+        matches the tasks written, and the server is never blocked long by one
+        script. An id that already exists in the queue is refused
+        (DuplicateTask) and nothing is written.
 
         With ``package_size``, consecutive tasks are bundled into work packages
         that a worker claims as one unit under one lease (a package never spans
@@ -243,7 +245,6 @@ class Queue:
             chunk = max(chunk - chunk % size, size)
         dependents = validate_graph(tasks) if is_graph else {}
         width = 7 if is_graph else 4
-        now = repr(self.clock())
         payloads: dict[int, str] = {}  # generated tasks share one payload dict: encode it once
         flat: list[object] = []
         for task in tasks:
@@ -256,18 +257,22 @@ class Queue:
                 fails_ok = task.allow_failure if allow_failure is None else allow_failure
                 flat += (" ".join(task.depends_on), " ".join(dependents[task.id]), int(fails_ok))
         ids = [t.id for t in tasks]
-        # The first chunk checks every id (see enqueue.lua). EVALSHA inside MULTI/EXEC:
-        # if the server lacks the script, that call fails without writing anything, so
-        # the whole transaction is loaded and sent again.
+        head = [self.keys.prefix, self.keys.progress_channel, size]
+        if len(flat) <= width * chunk:  # one script call is atomic by itself: one EVALSHA
+            refused, *packages = self._run("enqueue", size, 0, len(ids), *ids, width, len(ids), *flat)
+            self._refuse(refused)
+            return packages
+        # Several chunks: EVALSHA inside MULTI/EXEC. If the server lacks the script, that call
+        # fails without writing anything, so the transaction is loaded and sent again. The first
+        # chunk checks every id (see enqueue.lua).
         script = self._scripts["enqueue"]
         keys = self.keys.script_keys()
-        head = [self.keys.prefix, self.keys.progress_channel, now, size]
         for _ in range(2):
             pipe = self.client.pipeline(transaction=True)
             for start in range(0, len(flat), width * chunk):
                 part = flat[start:start + width * chunk]
                 check = ids if start == 0 else []
-                pipe.evalsha(script.sha, len(keys), *keys, *head, len(check), *check, width, len(part) // width, *part)
+                pipe.evalsha(script.sha, len(keys), *keys, *head, 1, len(check), *check, width, len(part) // width, *part)
             pipe.hget(self.keys.stats, "refused")
             pipe.hdel(self.keys.stats, "refused")
             *replies, refused, _ = pipe.execute(raise_on_error=False)
@@ -277,13 +282,16 @@ class Queue:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        self._refuse(refused or "")
+        return [pid for reply in replies for pid in reply[1:]]
+
+    def _refuse(self, refused: str) -> None:
         if refused:
             shown = refused.split()
             more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
             raise DuplicateTask(
                 f"task id(s) already exist in queue {self.name!r}: {', '.join(shown[:10])}{more}; nothing was enqueued"
             )
-        return [pid for reply in replies for pid in reply]
 
     # -- consuming ---------------------------------------------------------------
     def claim(self, worker: str, lease_ms: int, count: int = 1) -> Claim:

@@ -168,12 +168,13 @@ class Worker:
         harmless while the backlog outnumbers the claims in flight (no worker
         will go idle for want of them), and costs little when tasks are short
         (config.prefetch_below_s): there the saved round trip is what counts.
+        With no backlog at all there is nothing to claim ahead.
         ``claim`` is the latest reply; ``requests_ahead`` were sent after it.
         """
-        if self._short_tasks:
-            return True
         left = claim.backlog - requests_ahead * self.config.batch_size
-        return left > claim.claims_in_flight + requests_ahead
+        if left <= 0:
+            return False  # nothing to claim: a request ahead would only delay the task in hand
+        return self._short_tasks or left > claim.claims_in_flight + requests_ahead
 
     def _claim_size(self) -> int:
         return 0 if self._stopping.is_set() else self.config.batch_size

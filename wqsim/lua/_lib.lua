@@ -39,6 +39,13 @@ local function wake()
 end
 
 -- `started`: when the attempt's handler started (retry and dead outcomes), for timelines.
+-- Redis's clock, epoch seconds with microseconds: the one clock every producer and
+-- worker shares, used for the moments a task becomes ready (enqueue, release).
+local function server_time()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+
 local function record(id, event, attempt, worker, lease, at, detail, started)
   redis.call('XADD', EVENTS, '*', 'event', event, 'id', id, 'attempt', attempt or 0,
     'worker', worker or '', 'lease', lease or '', 'at', at, 'detail', detail or '', 'started', started or '')
@@ -64,12 +71,11 @@ end
 -- only while it is 'waiting', and a prerequisite ends only once (its completion
 -- is fenced by its lease), so no dependent is queued twice, or never.
 --
--- The release is stamped with Redis's own clock (TIME), not the caller's `now`:
+-- The release is stamped with Redis's own clock (server_time), not the caller's `now`:
 -- a worker reads its clock before its request reaches Redis, so its `now` can be
 -- older than the finish of a prerequisite another worker recorded in between.
 local function resolve_dependents(id, ok)
-  local t = redis.call('TIME')
-  local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  local now = server_time()
   local work, i, queued = {{id, ok}}, 1, false
   while i <= #work do
     local from, succeeded = work[i][1], work[i][2]

@@ -1,7 +1,7 @@
 -- enqueue.lua: write task hashes and queue them (optionally bundled into work packages).
 --   KEYS[1..7], ARGV[1..2]  as in _lib.lua
---   ARGV[3] now, epoch seconds (created_at and enqueued_at of every task)
---   ARGV[4] package size; 0 queues each task on its own
+--   ARGV[3] package size; 0 queues each task on its own
+--   ARGV[4] 1 if this is one of several chunks of an enqueue, sent in one transaction; else 0
 --   ARGV[5] c, how many ids to check, followed by those c ids: the first chunk of an
 --           enqueue checks every id of the whole enqueue; the others pass 0
 --   then    width w: 4 for plain tasks, 7 for a graph
@@ -11,14 +11,19 @@
 -- queue.py sends the chunks of one enqueue in one MULTI/EXEC, so an enqueue is
 -- all-or-nothing and one round trip, and the server is never blocked for long by
 -- a single script. An id that already exists would overwrite a task (losing it):
--- then the first chunk notes the ids in the stats field 'refused', every chunk
--- writes nothing, and queue.py reads and deletes the field in the same transaction.
+-- then nothing is written. An enqueue of one chunk just says so in its reply; in a
+-- transaction of several, the first chunk notes the ids in the stats field
+-- 'refused', every chunk writes nothing, and queue.py reads and deletes the field
+-- in the same transaction.
 -- Arguments are 4 per task instead of the 16 of an HSET with a mapping: packing
 -- commands is the client's main cost.
 -- A graph task with prerequisites is written 'waiting', with 'pending' = the number
 -- of its prerequisites, and stays out of the ready list until settle.lua releases it.
--- Returns the package ids created (empty without packages).
-local now, size, c = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+-- Returns {ids refused (space-separated; '' if none), then the package ids created}.
+-- created_at and enqueued_at are Redis's clock when the script runs: the moment
+-- the tasks became visible to workers, whatever the producer's own clock says.
+local now = server_time()
+local size, chunked, c = tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
 local width, n = tonumber(ARGV[6 + c]), tonumber(ARGV[7 + c])
 local first = 8 + c
 if c > 0 then
@@ -26,11 +31,14 @@ if c > 0 then
   for i = 6, 5 + c do
     if redis.call('EXISTS', task_key(ARGV[i])) == 1 then taken[#taken + 1] = ARGV[i] end
   end
-  if #taken > 0 then redis.call('HSET', STATS, 'refused', table.concat(taken, ' ')) end
+  if #taken > 0 then
+    if not chunked then return {table.concat(taken, ' ')} end
+    redis.call('HSET', STATS, 'refused', table.concat(taken, ' '))
+  end
 end
-if redis.call('HEXISTS', STATS, 'refused') == 1 then return {} end
+if chunked and redis.call('HEXISTS', STATS, 'refused') == 1 then return {''} end
 
-local packages = {}
+local packages = {''}
 local members = {}
 local function seal()
   local pid = tostring(redis.call('HINCRBY', STATS, 'packages', 1))
