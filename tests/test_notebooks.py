@@ -51,6 +51,22 @@ def test_each_notebook_opens_with_a_title_a_sentence_and_one_setup_cell(path):
     assert sum("wqsim.connect(" in source(c) for c in code) == 1, "one connection, made in the setup cell"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_hold_no_helper_code_and_draw_seeds_from_the_setup_cell(path):
+    """Helpers belong in wqsim: the only functions a notebook defines are task handlers it
+    registers. A random choice takes its seed from the SEED of the setup cell."""
+    code = [source(c) for c in cells(path) if c["cell_type"] == "code"]
+    for text in code:
+        tree = ast.parse(re.sub(r"^%.*$", "", text, flags=re.M))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                decorators = [ast.unparse(d) for d in getattr(node, "decorator_list", [])]
+                assert any(d.startswith("wqsim.register(") for d in decorators), f"{node.name} in {path.name}"
+        assert not re.search(r"\bseed=\d", text), f"a literal seed in {path.name}: use SEED"
+    if any("seed=SEED" in text for text in code[1:]):
+        assert "SEED = " in code[0], "SEED is defined in the setup cell"
+
+
 def test_each_notebook_has_a_queue_of_its_own():
     names = [re.search(r'QUEUE = "([^"]+)"', source(cells(p)[[c["cell_type"] for c in cells(p)].index("code")])).group(1)
              for p in NOTEBOOKS]
