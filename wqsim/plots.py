@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.patches import Patch
+from matplotlib.ticker import ScalarFormatter
 
 from . import metrics
 from .graph import Bounds, topological_order
@@ -120,6 +121,7 @@ def throughput_over_time(df: pd.DataFrame, bin_s: float = 0.1, ax: Axes | None =
     series = metrics.throughput_over_time(df, bin_s)
     ax.step(series.index, series.to_numpy(), where="post", label=f"per {bin_s:g} s bin")
     ax.axhline(metrics.throughput(df), color="tab:red", ls="--", label=f"overall {metrics.throughput(df):,.0f} tasks/s")
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("time since the first start (s)")
     ax.set_ylabel("completions (tasks/s)")
     ax.set_title("Throughput over time")
@@ -181,6 +183,8 @@ def sweep(results: pd.DataFrame, x: str, y: str = "tasks_per_s", by: str | None 
         ax.plot(group[x], group[y], marker="o", label=f"{by} = {key}" if by else None)
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 10, 100 rather than 10^0, 10^1, 10^2
+    ax.set_ylim(bottom=0)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel("throughput (tasks/s)" if y == "tasks_per_s" else y.replace("_", " "))
     ax.set_title(title or f"{ax.get_ylabel().capitalize()} vs {x.replace('_', ' ')}")
