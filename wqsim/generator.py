@@ -37,7 +37,7 @@ def generate(
     """Create ``count`` sleep tasks and push their ids onto the queue's ready list.
 
     The seed wrote hashes and pushed keys one command at a time; here the whole
-    batch is one pipelined MULTI/EXEC, so it is fast and all-or-nothing. With
+    batch is one round trip (see Queue.enqueue), so it is fast and all-or-nothing. With
     ``package_size``, tasks are bundled into work packages of that many tasks
     (the seed's Scaling section), each claimed as one unit under one lease.
     Returns the new task ids.
