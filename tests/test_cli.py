@@ -127,3 +127,19 @@ def test_status_and_reap_once_report_on_a_queue(redis_url, queue_name):
     assert "done 3" in status.stdout and "lost 0" in status.stdout
     reap = wqsim("reap", "--once", "--redis-url", redis_url, "--queue", queue_name)
     assert reap.returncode == 0 and "Returned 0 task(s), dead-lettered 0" in reap.stderr
+
+
+def test_status_lists_leases_in_flight_and_dead_letters_with_their_errors(redis_url, queue_name):
+    from wqsim import Queue, Settlement, connect, generate
+
+    q = Queue(connect(redis_url), queue_name)
+    generate(q, 3, kind="noop", max_attempts=1)
+    held = q.claim("w1", lease_ms=60_000, count=2)
+    q.settle("w1", [Settlement(held.tasks[0].id, held.lease, "dead", "disk on fire", 1.0, 2.0)], lease_ms=60_000)
+    status = wqsim("status", "--redis-url", redis_url, "--queue", queue_name)
+    assert status.returncode == 0, status.stderr
+    assert "leases in flight (1, soonest deadline first):" in status.stdout
+    assert re.search(rf"{re.escape(held.lease)}: 1 task\(s\), deadline in 5\d\.\d s", status.stdout)
+    assert f"dead letters (1, newest first):\n    {held.tasks[0].id}: disk on fire" in status.stdout
+    assert "in flight 2, lost 0" in status.stdout  # one running, one queued
+    q.purge()
