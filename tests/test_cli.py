@@ -39,6 +39,7 @@ def wqsim(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
         (["work", "--lease-s", "1", "--ping-interval-s", "3"], "lease_s must be longer than ping_interval_s"),
         (["generate", "--graph", "chain", "--package-size", "3"], "a graph cannot be bundled into work packages"),
         (["generate", "--kind", "nope"], "unknown task kind 'nope'"),
+        (["generate", "--graph", "diamond", "--max-attempts", "0"], "max_attempts must be an integer >= 1 (got 0)"),
         (["run", "--graph", "chain", "--package-size", "5"], "a graph cannot be bundled into work packages"),
     ],
 )

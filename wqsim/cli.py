@@ -173,6 +173,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     if args.graph and args.package_size:
         raise ValueError("a graph cannot be bundled into work packages (drop --package-size)")
+    _at_least_one("max_attempts", args.max_attempts)
     if args.kind not in ("sleep", "noop"):
         from .handlers import registry
 
@@ -188,7 +189,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         queue.enqueue(tasks, allow_failure=args.allow_failure)
         log.info("Created a %s graph of %d tasks on queue %r at %s", args.graph, len(tasks), args.queue, redact(url))
         return 0
-    _at_least_one("max_attempts", args.max_attempts)
     generate(queue, args.tasks, args.duration_ms, args.kind, args.max_attempts, args.package_size)
     log.info("Queue %r at %s now holds %d task(s)", args.queue, redact(url), queue.counters().get("total", 0))
     return 0

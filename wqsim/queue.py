@@ -46,7 +46,7 @@ class Claimed(NamedTuple):
     kind: str | None
     payload: str | None
     attempt: int
-    inputs: list = []  # a graph task's prerequisites: flat [id, status, result JSON or error, ...]
+    inputs: Sequence[str] = ()  # a graph task's prerequisites, flat: [id, status, result JSON or error, ...]
 
 
 @dataclass(frozen=True)
