@@ -69,11 +69,6 @@ def test_queue_length_steps_down_as_tasks_start():
     assert list(length.index) == [0.0, 1.0, 2.0, 3.0]
 
 
-def test_littles_law_holds_on_a_measured_schedule():
-    result = metrics.littles_law(synthetic(n=200, workers=4, service_s=0.01, gap_s=0.002))
-    assert result["L_measured"] == pytest.approx(result["L_predicted"])
-
-
 def test_erlang_c_matches_the_textbook_case():
     # 100 calls per 30 minutes, 180 s handling time, 14 agents: P(wait) = 0.174 (a standard worked example).
     assert metrics.erlang_c(100 / 1800, 180, 14) == pytest.approx(0.174, abs=0.001)

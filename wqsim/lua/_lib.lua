@@ -51,10 +51,6 @@ local function record(id, event, attempt, worker, lease, at, detail, started)
     'worker', worker or '', 'lease', lease or '', 'at', at, 'detail', detail or '', 'started', started or '')
 end
 
-local function counter(name)
-  return tonumber(redis.call('HGET', STATS, name) or '0')
-end
-
 -- True once every task the queue knows of is in a terminal state.
 local function drained()
   local c = redis.call('HMGET', STATS, 'total', 'done', 'dead', 'cancelled')
