@@ -57,34 +57,50 @@ def enqueue_rate(url: str, n: int) -> float:
         q.purge()
 
 
-def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003) -> dict[str, list[float]]:
+def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003, idle_s: float = 0.5) -> dict[str, list[float]]:
     """Seconds to handler start for tasks arriving one by one at an idle worker process, measured
     two ways: from the producer's call (``from_call``: the clock read just before ``enqueue``,
     as the peers are measured) and from the task becoming visible in Redis (``from_redis``: the
-    task's ``enqueued_at``, Redis's clock inside the enqueue script)."""
+    task's ``enqueued_at``, Redis's clock inside the enqueue script).
+
+    The schedule is the peers' (peers.latency_samples): one warm-up task, ``idle_s`` of
+    quiet, then ``count`` tasks on a fixed schedule ``spacing_s`` apart."""
     client = wqsim.connect(url)
     q = _queue(client, "lat")
     pool = WorkerPool(url, q.name, ["idle"], WorkerConfig(exit_when_drained=False, idle_wait_s=5.0)).start()
     try:
-        time.sleep(0.5)  # let the worker start and block on its wake-up signal
+        q.enqueue([Task(id="warm-up", kind="noop")])
+        _wait_for_done(q, 1)
+        time.sleep(idle_s)
         called: dict[str, float] = {}
+        t0 = time.perf_counter()
         for i in range(count):
+            delay = t0 + i * spacing_s - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
             task = Task(id=f"lat{i}", kind="noop")  # an id of the producer's own, as the peers' are
             called[task.id] = time.time()
             q.enqueue([task])
-            time.sleep(spacing_s)
-        deadline = time.monotonic() + 30
-        while q.counters().get("done", 0) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for_done(q, count + 1)
         from_call, from_redis = [], []
         for key, (enqueued, started) in q.iter_task_hashes(("enqueued_at", "started_at")):
-            from_call.append(float(started) - called[q.keys.task_id_of(key)])
-            from_redis.append(float(started) - float(enqueued))
+            task_id = q.keys.task_id_of(key)
+            if task_id in called:
+                from_call.append(float(started) - called[task_id])
+                from_redis.append(float(started) - float(enqueued))
         return {"from_call": from_call, "from_redis": from_redis}
     finally:
         pool.stop()
         pool.join(10)
         q.purge()
+
+
+def _wait_for_done(q: Queue, count: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while q.counters().get("done", 0) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{q.name}: {q.counters().get('done', 0)} of {count} tasks done after {timeout_s} s")
+        time.sleep(0.01)
 
 
 def memory_per_task(url: str, n: int = 100_000) -> dict[str, float]:

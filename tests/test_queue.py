@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -281,6 +282,49 @@ def test_enqueue_wakes_an_idle_worker(make_queue):
     q.client.delete(q.keys.signal)
     generate(q, 1)
     assert q.wait_for_work(0.5)
+
+
+def test_an_idle_worker_sends_its_claim_with_its_blpop_so_waking_costs_no_extra_round_trip(real_client, queue_name):
+    """While the worker blocks, its claim already waits in Redis's input buffer for that client."""
+    q = Queue(real_client, queue_name, own_connection=True)
+    claims: list = []
+    waiter = threading.Thread(target=lambda: claims.append(q.wait_then_claim("w1", 5.0, lease_ms=5000)))
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 5
+        blocked: list[dict] = []
+        while not blocked and time.monotonic() < deadline:
+            blocked = [c for c in real_client.client_list() if c["cmd"] == "blpop" and "b" in c["flags"]]
+        assert blocked, "the worker never blocked on its wake-up signal"
+        assert int(blocked[0]["qbuf"]) > 0  # the EVALSHA claim, sent with the BLPOP
+        generate(q, 1)
+    finally:
+        waiter.join(10)
+        q.close()
+    assert [t.id for t in claims[0].tasks] == ["1"]
+    assert q.task("1").status is Status.RUNNING
+
+
+def test_a_claim_sent_before_a_wait_reads_redis_clock_so_a_retry_due_during_the_wait_is_taken(real_client, queue_name):
+    q = Queue(real_client, queue_name, own_connection=True)
+    try:
+        generate(q, 1)
+        settle_one(q, q.claim("w1", lease_ms=5000), outcome="retry", value="boom", backoff_s=0.3)
+        assert q.claim("w1", lease_ms=5000).tasks == []  # not due yet
+        real_client.delete(q.keys.signal)  # the enqueue's wake-up token: nothing is to wake the wait
+        claim = q.wait_then_claim("w1", 0.4, lease_ms=5000)  # nothing wakes it: the wait times out
+    finally:
+        q.close()
+    assert [(t.id, t.attempt) for t in claim.tasks] == [("1", 2)]
+    deadline = real_client.zscore(q.keys.inflight, claim.lease)
+    assert abs(deadline - (float(real_client.time()[0]) + 5)) < 2  # Redis's clock + the lease, not a stale one
+
+
+def test_wait_then_claim_without_a_private_connection_waits_then_claims(make_queue):
+    q = make_queue()
+    generate(q, 1)
+    claim = q.wait_then_claim("w1", 0.5, lease_ms=5000)
+    assert [t.id for t in claim.tasks] == ["1"]
 
 
 def test_purge_deletes_only_this_queues_keys(make_queue, queue_name):

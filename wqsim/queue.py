@@ -87,7 +87,7 @@ class _OwnConnection:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.conn: redis.connection.AbstractConnection | None = None
-        self.pending: list[tuple[int, str, list[str], list[object]]] = []  # sent, reply not read yet
+        self.pending: list[tuple[int, str | None, list[str], list[object]]] = []  # sent, reply not read yet
         self.replies: dict[int, object] = {}  # replies read, by ticket
         self._tickets = 0
 
@@ -120,13 +120,20 @@ class _OwnConnection:
     def evalsha_nowait(self, name: str, keys: list[str], args: list[object]) -> int:
         """Send without waiting for the reply; returns a ticket for ``reply``."""
         script = scripts_for(self.client)[name]
+        return self._send_nowait(("EVALSHA", script.sha, len(keys), *keys, *args), (name, keys, args))
+
+    def command_nowait(self, *args: object) -> int:
+        """Send a plain command without waiting for the reply; returns a ticket for ``reply``."""
+        return self._send_nowait(args, (None, [], []))
+
+    def _send_nowait(self, command: tuple[object, ...], script: tuple[str | None, list[str], list[object]]) -> int:
         try:
-            self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
+            self._send(command)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             self.close()
             raise
         self._tickets += 1
-        self.pending.append((self._tickets, name, keys, args))
+        self.pending.append((self._tickets, *script))
         return self._tickets
 
     def reply(self, ticket: int) -> object:
@@ -143,6 +150,7 @@ class _OwnConnection:
             try:
                 self.replies[ticket] = self._connection().read_response()
             except redis.exceptions.NoScriptError:  # it did not run: send it again, waiting this time
+                assert name is not None  # only EVALSHA raises it
                 self.replies[ticket] = self.evalsha(name, keys, args)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self.close()  # what was in flight is lost; leases expire and the reaper returns the tasks
@@ -315,6 +323,25 @@ class Queue:
     # A worker hands Redis its finished work and its request for more, then goes
     # on with tasks it already holds while Redis answers: round trips overlap with
     # work. Without a private connection these calls simply run at once.
+    def wait_then_claim(self, worker: str, timeout_s: float, lease_ms: int, count: int = 1) -> Claim:
+        """Sleep until woken (or ``timeout_s`` passes), then claim: one round trip on a private connection.
+
+        The claim is sent together with the BLPOP. Redis keeps a blocked
+        client's next command in its input buffer and runs it the moment the
+        BLPOP returns, so a woken worker has its tasks without asking again.
+        The claim reads Redis's clock: the caller's, read before the wait,
+        would be stale by the length of the wait.
+        """
+        if self._own is None:
+            self.wait_for_work(timeout_s)
+            return self.claim(worker, lease_ms, count)
+        self._own.drain()
+        woken = self._own.command_nowait("BLPOP", self.keys.signal, max(timeout_s, 0.001))
+        ticket = self._own.evalsha_nowait(
+            "claim", self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel, worker, "", lease_ms, count])
+        self._own.reply(woken)
+        return _claim_from(self._own.reply(ticket), rejected=[])  # type: ignore[arg-type]
+
     def claim_nowait(self, worker: str, lease_ms: int, count: int = 1) -> int:
         return self._nowait("claim", [worker, repr(self.clock()), lease_ms, count])
 

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TypeVar
 
 import redis
@@ -134,8 +135,7 @@ class Worker:
                     continue
                 if self._stopping.is_set() or (claim.drained and cfg.exit_when_drained):
                     break
-                self._wait_for_work(claim.next_due)
-                claim = self._hold(self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size())))
+                claim = self._hold(self._with_redis(partial(self._wait_then_claim, claim.next_due)))
         finally:
             self._finished.set()  # ends the ping loop
             self.queue.close()
@@ -148,12 +148,12 @@ class Worker:
         return self._send(lambda: self.queue.settle_nowait(
             self.id, settlements, self._reserve_lease_ms, self._claim_size(), backoff_s))
 
-    def _wait_for_work(self, next_due: float | None) -> None:
-        """Sleep until woken by a signal, a retry falls due, or idle_wait_s passes."""
+    def _wait_then_claim(self, next_due: float | None) -> Claim:
+        """Sleep until woken by a signal, a retry falls due, or idle_wait_s passes; then claim."""
         wait_s = self.config.idle_wait_s
         if next_due is not None:
             wait_s = min(wait_s, max(next_due - self.clock(), 0.001))
-        self._with_redis(lambda: self.queue.wait_for_work(wait_s))
+        return self.queue.wait_then_claim(self.id, wait_s, self.config.lease_ms, self._claim_size())
 
     @property
     def _reserve_lease_ms(self) -> int:
