@@ -327,6 +327,22 @@ def test_wait_then_claim_without_a_private_connection_waits_then_claims(make_que
     assert [t.id for t in claim.tasks] == ["1"]
 
 
+def test_requests_sent_ahead_keep_their_order_when_the_server_lacks_the_scripts(real_client, queue_name):
+    """A fresh private connection loads every script first; after a SCRIPT FLUSH, requests that
+    failed are sent again in their order, after the replies sent before them are read."""
+    q = Queue(real_client, queue_name, own_connection=True)
+    try:
+        generate(q, 6)
+        real_client.script_flush()
+        tickets = [q.claim_nowait("w1", lease_ms=5000) for _ in range(3)]
+        assert [[t.id for t in q.result(k).tasks] for k in tickets] == [["1"], ["2"], ["3"]]
+        real_client.script_flush()
+        tickets = [q.claim_nowait("w1", lease_ms=5000) for _ in range(3)]
+        assert [[t.id for t in q.result(k).tasks] for k in tickets] == [["4"], ["5"], ["6"]]
+    finally:
+        q.close()
+
+
 def test_purge_deletes_only_this_queues_keys(make_queue, queue_name):
     mine, other = make_queue(), make_queue(queue_name + "-other")
     generate(mine, 3)

@@ -92,8 +92,19 @@ class _OwnConnection:
         self._tickets = 0
 
     def _connection(self) -> redis.connection.AbstractConnection:
+        """The connection, opened on first use with every script loaded.
+
+        Loading up front matters for pipelining: a request sent ahead for a
+        script the server lacks fails, and sending it again would put it
+        behind requests sent after it.
+        """
         if self.conn is None:
-            self.conn = self.client.connection_pool.make_connection()
+            conn = self.client.connection_pool.make_connection()
+            scripts = scripts_for(self.client).values()
+            conn.send_packed_command(conn.pack_commands([("SCRIPT", "LOAD", s.script) for s in scripts]))
+            for _ in scripts:
+                conn.read_response()
+            self.conn = conn
         return self.conn
 
     def _send(self, args: tuple[object, ...]) -> None:
@@ -145,16 +156,20 @@ class _OwnConnection:
 
     def drain(self, until: int | None = None) -> None:
         """Read the replies of commands sent without waiting (all, or up to ``until``)."""
+        unrun: list[tuple[int, str, list[str], list[object]]] = []
         while self.pending and (until is None or self.pending[0][0] <= until):
             ticket, name, keys, args = self.pending.pop(0)
             try:
                 self.replies[ticket] = self._connection().read_response()
-            except redis.exceptions.NoScriptError:  # it did not run: send it again, waiting this time
+            except redis.exceptions.NoScriptError:  # SCRIPT FLUSH since connecting: it did not run
                 assert name is not None  # only EVALSHA raises it
-                self.replies[ticket] = self.evalsha(name, keys, args)
+                unrun.append((ticket, name, keys, args))
+                until = None  # nor, most likely, did those sent after it: read them all first
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self.close()  # what was in flight is lost; leases expire and the reaper returns the tasks
                 raise
+        for ticket, name, keys, args in unrun:  # then send them again, in their order
+            self.replies[ticket] = self.evalsha(name, keys, args)
 
     def close(self) -> None:
         self.pending.clear()
