@@ -18,7 +18,7 @@ import redis
 from .graph import validate as validate_graph
 from .keys import Keys, check_id
 from .scripts import scripts_for
-from .task import Status, Task
+from .task import Status, Task, to_json
 
 Clock = Callable[[], float]
 Outcome = Literal["done", "retry", "dead", "release"]
@@ -274,7 +274,7 @@ class Queue:
             check_id("task id", task.id)
             payload = payloads.get(id(task.payload))
             if payload is None:
-                payload = payloads[id(task.payload)] = json.dumps(task.payload, separators=(",", ":"))
+                payload = payloads[id(task.payload)] = to_json(task.payload)
             flat += (task.id, task.kind, payload, task.max_attempts)
             if is_graph:
                 fails_ok = task.allow_failure if allow_failure is None else allow_failure

@@ -104,6 +104,14 @@ def _float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(separators=...) builds one per call
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON, as payloads and results are stored."""
+    return _COMPACT.encode(value)
+
+
 _FLAT_PAYLOADS: dict[str, dict[str, Any]] = {}
 _SCALARS = (str, int, float, bool, type(None))
 

@@ -35,7 +35,7 @@ from .handlers import HandlerRegistry, UnknownKind
 from .handlers import registry as default_registry
 from .keys import check_id
 from .queue import Claim, Claimed, Clock, Queue, Settlement
-from .task import MalformedTask, Status, Task, inputs_of, parse_payload
+from .task import MalformedTask, Status, Task, inputs_of, parse_payload, to_json
 
 log = logging.getLogger("wqsim.worker")
 
@@ -324,7 +324,7 @@ class Worker:
             return Settlement(task.id, lease, "retry", message, started_at, self.clock())
         finished_at = self.clock()
         try:
-            result_json = "null" if result is None else json.dumps(result, separators=(",", ":"))
+            result_json = "null" if result is None else to_json(result)
         except (TypeError, ValueError) as exc:
             self.stats.dead += 1
             message = f"result of task {task.id} is not JSON-serialisable: {exc}"
