@@ -9,7 +9,7 @@ import time
 import pytest
 
 from helpers import done_count
-from wqsim import Keys, Queue, Settlement, Status, audit, generate, make_tasks
+from wqsim import Keys, Queue, Settlement, Status, Task, audit, generate, make_tasks
 
 
 class FakeClock:
@@ -341,6 +341,36 @@ def test_requests_sent_ahead_keep_their_order_when_the_server_lacks_the_scripts(
         assert [[t.id for t in q.result(k).tasks] for k in tickets] == [["4"], ["5"], ["6"]]
     finally:
         q.close()
+
+
+def test_a_producer_reopens_its_connection_when_the_server_closed_it_while_idle(real_client, queue_name):
+    q = Queue(real_client, queue_name)
+    generate(q, 1)
+    assert real_client.client_kill_filter(_type="normal", skipme=True) >= 1  # as a restart or idle timeout would
+    generate(q, 1)
+    assert q.counters()["total"] == 2
+    q.close()
+
+
+def test_one_queue_enqueues_from_many_threads_each_down_its_own_connection(real_client, queue_name):
+    q = Queue(real_client, queue_name)
+    errors: list[BaseException] = []
+
+    def produce(thread: int) -> None:
+        try:
+            for i in range(100):
+                q.enqueue([Task(id=f"t{thread}-{i}", kind="noop")])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert q.counters()["total"] == 400
+    assert real_client.llen(q.keys.ready) == 400
 
 
 def test_purge_deletes_only_this_queues_keys(make_queue, queue_name):

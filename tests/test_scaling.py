@@ -71,12 +71,11 @@ def test_settling_a_whole_package_and_claiming_the_next_is_one_lua_call(real_cli
 def test_enqueueing_one_chunk_is_a_single_script_call(real_client, queue_name):
     q = Queue(real_client, queue_name)
     from wqsim import make_tasks
-    from wqsim.scripts import full_source
 
-    real_client.script_load(full_source("enqueue"))
+    q.enqueue(make_tasks(["warm-up"], kind="noop"))  # the producer's connection opens, loading the scripts
     sent = commands_sent(real_client, lambda: q.enqueue(make_tasks(["a", "b", "c"], kind="noop")))
     assert sent == {"evalsha": 1}  # atomic by itself: no MULTI, no read-back of a refusal field
-    assert q.counters()["total"] == 3
+    assert q.counters()["total"] == 4
     q.purge()
 
 

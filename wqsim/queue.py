@@ -7,7 +7,8 @@ the same call: a busy worker talks to Redis once per task, not twice.
 
 from __future__ import annotations
 
-import json
+import select
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -84,8 +85,9 @@ class _OwnConnection:
     redis-py exceptions, so the worker's reconnect logic is unchanged.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, check_stale: bool = False) -> None:
         self.client = client
+        self.check_stale = check_stale  # for a connection that may sit idle: see command()
         self.conn: redis.connection.AbstractConnection | None = None
         self.pending: list[tuple[int, str | None, list[str], list[object]]] = []  # sent, reply not read yet
         self.replies: dict[int, object] = {}  # replies read, by ticket
@@ -113,6 +115,10 @@ class _OwnConnection:
 
     def command(self, *args: object) -> object:
         self.drain()
+        if self.check_stale and self.conn is not None and _readable(self.conn):
+            # An idle connection has nothing to read unless the server closed it (a restart,
+            # an idle timeout): then open a fresh one rather than fail after sending.
+            self.close()
         try:
             self._send(args)
             return self._connection().read_response()
@@ -179,6 +185,12 @@ class _OwnConnection:
             self.conn = None
 
 
+def _readable(conn: redis.connection.AbstractConnection) -> bool:
+    """One poll of the socket (redis-py's can_read costs several system calls)."""
+    sock = getattr(conn, "_sock", None)
+    return sock is not None and bool(select.select([sock], [], [], 0)[0])
+
+
 def _real_sockets(client: redis.Redis) -> bool:
     """False for an in-process FakeRedis: its connection runs pipelined commands out of
     order (seen with fakeredis 2.41), so it takes the ordinary path. fakeredis served
@@ -198,6 +210,8 @@ class Queue:
         self.keys = Keys(name)
         self.clock = clock
         self._scripts = scripts_for(client)
+        self._packs = _pack is not None and _real_sockets(client)  # see _run_packed
+        self._producer = threading.local()
         self._own = _OwnConnection(client) if own_connection and _real_sockets(client) else None
         self._results: dict[int, tuple[str, list]] = {}  # without a private connection: replies by ticket
         self._names: dict[int, str] = {}
@@ -213,6 +227,23 @@ class Queue:
             args=[self.keys.prefix, self.keys.progress_channel, *args],
         )
 
+    def _run_packed(self, script: str, *args: object) -> list:
+        """Like _run, down a connection of the calling thread's own (see _OwnConnection).
+
+        For a producer's enqueue, which is on every task's pickup-latency path:
+        redis-py's generic command path (pool checkout with instrumentation,
+        retry wrapper, per-argument encoding in Python) costs about as much
+        client time as a loopback round trip. One connection per thread keeps a
+        Queue safe to share between threads. A failed call is raised, not
+        retried: the script may have run, and a retried enqueue would be refused.
+        """
+        if not self._packs:
+            return self._run(script, *args)
+        own = getattr(self._producer, "conn", None)
+        if own is None:
+            own = self._producer.conn = _OwnConnection(self.client, check_stale=True)
+        return own.evalsha(script, self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel, *args])  # type: ignore[return-value]
+
     def _hot(self, script: str, *args: object) -> list:
         """Like _run, down the private connection when this queue has one."""
         if self._own is None:
@@ -220,9 +251,11 @@ class Queue:
         return self._own.evalsha(script, self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel, *args])  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Close the private connection, if any (the client's pool is the caller's)."""
+        """Close the private connections of this thread, if any (the client's pool is the caller's)."""
         if self._own is not None:
             self._own.close()
+        if getattr(self._producer, "conn", None) is not None:
+            self._producer.conn.close()
 
     # -- producing ---------------------------------------------------------------
     def allocate_ids(self, count: int) -> list[str]:
@@ -282,7 +315,7 @@ class Queue:
         ids = [t.id for t in tasks]
         head = [self.keys.prefix, self.keys.progress_channel, size]
         if len(flat) <= width * chunk:  # one script call is atomic by itself: one EVALSHA
-            refused, *packages = self._run("enqueue", size, 0, len(ids), *ids, width, len(ids), *flat)
+            refused, *packages = self._run_packed("enqueue", size, 0, len(ids), *ids, width, len(ids), *flat)
             self._refuse(refused)
             return packages
         # Several chunks: EVALSHA inside MULTI/EXEC. If the server lacks the script, that call

@@ -16,7 +16,6 @@ claim it already holds while Redis answers. Replies are read in order, later.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
