@@ -139,7 +139,8 @@ def report(r: dict[str, Any]) -> str:
         "Targets (issue #4)",
     ]
     for what, value, goal, met in targets(r):
-        lines.append(f"  {'met ' if met else 'MISS'} {what:34} {value:>10,.3f}   target {goal}")
+        shown = f"{value:,.0f}" if value >= 1000 else f"{value:.3f}"
+        lines.append(f"  {'met ' if met else 'MISS'} {what:34} {shown:>10}   target {goal}")
     return "\n".join(lines)
 
 
