@@ -144,3 +144,15 @@ def test_status_lists_leases_in_flight_and_dead_letters_with_their_errors(redis_
     assert f"dead letters (1, newest first):\n    {held.tasks[0].id}: disk on fire" in status.stdout
     assert "in flight 2, lost 0" in status.stdout  # one running, one queued
     q.purge()
+
+
+@pytest.mark.parametrize("argv", [["run", "--chaos"], ["run", "--chaos", "--lease-s", "2"], ["run", "--hang-p", "0.1"]])
+def test_a_chaos_hang_outlasts_the_longest_lease_a_claim_can_hold(argv):
+    """A claim made ahead starts with prefetch + 1 leases' worth; a hang shorter than that
+    could end before the reaper sees the lease expire, and then nothing is shown."""
+    from wqsim.cli import _run_config, build_parser
+
+    config = _run_config(build_parser().parse_args(argv))
+    longest_lease_s = config.worker.lease_s * (config.worker.prefetch + 1)
+    assert config.chaos.hang_p > 0
+    assert config.chaos.hang_s > longest_lease_s

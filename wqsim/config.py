@@ -113,9 +113,10 @@ class ChaosConfig:
     Each draw depends only on (seed, task id, attempt), so a run's faults do not
     depend on which worker happens to take which task.
     fail_p: the handler raises (the task is retried with backoff).
-    hang_p: the handler sleeps hang_s, longer than the lease, then tries to
-        complete; the reaper has returned the task by then, so that late
-        completion is rejected.
+    hang_p: the whole worker, heartbeat included, stalls for hang_s, then tries
+        to complete. With hang_s longer than any lease a claim can hold
+        (lease_s * (prefetch + 1), for a claim made ahead) the reaper has
+        returned the task by then, so that late completion is rejected.
     crash_p: the worker process dies with os._exit mid-task (in thread mode the
         worker abandons the task instead), leaving its lease to expire.
     straggler_p: the task runs straggler_factor times longer.
