@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import threading
 import time
 
@@ -371,6 +373,28 @@ def test_one_queue_enqueues_from_many_threads_each_down_its_own_connection(real_
     assert errors == []
     assert q.counters()["total"] == 400
     assert real_client.llen(q.keys.ready) == 400
+
+
+def test_a_forked_child_enqueues_down_a_connection_of_its_own(real_client, queue_name):
+    """A handler in a forked worker may enqueue through a Queue made before the fork: parent and
+    child then enqueue at once, and each must talk to Redis down its own socket."""
+    q = Queue(real_client, queue_name)
+    generate(q, 1)  # the parent's connection is open now
+    parents_socket = q._producer.conn.conn._sock.getsockname()
+
+    def child_main() -> None:
+        generate(q, 200)
+        os._exit(0 if q._producer.conn.conn._sock.getsockname() != parents_socket else 1)
+
+    child = multiprocessing.get_context("fork").Process(target=child_main)
+    child.start()
+    for _ in range(200):
+        generate(q, 1)
+    child.join(30)
+    assert child.exitcode == 0
+    assert q._producer.conn.conn._sock.getsockname() == parents_socket
+    assert q.counters()["total"] == 401
+    q.close()
 
 
 def test_purge_deletes_only_this_queues_keys(make_queue, queue_name):

@@ -7,6 +7,7 @@ the same call: a busy worker talks to Redis once per task, not twice.
 
 from __future__ import annotations
 
+import os
 import select
 import threading
 import time
@@ -88,6 +89,7 @@ class _OwnConnection:
     def __init__(self, client: redis.Redis, check_stale: bool = False) -> None:
         self.client = client
         self.check_stale = check_stale  # for a connection that may sit idle: see command()
+        self.pid = os.getpid()
         self.conn: redis.connection.AbstractConnection | None = None
         self.pending: list[tuple[int, str | None, list[str], list[object]]] = []  # sent, reply not read yet
         self.replies: dict[int, object] = {}  # replies read, by ticket
@@ -240,7 +242,7 @@ class Queue:
         if not self._packs:
             return self._run(script, *args)
         own = getattr(self._producer, "conn", None)
-        if own is None:
+        if own is None or own.pid != os.getpid():  # a forked child opens its own, never its parent's
             own = self._producer.conn = _OwnConnection(self.client, check_stale=True)
         return own.evalsha(script, self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel, *args])  # type: ignore[return-value]
 
