@@ -151,4 +151,4 @@ def makespan(url: str, tasks: int = 200, duration_ms: float = 20.0, workers: int
 
 def percentiles(samples: list[float]) -> dict[str, float]:
     qs = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"p50": qs[49], "p95": qs[94], "p99": qs[98], "n": len(samples)}
+    return {"p50": qs[49], "p95": qs[94], "p99": qs[98], "max": max(samples), "n": len(samples)}
