@@ -280,3 +280,21 @@ def test_pool_can_be_inspected_and_stopped_while_its_supervisor_replaces_crashed
         reaper.stop()
     assert failures == []
     assert restarts >= 10, "the supervisor hardly replaced anyone: nothing was exercised"
+
+
+def test_the_supervisor_sleeps_until_a_worker_exits_rather_than_on_a_timer(redis_url, queue_name, monkeypatch):
+    import wqsim.pool
+
+    waits: list[float | None] = []
+    real_wait = wqsim.pool.mp_wait
+    monkeypatch.setattr(wqsim.pool, "mp_wait", lambda objects, timeout=None: (waits.append(timeout), real_wait(objects, timeout))[1])
+    config = WorkerConfig(exit_when_drained=False, idle_wait_s=5.0)
+    with running(WorkerPool(redis_url, queue_name, ["serving"], config)) as pool:
+        assert wait_until(lambda: len(waits) >= 1, 5)
+        first_pid = pool.pids()["serving"]
+        time.sleep(0.5)  # a polling supervisor would have looked 25 times by now
+        assert waits == [None]  # one wait, with no timeout
+        pool.kill("serving")  # a crash wakes it, and a serving queue gets a replacement
+        assert wait_until(lambda: pool.pids().get("serving") not in (None, first_pid), 5)
+        assert pool.restarts == 1
+        assert waits == [None, None]  # asleep again, on the replacement's sentinel

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from multiprocessing.connection import wait as mp_wait
 
 from .config import ChaosConfig, WorkerConfig
 from .connection import connect
@@ -22,6 +23,8 @@ from .queue import Queue
 from .worker import Worker
 
 log = logging.getLogger("wqsim.pool")
+
+RECHECK_S = 0.5  # how often the supervisor asks again while Redis is unreachable
 
 
 def _process_main(url: str, queue: str, worker_id: str, config: WorkerConfig, chaos: ChaosConfig) -> None:
@@ -94,35 +97,40 @@ class WorkerPool:
             thread.start()
 
     def _supervise(self) -> None:
+        """Replace worker processes that die while the queue still has unfinished tasks.
+
+        Sleeps on the processes' sentinels, so it wakes when one exits, not on
+        a timer. Only while Redis cannot say whether tasks are left does it
+        ask again, every RECHECK_S.
+        """
         queue = Queue(connect(self.url), self.queue_name)
+        undecided: dict[str, int | None] = {}  # died, not yet replaced or let go: worker id -> exit code
         while True:
             with self._lock:
-                procs = list(self._procs.items())
-            alive = False
-            for worker_id, proc in procs:
-                if proc.exitcode is None:
-                    alive = True
-                    continue
-                if proc.exitcode == 0 or not self.restart_crashed or self._stopping.is_set():
-                    continue
-                try:
-                    unfinished = not queue.drained()
-                except Exception as exc:  # Redis down: look again next round
-                    self.log.warning("Supervisor cannot read the queue (%s)", exc)
-                    alive = True
-                    continue
-                if not unfinished:
-                    continue
-                with self._lock:
-                    if self._stopping.is_set():  # stop() came first: start nothing it would not stop
-                        continue
-                    self.log.warning("Worker %s died (exit code %s); starting a replacement", worker_id, proc.exitcode)
-                    self.restarts += 1
-                    self._spawn(worker_id)
-                alive = True
-            if not alive:
+                running = {p.sentinel: (wid, p) for wid, p in self._procs.items() if p.exitcode is None}
+            if not running and not undecided:
                 return
-            time.sleep(0.02)
+            for sentinel in mp_wait(list(running), timeout=RECHECK_S if undecided else None):
+                worker_id, proc = running[sentinel]  # type: ignore[index]
+                proc.join()  # reap it: its exit code is known from here on
+                if proc.exitcode != 0 and self.restart_crashed and not self._stopping.is_set():
+                    undecided[worker_id] = proc.exitcode
+            if self._stopping.is_set():
+                undecided.clear()  # stop() came first: start nothing it would not stop
+            if not undecided:
+                continue
+            try:
+                unfinished = not queue.drained()
+            except Exception as exc:  # Redis down: ask again shortly
+                self.log.warning("Supervisor cannot read the queue (%s)", exc)
+                continue
+            with self._lock:
+                for worker_id, exit_code in undecided.items():
+                    if unfinished and not self._stopping.is_set():
+                        self.log.warning("Worker %s died (exit code %s); starting a replacement", worker_id, exit_code)
+                        self.restarts += 1
+                        self._spawn(worker_id)
+            undecided.clear()
 
     def pids(self) -> dict[str, int]:
         """Current process id of each live worker (process mode)."""
