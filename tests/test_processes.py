@@ -288,7 +288,7 @@ def test_the_supervisor_sleeps_until_a_worker_exits_rather_than_on_a_timer(redis
     waits: list[float | None] = []
     real_wait = wqsim.pool.mp_wait
     monkeypatch.setattr(wqsim.pool, "mp_wait", lambda objects, timeout=None: (waits.append(timeout), real_wait(objects, timeout))[1])
-    config = WorkerConfig(exit_when_drained=False, idle_wait_s=5.0)
+    config = WorkerConfig(exit_when_drained=False, idle_wait_s=0.5)
     with running(WorkerPool(redis_url, queue_name, ["serving"], config)) as pool:
         assert wait_until(lambda: len(waits) >= 1, 5)
         first_pid = pool.pids()["serving"]
@@ -297,4 +297,6 @@ def test_the_supervisor_sleeps_until_a_worker_exits_rather_than_on_a_timer(redis
         pool.kill("serving")  # a crash wakes it, and a serving queue gets a replacement
         assert wait_until(lambda: pool.pids().get("serving") not in (None, first_pid), 5)
         assert pool.restarts == 1
+        assert wait_until(lambda: len(waits) >= 2, 5)
+        time.sleep(0.2)
         assert waits == [None, None]  # asleep again, on the replacement's sentinel

@@ -397,6 +397,39 @@ def test_a_forked_child_enqueues_down_a_connection_of_its_own(real_client, queue
     q.close()
 
 
+def test_a_heartbeat_renews_a_workers_claims_made_ahead_before_their_replies_are_read(real_client, queue_name):
+    q = Queue(real_client, queue_name, own_connection=True)
+    try:
+        generate(q, 1)
+        since = q.leases_issued()
+        ticket = q.claim_nowait("w1", lease_ms=500)  # its reply, and so its lease id, stays unread
+        for _ in range(12):  # 1.2 s: more than twice the lease
+            time.sleep(0.1)
+            assert q.heartbeat([], 500, worker="w1", since=since) == []
+        claim = q.result(ticket)
+    finally:
+        q.close()
+    assert [t.id for t in claim.tasks] == ["1"]
+    assert real_client.exists(q.keys.lease(claim.lease))
+    assert q.reap(now=time.time() + 60).returned == 0
+
+
+def test_a_heartbeat_renews_neither_an_earlier_worker_of_the_same_id_nor_a_worker_whose_id_it_prefixes(real_client, queue_name):
+    q = Queue(real_client, queue_name)
+    generate(q, 3)
+    crashed = q.claim("w1", lease_ms=400)  # left by a worker "w1" that died and was replaced
+    since = q.leases_issued()                 # where the replacement starts
+    other = q.claim("w10", lease_ms=400)
+    mine = q.claim("w1", lease_ms=400)
+    for _ in range(8):
+        time.sleep(0.1)
+        q.heartbeat([], 400, worker="w1", since=since)
+    assert not real_client.exists(q.keys.lease(crashed.lease))
+    assert not real_client.exists(q.keys.lease(other.lease))
+    assert real_client.exists(q.keys.lease(mine.lease))
+    assert q.reap(now=time.time() + 60).returned == 2
+
+
 def test_purge_deletes_only_this_queues_keys(make_queue, queue_name):
     mine, other = make_queue(), make_queue(queue_name + "-other")
     generate(mine, 3)

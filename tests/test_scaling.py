@@ -258,3 +258,25 @@ def test_a_prefetching_worker_stops_claiming_ahead_once_the_backlog_runs_short(m
     # The tail: no more backlog than claims in flight, so each task is claimed only once the worker is free.
     work = [c for c in calls[1:] if c != "claim"]  # without the idle worker's empty claims at the end
     assert work[-3:] == ["settle"] * 3, calls
+
+
+@pytest.mark.real_redis
+def test_a_workers_claims_made_ahead_hold_an_ordinary_lease_renewed_by_its_heartbeat(real_client, queue_name):
+    """A worker that dies holding claims made ahead loses them after one lease, like any other."""
+    from wqsim import Worker
+
+    q = Queue(real_client, queue_name)
+    generate(q, 40, duration_ms=20)  # long tasks, and a backlog: the worker claims ahead
+    worker = Worker(real_client, queue_name, "w1", WorkerConfig(lease_s=5.0, prefetch=2, ping_interval_s=0.05))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    longest_ms, most_at_once = 0, 0
+    while thread.is_alive():
+        ttls = [real_client.pttl(key) for key in real_client.scan_iter(match=q.keys.lease("*"))]
+        longest_ms = max([longest_ms, *ttls])
+        most_at_once = max(most_at_once, len(ttls))
+    thread.join()
+    assert most_at_once >= 2, "the worker never held a claim made ahead: nothing was exercised"
+    assert 0 < longest_ms <= 5000
+    assert q.counters()["done"] == 40
+    q.purge()

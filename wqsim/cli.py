@@ -129,10 +129,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     chaos_on = any(v for v in chaos_values.values())
     lease_s = args.lease_s if args.lease_s is not None else (CHAOS_LEASE_S if chaos_on else 30.0)
     worker = WorkerConfig(lease_s=lease_s, batch_size=args.batch_size, ping_interval_s=args.ping_interval_s)
-    # A hang outlasts the longest lease a claim can hold (a claim made ahead starts with
-    # prefetch + 1 leases' worth), so the reaper always returns a hung task.
-    hang_s = (worker.prefetch + 2) * lease_s
-    chaos = ChaosConfig(seed=args.seed, hang_s=hang_s, **{n: v or 0.0 for n, v in chaos_values.items()})
+    # A hang outlasts every lease (the heartbeat stalls with it), so the reaper returns a hung task.
+    chaos = ChaosConfig(seed=args.seed, hang_s=2 * lease_s, **{n: v or 0.0 for n, v in chaos_values.items()})
     return RunConfig(
         queue=args.queue,
         tasks=args.tasks,

@@ -46,8 +46,9 @@ class WorkerConfig:
         to Redis together while the worker runs a claim it holds in reserve,
         so round trips overlap with work. 0 turns it off; each step deeper
         holds one more batch (Celery's prefetch multiplier, which defaults to 4).
-        A claim made ahead starts with a lease prefetch + 1 times as long, since
-        the worker learns its id (and can ping it) only when it reads the reply.
+        A claim made ahead has an ordinary lease: the heartbeat renews it
+        before its reply is read (Redis finds it by the worker's id), so a
+        worker that dies holding it loses it after lease_s like any other.
     prefetch_below_s: tasks shorter than this (on the last claim) are always
         prefetched. Longer ones are prefetched only while the ready backlog
         outnumbers the claims in flight: tasks held in reserve are tasks an idle
@@ -114,9 +115,8 @@ class ChaosConfig:
     depend on which worker happens to take which task.
     fail_p: the handler raises (the task is retried with backoff).
     hang_p: the whole worker, heartbeat included, stalls for hang_s, then tries
-        to complete. With hang_s longer than any lease a claim can hold
-        (lease_s * (prefetch + 1), for a claim made ahead) the reaper has
-        returned the task by then, so that late completion is rejected.
+        to complete. With hang_s longer than the lease, the reaper has returned
+        the task by then, so that late completion is rejected.
     crash_p: the worker process dies with os._exit mid-task (in thread mode the
         worker abandons the task instead), leaving its lease to expire.
     straggler_p: the task runs straggler_factor times longer.

@@ -426,12 +426,20 @@ class Queue:
             flat += (s.task_id, s.lease, s.outcome, s.value, repr(s.started_at), repr(s.finished_at))
         return [worker, repr(self.clock()), lease_ms, claim_next, repr(backoff_s), len(flat) // 6, *flat]
 
-    def heartbeat(self, leases: Iterable[str], lease_ms: int) -> list[str]:
-        """Renew leases that are still alive; return the ids of those that were lost."""
+    def heartbeat(self, leases: Iterable[str], lease_ms: int, worker: str | None = None, since: int = 0) -> list[str]:
+        """Renew leases that are still alive; return the ids of those that were lost.
+
+        With ``worker``, also renew that worker's other leases numbered above
+        ``since`` (see leases_issued): claims it made ahead and has not read.
+        """
         leases = list(leases)
-        if not leases:
+        if not leases and worker is None:
             return []
-        return list(self._run("heartbeat", repr(self.clock()), lease_ms, *leases))
+        return list(self._run("heartbeat", repr(self.clock()), lease_ms, worker or "", since, *leases))
+
+    def leases_issued(self) -> int:
+        """How many leases the queue has issued: every lease made later is numbered above this."""
+        return int(self.client.hget(self.keys.stats, "leases") or 0)
 
     def reap(self, limit: int = 1000, now: float | None = None) -> ReapResult:
         """Return the tasks of leases whose key Redis has expired; see lua/reap.lua."""

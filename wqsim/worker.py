@@ -96,6 +96,8 @@ class Worker:
         self._lost: set[str] = set()
         self._attempts: dict[str, int] = {}  # attempt numbers of failed tasks, for the backoff
         self._flushes: list[int] = []  # tickets of mid-claim settles whose replies are not read yet
+        self._ahead: deque[int | None] = deque()  # requests in flight whose replies hold the next tasks
+        self._lease_floor = 0  # see run()
         # Tasks of the last claim ran in under config.prefetch_below_s each (see _may_claim_ahead).
         self._short_tasks = False
 
@@ -105,16 +107,19 @@ class Worker:
 
     def run(self) -> WorkerStats:
         cfg = self.config
+        # Leases numbered above this are this worker's: an earlier worker of the same id
+        # (one that crashed and was replaced) made only leases at or below it.
+        self._lease_floor = self._with_redis(self.queue.leases_issued)
         if cfg.heartbeat:
             threading.Thread(target=self._ping_loop, name=f"wqsim-ping-{self.id}", daemon=True).start()
         try:
             claim = self._hold(self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size())))
-            ahead: deque[int | None] = deque()  # requests in flight whose replies hold the next tasks
+            ahead = self._ahead
             while True:
                 self._note_rejected(claim)
                 if claim.tasks:
                     while len(ahead) < cfg.prefetch and self._may_claim_ahead(claim, len(ahead)) and not self._stopping.is_set():
-                        ahead.append(self._send(lambda: self.queue.claim_nowait(self.id, self._reserve_lease_ms, cfg.batch_size)))
+                        ahead.append(self._send(lambda: self.queue.claim_nowait(self.id, cfg.lease_ms, cfg.batch_size)))
                     began = time.perf_counter()
                     settlements = self._work_on(claim)
                     self._short_tasks = (time.perf_counter() - began) / len(claim.tasks) < cfg.prefetch_below_s
@@ -145,7 +150,7 @@ class Worker:
     def _send_results_and_ask_for_more(self, settlements: list[Settlement]) -> int | None:
         backoff_s = self._backoff_s(settlements)
         return self._send(lambda: self.queue.settle_nowait(
-            self.id, settlements, self._reserve_lease_ms, self._claim_size(), backoff_s))
+            self.id, settlements, self.config.lease_ms, self._claim_size(), backoff_s))
 
     def _wait_then_claim(self, next_due: float | None) -> Claim:
         """Sleep until woken by a signal, a retry falls due, or idle_wait_s passes; then claim."""
@@ -153,12 +158,6 @@ class Worker:
         if next_due is not None:
             wait_s = min(wait_s, max(next_due - self.clock(), 0.001))
         return self.queue.wait_then_claim(self.id, wait_s, self.config.lease_ms, self._claim_size())
-
-    @property
-    def _reserve_lease_ms(self) -> int:
-        """Lease for a claim made ahead: its id is unknown (so it is not pinged) until its
-        reply is read, which may take ``prefetch`` claims' worth of work."""
-        return self.config.lease_ms * (self.config.prefetch + 1)
 
     def _may_claim_ahead(self, claim: Claim, requests_ahead: int) -> bool:
         """Claim ahead (prefetch) when it cannot starve another worker, or cannot matter.
@@ -359,15 +358,19 @@ class Worker:
         return result
 
     def _ping_loop(self) -> None:
-        """Renew held leases every ping interval; mark the ones Redis says are lost."""
+        """Renew this worker's leases every ping interval; mark the held ones Redis says are lost.
+
+        Claims made ahead are renewed too, though their replies (and so their
+        lease ids) are unread: Redis finds them by this worker's id.
+        """
         every_s = self.config.ping_every_s
         while not self._finished.wait(every_s):
             with self._lock:
                 leases = list(self._held)
-            if not leases or self._frozen.is_set():
+            if not (leases or self._ahead) or self._frozen.is_set():
                 continue
             try:
-                lost = self.queue.heartbeat(leases, self.config.lease_ms)
+                lost = self.queue.heartbeat(leases, self.config.lease_ms, self.id, self._lease_floor)
             except RETRYABLE_REDIS_ERRORS as exc:
                 self.log.warning("Worker %s: heartbeat failed (%s)", self.id, exc)
                 continue
