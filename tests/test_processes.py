@@ -300,3 +300,17 @@ def test_the_supervisor_sleeps_until_a_worker_exits_rather_than_on_a_timer(redis
         assert wait_until(lambda: len(waits) >= 2, 5)
         time.sleep(0.2)
         assert waits == [None, None]  # asleep again, on the replacement's sentinel
+
+
+def test_workers_that_die_while_the_supervisor_is_busy_replacing_another_are_replaced_too(redis_url, queue_name):
+    config = WorkerConfig(exit_when_drained=False, idle_wait_s=0.5)
+    ids = ["a", "b", "c", "d"]
+    with running(WorkerPool(redis_url, queue_name, ids, config)) as pool:
+        assert wait_until(lambda: len(pool.pids()) == 4, 10)
+        first = pool.pids()
+        for worker_id in ids:  # one after another: some die while a replacement is being forked
+            pool.kill(worker_id)
+            time.sleep(0.002)
+        assert wait_until(lambda: len(pool.pids()) == 4 and not set(pool.pids().values()) & set(first.values()), 10), (
+            f"restarts {pool.restarts}, live {pool.pids()}")
+        assert pool.restarts == 4

@@ -101,19 +101,28 @@ class WorkerPool:
 
         Sleeps on the processes' sentinels, so it wakes when one exits, not on
         a timer. Only while Redis cannot say whether tasks are left does it
-        ask again, every RECHECK_S.
+        ask again, every RECHECK_S. It never reaps a process itself beyond
+        reading ``exitcode``: a blocking wait here would race join() in
+        another thread for the child's exit status.
         """
         queue = Queue(connect(self.url), self.queue_name)
+        seen: set[mp.process.BaseProcess] = set()  # exits already dealt with
         undecided: dict[str, int | None] = {}  # died, not yet replaced or let go: worker id -> exit code
         while True:
             with self._lock:
-                running = {p.sentinel: (wid, p) for wid, p in self._procs.items() if p.exitcode is None}
-            if not running and not undecided:
-                return
-            for sentinel in mp_wait(list(running), timeout=RECHECK_S if undecided else None):
-                worker_id, proc = running[sentinel]  # type: ignore[index]
-                proc.join()  # reap it: its exit code is known from here on
-                if proc.exitcode != 0 and self.restart_crashed and not self._stopping.is_set():
+                procs = list(self._procs.items())
+            seen &= {p for _, p in procs}  # forget the replaced ones
+            exited = [(wid, p) for wid, p in procs if p.exitcode is not None and p not in seen]
+            if not exited and not undecided:
+                running = {p.sentinel: p for _, p in procs if p.exitcode is None}
+                if not running:
+                    return
+                if all(running[ready].exitcode is None for ready in mp_wait(list(running))):
+                    time.sleep(0.001)  # a sentinel closes just before its process can be reaped
+                continue
+            for worker_id, proc in exited:
+                seen.add(proc)
+                if proc.exitcode != 0 and self.restart_crashed:
                     undecided[worker_id] = proc.exitcode
             if self._stopping.is_set():
                 undecided.clear()  # stop() came first: start nothing it would not stop
@@ -123,6 +132,7 @@ class WorkerPool:
                 unfinished = not queue.drained()
             except Exception as exc:  # Redis down: ask again shortly
                 self.log.warning("Supervisor cannot read the queue (%s)", exc)
+                time.sleep(RECHECK_S)
                 continue
             with self._lock:
                 for worker_id, exit_code in undecided.items():
