@@ -111,7 +111,7 @@ def _float_key(client: redis.Redis, key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _wait_for(
+def wait_for(
     what: str,
     done: Callable[[], bool],
     timeout_s: float,
@@ -380,9 +380,9 @@ def celery_throughput(url: str, n: int, queue: str | None = None, timeout_s: flo
             send(peer_celery.MARK, (url, end_key), queue=tag, producer=producer)
         log.info("celery: %d tasks published on %s; starting the solo worker", n + 2, tag)
         worker = _celery_worker(url, prefix, tag)
-        _wait_for("celery: start marker", lambda: client.exists(start_key) == 1,
+        wait_for("celery: start marker", lambda: client.exists(start_key) == 1,
                   STARTUP_TIMEOUT_S, worker.alive, worker.tail)
-        _wait_for("celery: end marker", lambda: client.exists(end_key) == 1,
+        wait_for("celery: end marker", lambda: client.exists(end_key) == 1,
                   timeout_s, worker.alive, worker.tail)
         return _marker_rate(client, n, start_key, end_key)
     finally:
@@ -474,8 +474,8 @@ def huey_throughput(url: str, n: int, name: str | None = None, timeout_s: float 
         log.info("huey: %d tasks enqueued on %s; starting the consumer", n + 2, tag)
         with _huey_consumer(huey) as consumer:
             alive = lambda: all(t.is_alive() for _, t in consumer.worker_threads)  # noqa: E731
-            _wait_for("huey: start marker", lambda: client.exists(start_key) == 1, STARTUP_TIMEOUT_S, alive)
-            _wait_for("huey: end marker", lambda: client.exists(end_key) == 1, timeout_s, alive,
+            wait_for("huey: start marker", lambda: client.exists(start_key) == 1, STARTUP_TIMEOUT_S, alive)
+            wait_for("huey: end marker", lambda: client.exists(end_key) == 1, timeout_s, alive,
                       lambda: f"{huey.pending_count()} tasks still queued")
         executed = sum(worker.task_count for worker, _ in consumer.worker_threads)
         if executed != n + 2:
@@ -682,7 +682,7 @@ def latency_samples(
     def collect(enqueue: Callable[[str, float], None], alive: Callable[[], bool],
                 diagnostics: Callable[[], str] = lambda: "") -> list[float]:
         enqueue(warm_key, time.time())
-        _wait_for(f"{system}: warm-up task", lambda: client.llen(warm_key) >= 1,
+        wait_for(f"{system}: warm-up task", lambda: client.llen(warm_key) >= 1,
                   STARTUP_TIMEOUT_S, alive, diagnostics)
         time.sleep(idle_s)
         t0 = time.perf_counter()
@@ -691,7 +691,7 @@ def latency_samples(
             if delay > 0:
                 time.sleep(delay)
             enqueue(out_key, time.time())
-        _wait_for(f"{system}: {count} latency samples", lambda: client.llen(out_key) >= count,
+        wait_for(f"{system}: {count} latency samples", lambda: client.llen(out_key) >= count,
                   timeout_s, alive, lambda: f"{client.llen(out_key)} arrived. {diagnostics()}")
         return [float(v) for v in client.lrange(out_key, 0, -1)]
 

@@ -12,6 +12,8 @@ import redis
 import wqsim
 from wqsim import Queue, Task, Worker, WorkerConfig, WorkerPool, generate
 
+from .peers import wait_for
+
 
 def _queue(client: redis.Redis, label: str) -> Queue:
     return Queue(client, f"bench-{label}-{uuid.uuid4().hex[:6]}")
@@ -69,8 +71,11 @@ def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003, idle_
     q = _queue(client, "lat")
     pool = WorkerPool(url, q.name, ["idle"], WorkerConfig(exit_when_drained=False, idle_wait_s=5.0)).start()
     try:
+        def alive() -> bool:
+            return None in pool.exit_codes().values()
+
         q.enqueue([Task(id="warm-up", kind="noop")])
-        _wait_for_done(q, 1)
+        wait_for("wqsim: warm-up task", lambda: q.counters().get("done", 0) >= 1, 30, alive)
         time.sleep(idle_s)
         called: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -81,7 +86,7 @@ def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003, idle_
             task = Task(id=f"lat{i}", kind="noop")  # an id of the producer's own, as the peers' are
             called[task.id] = time.time()
             q.enqueue([task])
-        _wait_for_done(q, count + 1)
+        wait_for(f"wqsim: {count} latency samples", lambda: q.counters().get("done", 0) >= count + 1, 30, alive)
         from_call, from_redis = [], []
         for key, (enqueued, started) in q.iter_task_hashes(("enqueued_at", "started_at")):
             task_id = q.keys.task_id_of(key)
@@ -93,14 +98,6 @@ def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003, idle_
         pool.stop()
         pool.join(10)
         q.purge()
-
-
-def _wait_for_done(q: Queue, count: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while q.counters().get("done", 0) < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{q.name}: {q.counters().get('done', 0)} of {count} tasks done after {timeout_s} s")
-        time.sleep(0.01)
 
 
 def memory_per_task(url: str, n: int = 100_000) -> dict[str, float]:

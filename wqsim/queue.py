@@ -223,10 +223,14 @@ class Queue:
     def name(self) -> str:
         return self.keys.queue
 
+    def _argv(self, *args: object) -> list[object]:
+        """ARGV of a script call: the two every script starts with (see lua/_lib.lua), then ``args``."""
+        return [self.keys.prefix, self.keys.progress_channel, *args]
+
     def _run(self, script: str, *args: object) -> list:
         return self._scripts[script](
             keys=self.keys.script_keys(),
-            args=[self.keys.prefix, self.keys.progress_channel, *args],
+            args=self._argv(*args),
         )
 
     def _run_packed(self, script: str, *args: object) -> list:
@@ -244,13 +248,13 @@ class Queue:
         own = getattr(self._producer, "conn", None)
         if own is None or own.pid != os.getpid():  # a forked child opens its own, never its parent's
             own = self._producer.conn = _OwnConnection(self.client, check_stale=True)
-        return own.evalsha(script, self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel, *args])  # type: ignore[return-value]
+        return own.evalsha(script, self.keys.script_keys(), self._argv(*args))  # type: ignore[return-value]
 
     def _hot(self, script: str, *args: object) -> list:
         """Like _run, down the private connection when this queue has one."""
         if self._own is None:
             return self._run(script, *args)
-        return self._own.evalsha(script, self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel, *args])  # type: ignore[return-value]
+        return self._own.evalsha(script, self.keys.script_keys(), self._argv(*args))  # type: ignore[return-value]
 
     def close(self) -> None:
         """Close the private connections of this thread, if any (the client's pool is the caller's)."""
@@ -315,7 +319,7 @@ class Queue:
                 fails_ok = task.allow_failure if allow_failure is None else allow_failure
                 flat += (" ".join(task.depends_on), " ".join(dependents[task.id]), int(fails_ok))
         ids = [t.id for t in tasks]
-        head = [self.keys.prefix, self.keys.progress_channel, size]
+        head = self._argv(size)
         if len(flat) <= width * chunk:  # one script call is atomic by itself: one EVALSHA
             refused, *packages = self._run_packed("enqueue", size, 0, len(ids), *ids, width, len(ids), *flat)
             self._refuse(refused)
@@ -385,12 +389,10 @@ class Queue:
         if self._own is None:
             self.wait_for_work(timeout_s)
             return self.claim(worker, lease_ms, count)
-        self._own.drain()
         woken = self._own.command_nowait("BLPOP", self.keys.signal, max(timeout_s, 0.001))
-        ticket = self._own.evalsha_nowait(
-            "claim", self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel, worker, "", lease_ms, count])
+        ticket = self._nowait("claim", [worker, "", lease_ms, count])
         self._own.reply(woken)
-        return _claim_from(self._own.reply(ticket), rejected=[])  # type: ignore[arg-type]
+        return self.result(ticket)
 
     def claim_nowait(self, worker: str, lease_ms: int, count: int = 1) -> int:
         return self._nowait("claim", [worker, repr(self.clock()), lease_ms, count])
@@ -416,7 +418,7 @@ class Queue:
             self._ticket += 1
             self._results[self._ticket] = (name, self._run(name, *args))
             return self._ticket
-        ticket = self._own.evalsha_nowait(name, self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel, *args])
+        ticket = self._own.evalsha_nowait(name, self.keys.script_keys(), self._argv(*args))
         self._names[ticket] = name
         return ticket
 
