@@ -21,6 +21,13 @@ class Faults:
     fail: bool = False
     straggle: bool = False
 
+    def __bool__(self) -> bool:
+        return self.crash or self.hang or self.fail or self.straggle
+
+    def names(self) -> str:
+        """The faults drawn, as recorded in the events stream: e.g. 'hang straggle'."""
+        return " ".join(name for name in ("crash", "hang", "fail", "straggle") if getattr(self, name))
+
 
 def draw(chaos: ChaosConfig, task_id: str, attempt: int) -> Faults:
     """Faults for (task, attempt), reproducible from the seed alone."""

@@ -3,11 +3,16 @@
 One role per command, so each piece can run as its own process, container or
 host against one Redis: ``generate``, ``work``, ``listen``, ``reap``,
 ``status``; ``run`` does all of them in one process tree (the seed scenario).
-Each reads ``REDIS_URL``; SIGTERM stops any of them the way Ctrl-C does.
+Each reads ``REDIS_URL``. SIGTERM (docker stop, systemd, kill) stops the
+long-running ones (``work``, ``listen``, ``reap``, ``run``) the way Ctrl-C
+does: the signal is only recorded (see wqsim.stopping), and the command then
+stops its workers gracefully: each finishes the task in hand and hands back
+what it has not started.
 
-Exit codes: 0 success; 1 the run finished but not cleanly (lost or stuck
-tasks, or workers that never reported); 2 bad arguments or configuration;
-3 Redis unreachable. Errors are one readable line, never a traceback.
+Exit codes: 0 success (a ``work`` stopped by SIGTERM included); 1 the run
+finished but not cleanly (lost or stuck tasks, workers that never reported or
+had to be killed); 2 bad arguments or configuration; 3 Redis unreachable;
+130 ``run`` interrupted. Errors are one readable line, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -26,18 +30,20 @@ from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import RedisUnavailable, connect, redact, resolve_url
 from .generator import generate
 from .graph import example as example_graph
-from .keys import check_id
+from .keys import Keys, check_id
 from .listener import Listener
 from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
 from .runner import run
+from .stopping import StopRequest
 
 log = logging.getLogger("wqsim.cli")
 
 # The --chaos preset: every kind of fault, with a short lease so hangs and crashes are reaped quickly.
 CHAOS_PRESET = {"fail_p": 0.05, "hang_p": 0.01, "crash_p": 0.01, "straggler_p": 0.05}
 CHAOS_LEASE_S = 0.5
+STOP_GRACE_S = 60.0  # how long stopping workers may take to finish the task in hand before they are killed
 
 
 class UsageError(Exception):
@@ -71,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-s", type=float, default=None, help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)")
     p.add_argument("--max-attempts", type=int, default=None, help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)")
     p.add_argument("--timeout-s", type=float, default=None, help="listener timeout (default: scaled to the work)")
+    p.add_argument("--task-timeout-s", type=float, default=300.0,
+                   help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
     p.add_argument("--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)")
     p.add_argument("--graph", choices=("chain", "fanout", "diamond", "layered"), default=None,
@@ -89,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
     p.add_argument("--package-size", type=int, default=None, help="bundle tasks into work packages of this many")
     p.add_argument("--max-attempts", type=int, default=3, help="attempts before a task is dead-lettered (default: 3)")
+    p.add_argument("--task-timeout-s", type=float, default=None,
+                   help="give every task this time limit of its own (default: the workers' limit applies)")
     p.add_argument("--graph", choices=("chain", "fanout", "diamond", "layered"), default=None,
                    help="an example dependency graph of about --tasks sleep tasks")
     p.add_argument("--allow-failure", action="store_true", help="with --graph: dependents of failed tasks run anyway")
@@ -104,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-s", type=float, default=30.0, help="lease length (default: 30)")
     p.add_argument("--ping-interval-s", type=float, default=None, help="heartbeat interval (default: lease / 3)")
     p.add_argument("--mode", choices=("process", "thread"), default="process")
+    p.add_argument("--task-timeout-s", type=float, default=300.0,
+                   help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
 
     p = sub.add_parser("listen", help="the pub/sub listener: print finished messages and progress")
@@ -128,7 +140,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         chaos_values = {n: (v if v is not None else CHAOS_PRESET[n]) for n, v in chaos_values.items()}
     chaos_on = any(v for v in chaos_values.values())
     lease_s = args.lease_s if args.lease_s is not None else (CHAOS_LEASE_S if chaos_on else 30.0)
-    worker = WorkerConfig(lease_s=lease_s, batch_size=args.batch_size, ping_interval_s=args.ping_interval_s)
+    worker = WorkerConfig(lease_s=lease_s, batch_size=args.batch_size, ping_interval_s=args.ping_interval_s,
+                          task_timeout_s=args.task_timeout_s)
     # A hang outlasts every lease (the heartbeat stalls with it), so the reaper returns a hung task.
     chaos = ChaosConfig(seed=args.seed, hang_s=2 * lease_s, **{n: v or 0.0 for n, v in chaos_values.items()})
     return RunConfig(
@@ -157,7 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         registry.get(args.kind)  # raises UnknownKind with the registered names
     if args.quiet or args.progress:
         logging.getLogger("wqsim.worker").setLevel(logging.WARNING)
-    report = run(config, url=args.redis_url, progress=args.progress)
+    with StopRequest() as stop:
+        report = run(config, url=args.redis_url, progress=args.progress, should_stop=stop.is_set)
     a = report.audit
     log.info("Audit: %s", a.summary())
     if config.chaos.active:
@@ -166,6 +180,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "%d leases expired, %d worker processes replaced",
             a.executions, a.generated, a.duplicate_executions, a.rejected, a.expired, report.restarts,
         )
+    if stop.is_set():
+        print(f"wqsim: interrupted by {stop.reason}; workers stopped, nothing in flight was lost", file=sys.stderr)
+        return 130
     return 0 if report.ok else 1
 
 
@@ -185,10 +202,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         tasks = example_graph(args.graph, args.tasks, args.duration_ms, args.seed)
         for task in tasks:
             task.max_attempts = args.max_attempts
+            task.timeout_s = args.task_timeout_s
         queue.enqueue(tasks, allow_failure=args.allow_failure)
         log.info("Created a %s graph of %d tasks on queue %r at %s", args.graph, len(tasks), args.queue, redact(url))
         return 0
-    generate(queue, args.tasks, args.duration_ms, args.kind, args.max_attempts, args.package_size)
+    generate(queue, args.tasks, args.duration_ms, args.kind, args.max_attempts, args.package_size,
+             timeout_s=args.task_timeout_s)
     log.info("Queue %r at %s now holds %d task(s)", args.queue, redact(url), queue.counters().get("total", 0))
     return 0
 
@@ -197,7 +216,7 @@ def _cmd_work(args: argparse.Namespace) -> int:
     _at_least_one("workers", args.workers)
     config = WorkerConfig(
         lease_s=args.lease_s, batch_size=args.batch_size, ping_interval_s=args.ping_interval_s,
-        exit_when_drained=args.once,
+        exit_when_drained=args.once, task_timeout_s=args.task_timeout_s,
     )
     if args.quiet:
         logging.getLogger("wqsim.worker").setLevel(logging.WARNING)
@@ -205,20 +224,20 @@ def _cmd_work(args: argparse.Namespace) -> int:
     ids = [check_id("worker id", f"{prefix}{i}") for i in range(1, args.workers + 1)]
     url = resolve_url(args.redis_url)
     connect(url).ping()  # unreachable Redis: fail now, in one line, not in every worker
-    pool = WorkerPool(url, args.queue, ids, config, mode=args.mode)
-    log.info("Working on queue %r at %s with %d worker(s): %s%s", args.queue, redact(url), len(ids),
-             ", ".join(ids), "; exiting once it is drained" if args.once else "; Ctrl-C or SIGTERM to stop")
-    pool.start()
-    try:
-        while not pool.join(0.5):
-            pass
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main): finish or hand back what is in hand, then exit
-        log.info("Stopping: workers finish the task in hand and hand back what they hold")
-        pool.stop()
-        if not pool.join(60):
-            log.error("Workers did not stop within 60 s; killing them (the reaper returns their tasks)")
-            pool.terminate()
-            return 1
+    with StopRequest() as stop:  # from here on SIGTERM and SIGINT are only recorded, never raised
+        pool = WorkerPool(url, args.queue, ids, config, mode=args.mode, on_exit=stop.set)
+        log.info("Working on queue %r at %s with %d worker(s): %s%s", args.queue, redact(url), len(ids),
+                 ", ".join(ids), "; exiting once it is drained" if args.once else "; Ctrl-C or SIGTERM to stop")
+        pool.start()
+        stop.wait()  # a signal, or every worker has exited (--once)
+        if not pool.join(0):
+            log.info("Stopping (%s): workers finish the task in hand and hand back what they hold", stop.reason)
+            pool.stop()
+            if not pool.join(STOP_GRACE_S):
+                log.error("Workers did not stop within %g s; killing them (the reaper returns their tasks)",
+                          STOP_GRACE_S)
+                pool.terminate()
+                return 1
     log.info("All workers stopped")
     return 0
 
@@ -265,17 +284,23 @@ def _at_least_one(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 1 (got {value})")
 
 
+def _positive(name: str, value: float) -> None:
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a positive, finite number (got {value})")
+
+
 def _cmd_reap(args: argparse.Namespace) -> int:
+    _positive("interval_s", args.interval_s)
     reaper = Reaper(Queue(connect(args.redis_url), args.queue), interval_s=args.interval_s)
     if args.once:
         result = reaper.reap_once()
         log.info("Returned %d task(s), dead-lettered %d", result.returned, result.buried)
         return 0
-    log.info("Reaping queue %r every %g s; Ctrl-C to stop", args.queue, args.interval_s)
-    try:
-        reaper.run()
-    except KeyboardInterrupt:
-        pass
+    log.info("Reaping queue %r every %g s; Ctrl-C or SIGTERM to stop", args.queue, args.interval_s)
+    with StopRequest() as stop:
+        reaper.start()
+        stop.wait()
+        reaper.stop()
     return 0
 
 
@@ -317,13 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         force=True,
     )
-    # SIGTERM (docker stop, systemd, kill) stops a command the way Ctrl-C does: gracefully.
-    signal.signal(signal.SIGTERM, _interrupt)
     commands = {
         "run": _cmd_run, "generate": _cmd_generate, "work": _cmd_work, "listen": _cmd_listen,
         "reap": _cmd_reap, "status": _cmd_status,
     }
     try:
+        Keys(args.queue)  # a bad queue name: one line and exit 2, before anything starts
         return commands[args.command](args)
     except RedisUnavailable as exc:
         print(f"wqsim: error: {exc}", file=sys.stderr)
@@ -342,9 +366,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wqsim: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 __all__ = ["main", "build_parser"]

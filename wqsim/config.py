@@ -26,6 +26,13 @@ def _at_least(name: str, value: int, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
 
 
+def check_time_limit(name: str, value: float) -> float:
+    """A task time limit: a positive, finite number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a positive, finite number of seconds (got {value!r})")
+    return value
+
+
 def _probability(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a probability between 0 and 1 (got {value!r})")
@@ -64,6 +71,15 @@ class WorkerConfig:
     exit_when_drained: stop (and publish "finished") once every task of the
         queue is terminal; False keeps the worker serving, as a daemon would.
     reconnect_s: how long to keep reconnecting to an unreachable Redis before giving up.
+    task_timeout_s: the default time limit of one attempt (arq's job_timeout, RQ's
+        job_timeout, Celery's time_limit); a kind registered with its own limit,
+        or a task with ``timeout_s``, overrides it; None means no limit. A task
+        over its limit is recorded as a failed attempt whose error names the
+        limit, then retried or dead-lettered as usual; heartbeats never extend it.
+        In process mode the worker process is then stopped and replaced (a
+        Python thread cannot be interrupted safely). In thread mode the attempt
+        is recorded as failed on time, but the thread stays busy until the
+        handler returns, and what it returns is ignored.
     """
 
     lease_s: float = 30.0
@@ -78,6 +94,7 @@ class WorkerConfig:
     flush_interval_s: float = 0.01
     exit_when_drained: bool = True
     reconnect_s: float = 60.0
+    task_timeout_s: float | None = 300.0
 
     def __post_init__(self) -> None:
         for name in ("lease_s", "backoff_s", "backoff_max_s", "idle_wait_s", "reconnect_s", "flush_interval_s",
@@ -85,6 +102,8 @@ class WorkerConfig:
             _positive(name, getattr(self, name))
         _at_least("batch_size", self.batch_size, 1)
         _at_least("prefetch", self.prefetch, 0)
+        if self.task_timeout_s is not None:
+            check_time_limit("task_timeout_s", self.task_timeout_s)
         if self.lease_s < 0.01:
             raise ValueError(f"lease_s must be at least 0.01 s (got {self.lease_s!r})")
         if self.ping_interval_s is not None:

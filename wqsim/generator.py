@@ -19,10 +19,11 @@ def make_tasks(
     kind: str = "sleep",
     payload: dict[str, Any] | None = None,
     max_attempts: int = 3,
+    timeout_s: float | None = None,
 ) -> list[Task]:
-    """Build Task records sharing one kind and payload (enqueue stamps their times)."""
+    """Build Task records sharing one kind, payload and time limit (enqueue stamps their times)."""
     body = dict(payload or {})
-    return [Task(id=i, kind=kind, payload=body, max_attempts=max_attempts) for i in ids]
+    return [Task(id=i, kind=kind, payload=body, max_attempts=max_attempts, timeout_s=timeout_s) for i in ids]
 
 
 def generate(
@@ -33,6 +34,7 @@ def generate(
     max_attempts: int = 3,
     package_size: int | None = None,
     logger: logging.Logger | None = None,
+    timeout_s: float | None = None,
 ) -> list[str]:
     """Create ``count`` sleep tasks and push their ids onto the queue's ready list.
 
@@ -40,6 +42,7 @@ def generate(
     batch is one round trip (see Queue.enqueue), so it is fast and all-or-nothing. With
     ``package_size``, tasks are bundled into work packages of that many tasks
     (the seed's Scaling section), each claimed as one unit under one lease.
+    ``timeout_s`` gives every task its own time limit (see WorkerConfig.task_timeout_s).
     Returns the new task ids.
     """
     logger = logger or log
@@ -47,7 +50,7 @@ def generate(
         raise ValueError(f"count must be an integer >= 1 (got {count!r})")
     payload: dict[str, Any] = {"duration_ms": duration_ms} if kind == "sleep" else {}
     ids = queue.allocate_ids(count)
-    tasks = make_tasks(ids, kind=kind, payload=payload, max_attempts=max_attempts)
+    tasks = make_tasks(ids, kind=kind, payload=payload, max_attempts=max_attempts, timeout_s=timeout_s)
     packages = queue.enqueue(tasks, package_size=package_size)
     logger.info("Created %d work items out of %d", len(tasks), count)
     if packages:

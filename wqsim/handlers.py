@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .config import check_time_limit
 from .task import Task
 
 Handler = Callable[[Task], Any]
@@ -24,14 +25,25 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._time_limits: dict[str, float] = {}
 
-    def register(self, kind: str, handler: Handler | None = None) -> Any:
-        """Register ``handler`` for ``kind``; usable as ``@registry.register("kind")``."""
+    def register(self, kind: str, handler: Handler | None = None, timeout_s: float | None = None) -> Any:
+        """Register ``handler`` for ``kind``; usable as ``@registry.register("kind")``.
+
+        ``timeout_s``: the time limit of one attempt of this kind, overriding the
+        worker's default (a task's own ``timeout_s`` overrides both).
+        """
         if not kind or not isinstance(kind, str):
             raise ValueError(f"kind must be a non-empty string (got {kind!r})")
+        if timeout_s is not None:
+            check_time_limit(f"timeout_s of kind {kind!r}", timeout_s)
 
         def add(fn: Handler) -> Handler:
             self._handlers[kind] = fn
+            if timeout_s is None:
+                self._time_limits.pop(kind, None)
+            else:
+                self._time_limits[kind] = timeout_s
             return fn
 
         return add(handler) if handler is not None else add
@@ -42,6 +54,10 @@ class HandlerRegistry:
         except KeyError:
             known = ", ".join(sorted(self._handlers)) or "none"
             raise UnknownKind(f"unknown task kind {kind!r} (registered: {known})") from None
+
+    def time_limit(self, kind: str) -> float | None:
+        """The kind's own time limit, if it was registered with one."""
+        return self._time_limits.get(kind)
 
     def kinds(self) -> list[str]:
         return sorted(self._handlers)

@@ -23,6 +23,13 @@ def check_id(what: str, value: str) -> str:
     return value
 
 
+def parse_lease(lease_id: str) -> tuple[str, int, str]:
+    """A lease id "<worker>#<n>[@<package>]" as (worker id, lease number, package id or '')."""
+    worker, _, rest = lease_id.partition("#")
+    number, _, package = rest.partition("@")
+    return worker, int(number) if number.isdigit() else 0, package
+
+
 @dataclass(frozen=True)
 class Keys:
     """Names for one queue. ``Keys("demo").ready == "wqsim:{demo}:ready"``."""
@@ -74,7 +81,8 @@ class Keys:
 
     @property
     def events(self) -> str:
-        """STREAM with one entry per attempt outcome: the durable run record."""
+        """STREAM with one entry per attempt outcome: the durable run record (and, in
+        chaos runs, one 'fault' entry per attempt a fault was injected into)."""
         return self.prefix + "events"
 
     @property

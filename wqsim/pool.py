@@ -1,42 +1,87 @@
 """The worker pool: (cores - 1) worker processes by default, or threads.
 
 Each worker has its own Redis connection. In process mode a supervisor thread
-replaces a worker that died (a crash, an OOM kill, ``kill -9``) for as long as
-the queue still has unfinished tasks, as a prefork pool would; the tasks the
-dead worker held come back through lease expiry and the reaper.
+owns the worker processes: it forks them, reaps them, and replaces one that
+died (a crash, an OOM kill, ``kill -9``, a task past its time limit) for as
+long as the queue still has unfinished tasks, as a prefork pool would; the
+tasks the dead worker held come back through lease expiry and the reaper.
+
+Two rules keep stopping reliable:
+- Only the supervisor reaps (waits for) a worker process, while holding the
+  pool's lock. Two threads that both wait for one child race for its exit
+  status, and the loser believes the child is still running.
+- A worker process dies with its parent (Linux ``PR_SET_PDEATHSIG``): if the
+  supervising process is killed, nobody would replace, stop or watch its
+  workers, so they are killed too and the reaper returns their tasks.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
 import signal
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as mp_wait
 
 from .config import ChaosConfig, WorkerConfig
 from .connection import connect
 from .queue import Queue
-from .worker import Worker
+from .stopping import STOP_SIGNALS
+from .worker import CRASH_EXIT_CODE, TIME_LIMIT_EXIT_CODE, Worker
 
 log = logging.getLogger("wqsim.pool")
 
 RECHECK_S = 0.5  # how often the supervisor asks again while Redis is unreachable
+_PR_SET_PDEATHSIG = 1
+ORPHAN_EXIT_CODE = 75  # the worker found its parent gone before it could arrange to die with it
 
 
-def _process_main(url: str, queue: str, worker_id: str, config: WorkerConfig, chaos: ChaosConfig) -> None:
-    """Entry point of one worker process: SIGTERM and SIGINT stop it gracefully."""
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the thread that forked it ends (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker outlives a killed parent
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(ORPHAN_EXIT_CODE)
+
+
+def _process_main(
+    url: str, queue: str, worker_id: str, config: WorkerConfig, chaos: ChaosConfig, parent_pid: int
+) -> None:
+    """Entry point of one worker process: SIGTERM and SIGINT stop it gracefully.
+
+    The process starts with both signals blocked (see WorkerPool._supervise): one
+    that arrives before the handlers are in place waits, rather than killing the
+    process or, worse, running the parent's handler in the child.
+    """
+    _die_with_parent(parent_pid)
+    signal.set_wakeup_fd(-1)  # the parent's wake-up pipe is not this process's
     worker = Worker(connect(url), queue, worker_id, config, chaos=chaos, in_own_process=True)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda *_: worker.stop())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     worker.run()
 
 
+def describe_exit(code: int | None) -> str:
+    """A worker process's exit code in words, for log lines."""
+    return {
+        CRASH_EXIT_CODE: "crashed (chaos)",
+        TIME_LIMIT_EXIT_CODE: "was stopped: its task ran past its time limit",
+        ORPHAN_EXIT_CODE: "found its parent gone",
+    }.get(code or 0, f"died (exit code {code})")
+
+
 class WorkerPool:
-    """Runs ``len(ids)`` workers on one queue. Use ``start()``, then ``join()``."""
+    """Runs ``len(ids)`` workers on one queue. Use ``start()``, then ``join()``.
+
+    on_exit: called (from the supervisor thread) once every worker has exited
+        and none will be replaced, so a main loop can wait on one thing.
+    """
 
     def __init__(
         self,
@@ -48,6 +93,7 @@ class WorkerPool:
         mode: str = "process",
         restart_crashed: bool = True,
         logger: logging.Logger | None = None,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         if mode not in ("process", "thread"):
             raise ValueError(f"mode must be 'process' or 'thread' (got {mode!r})")
@@ -61,138 +107,155 @@ class WorkerPool:
         self.mode = mode
         self.restart_crashed = restart_crashed
         self.log = logger or log
+        self.on_exit = on_exit
         self.restarts = 0
         self._ctx = mp.get_context("fork")  # handlers registered in the parent carry over
-        self._procs: dict[str, mp.process.BaseProcess] = {}
+        self._live: dict[str, mp.process.BaseProcess] = {}  # forked and not yet reaped
+        self._exit_codes: dict[str, int | None] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._workers: dict[str, Worker] = {}
         self._stopping = threading.Event()
-        self._lock = threading.Lock()  # guards _procs: the supervisor replaces entries while others read them
+        self._started = threading.Event()
+        self._exited = threading.Event()  # every worker has exited and none will be replaced
+        self._lock = threading.Lock()  # guards _live and _exit_codes, and every fork and reap
         self._supervisor: threading.Thread | None = None
 
     def start(self) -> WorkerPool:
-        with self._lock:
-            for worker_id in self.ids:
-                self._spawn(worker_id)
-        if self.mode == "process":
-            self._supervisor = threading.Thread(target=self._supervise, name="wqsim-supervisor", daemon=True)
-            self._supervisor.start()
+        """Start the workers; returns once every one of them has been started."""
+        target = self._supervise if self.mode == "process" else self._run_threads
+        self._supervisor = threading.Thread(target=target, name="wqsim-supervisor", daemon=True)
+        self._supervisor.start()
+        self._started.wait()
         return self
 
     def _spawn(self, worker_id: str) -> None:
-        """Start one worker; in process mode the caller holds ``_lock``."""
-        if self.mode == "process":
-            proc = self._ctx.Process(
-                target=_process_main,
-                args=(self.url, self.queue_name, worker_id, self.config, self.chaos),
-                name=f"wqsim-worker-{worker_id}",
-            )
-            proc.start()
-            self._procs[worker_id] = proc
-        else:
-            worker = Worker(connect(self.url), self.queue_name, worker_id, self.config, chaos=self.chaos)
-            thread = threading.Thread(target=worker.run, name=f"wqsim-worker-{worker_id}", daemon=True)
-            self._workers[worker_id] = worker
-            self._threads[worker_id] = thread
-            thread.start()
+        """Fork one worker process; the caller holds ``_lock``."""
+        proc = self._ctx.Process(
+            target=_process_main,
+            args=(self.url, self.queue_name, worker_id, self.config, self.chaos, os.getpid()),
+            name=f"wqsim-worker-{worker_id}",
+        )
+        proc.start()
+        self._live[worker_id] = proc
+        self._exit_codes[worker_id] = None
+
+    def _run_threads(self) -> None:
+        """Thread mode: run every worker in a thread of this process and wait for them all."""
+        try:
+            for worker_id in self.ids:
+                worker = Worker(connect(self.url), self.queue_name, worker_id, self.config, chaos=self.chaos)
+                thread = threading.Thread(target=worker.run, name=f"wqsim-worker-{worker_id}", daemon=True)
+                self._workers[worker_id] = worker
+                self._threads[worker_id] = thread
+                thread.start()
+        finally:
+            self._started.set()
+        for thread in list(self._threads.values()):
+            thread.join()
+        self._finish()
 
     def _supervise(self) -> None:
-        """Replace worker processes that die while the queue still has unfinished tasks.
+        """Fork the workers, then reap each one that exits and replace it while work remains.
 
-        Sleeps on the processes' sentinels, so it wakes when one exits, not on
-        a timer. Only while Redis cannot say whether tasks are left does it
-        ask again, every RECHECK_S. It never reaps a process itself beyond
-        reading ``exitcode``: a blocking wait here would race join() in
-        another thread for the child's exit status.
+        This thread blocks SIGTERM and SIGINT for good: they are handled by the
+        main thread, and the children it forks start with them blocked until
+        their own handlers are in place. The forking thread is also what
+        PR_SET_PDEATHSIG watches, and this one lives as long as any worker.
+        Sleeps on the processes' sentinels; only while Redis cannot say whether
+        tasks are left does it ask again, every RECHECK_S.
         """
-        queue = Queue(connect(self.url), self.queue_name)
-        seen: set[mp.process.BaseProcess] = set()  # exits already dealt with
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            with self._lock:
+                for worker_id in self.ids:
+                    if not self._stopping.is_set():
+                        self._spawn(worker_id)
+        finally:
+            self._started.set()
+        queue: Queue | None = None
         undecided: dict[str, int | None] = {}  # died, not yet replaced or let go: worker id -> exit code
         while True:
             with self._lock:
-                procs = list(self._procs.items())
-            seen &= {p for _, p in procs}  # forget the replaced ones
-            exited = [(wid, p) for wid, p in procs if p.exitcode is not None and p not in seen]
-            if not exited and not undecided:
-                running = {p.sentinel: p for _, p in procs if p.exitcode is None}
-                if not running:
-                    return
-                if all(running[ready].exitcode is None for ready in mp_wait(list(running))):
-                    time.sleep(0.001)  # a sentinel closes just before its process can be reaped
-                continue
-            for worker_id, proc in exited:
-                seen.add(proc)
-                if proc.exitcode != 0 and self.restart_crashed:
-                    undecided[worker_id] = proc.exitcode
+                live = list(self._live.items())
+            if not live and not undecided:
+                break
+            ready = set(mp_wait([proc.sentinel for _, proc in live])) if not undecided else set()
+            with self._lock:
+                for worker_id, proc in live:
+                    # A ready sentinel means the process is exiting, though for a moment it may not
+                    # be reapable yet: join() waits that moment out. This thread alone reaps workers.
+                    if proc.sentinel not in ready and proc.exitcode is None:
+                        continue
+                    proc.join()
+                    code = self._exit_codes[worker_id] = proc.exitcode
+                    del self._live[worker_id]
+                    proc.close()
+                    if code != 0 and self.restart_crashed and not self._stopping.is_set():
+                        undecided[worker_id] = code
             if self._stopping.is_set():
                 undecided.clear()  # stop() came first: start nothing it would not stop
             if not undecided:
                 continue
             try:
+                queue = queue or Queue(connect(self.url, attempts=1), self.queue_name)
                 unfinished = not queue.drained()
             except Exception as exc:  # Redis down: ask again shortly
-                self.log.warning("Supervisor cannot read the queue (%s)", exc)
-                time.sleep(RECHECK_S)
+                self.log.warning("Supervisor cannot read the queue (%s); asking again in %g s", exc, RECHECK_S)
+                self._stopping.wait(RECHECK_S)
                 continue
             with self._lock:
-                for worker_id, exit_code in undecided.items():
+                for worker_id, code in undecided.items():
                     if unfinished and not self._stopping.is_set():
-                        self.log.warning("Worker %s died (exit code %s); starting a replacement", worker_id, exit_code)
+                        self.log.warning("Worker %s %s; starting a replacement", worker_id, describe_exit(code))
                         self.restarts += 1
                         self._spawn(worker_id)
             undecided.clear()
+        self._finish()
+
+    def _finish(self) -> None:
+        self._exited.set()
+        if self.on_exit is not None:
+            self.on_exit()
 
     def pids(self) -> dict[str, int]:
         """Current process id of each live worker (process mode)."""
         with self._lock:
-            return {wid: p.pid for wid, p in self._procs.items() if p.pid is not None and p.exitcode is None}
+            return {wid: p.pid for wid, p in self._live.items() if p.pid is not None}
 
     def kill(self, worker_id: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to one worker process (the chaos killer uses this)."""
+        """Send ``sig`` to one worker process (the chaos killer uses this).
+
+        Under the lock, so the process cannot be reaped, and its pid reused, in between.
+        """
         with self._lock:
-            proc = self._procs[worker_id]
-            if proc.pid is not None and proc.exitcode is None:
+            proc = self._live.get(worker_id)
+            if proc is not None and proc.pid is not None:
                 os.kill(proc.pid, sig)
 
     def stop(self) -> None:
         """Ask every worker to finish the task in hand and exit; no replacement starts after this."""
         with self._lock:
             self._stopping.set()
-            for proc in self._procs.values():
-                if proc.exitcode is None and proc.pid is not None:
+            for proc in self._live.values():
+                if proc.pid is not None:
                     os.kill(proc.pid, signal.SIGTERM)
-        for worker in self._workers.values():
+        for worker in list(self._workers.values()):
             worker.stop()
 
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait for every worker to exit; True if all did within ``timeout_s``."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-
-        def left() -> float | None:
-            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
-
-        if self._supervisor is not None:
-            self._supervisor.join(left())
-            if self._supervisor.is_alive():
-                return False
-        with self._lock:
-            procs = list(self._procs.values())
-        for proc in procs:
-            proc.join(left())
-        for thread in self._threads.values():
-            thread.join(left())
-        return not any(p.exitcode is None for p in procs) and not any(t.is_alive() for t in self._threads.values())
+        return self._exited.wait(timeout_s)
 
     def exit_codes(self) -> dict[str, int | None]:
+        """Each worker's latest exit code (None while it runs)."""
         with self._lock:
-            return {wid: p.exitcode for wid, p in self._procs.items()}
+            return dict(self._exit_codes)
 
     def terminate(self) -> None:
-        """Last resort: kill whatever is still running."""
+        """Last resort: SIGKILL whatever is still running, and wait for the supervisor to reap it."""
         with self._lock:
             self._stopping.set()
-            procs = list(self._procs.values())
-        for proc in procs:
-            if proc.exitcode is None:
-                proc.kill()
-                proc.join(5)
+            for proc in self._live.values():
+                if proc.pid is not None:
+                    os.kill(proc.pid, signal.SIGKILL)
+        self._exited.wait(5)

@@ -18,7 +18,8 @@ from typing import Literal, NamedTuple
 import redis
 
 from .graph import validate as validate_graph
-from .keys import Keys, check_id
+from .config import check_time_limit
+from .keys import Keys, check_id, parse_lease
 from .scripts import scripts_for
 from .task import Status, Task, to_json
 
@@ -49,6 +50,7 @@ class Claimed(NamedTuple):
     payload: str | None
     attempt: int
     inputs: Sequence[str] = ()  # a graph task's prerequisites, flat: [id, status, result JSON or error, ...]
+    timeout_s: float | None = None  # the task's own time limit, if it has one
 
 
 @dataclass(frozen=True)
@@ -306,15 +308,17 @@ class Queue:
         if size:
             chunk = max(chunk - chunk % size, size)
         dependents = validate_graph(tasks) if is_graph else {}
-        width = 7 if is_graph else 4
+        width = 8 if is_graph else 5
         payloads: dict[int, str] = {}  # generated tasks share one payload dict: encode it once
         flat: list[object] = []
         for task in tasks:
             check_id("task id", task.id)
+            if task.timeout_s is not None:
+                check_time_limit(f"timeout_s of task {task.id}", task.timeout_s)
             payload = payloads.get(id(task.payload))
             if payload is None:
                 payload = payloads[id(task.payload)] = to_json(task.payload)
-            flat += (task.id, task.kind, payload, task.max_attempts)
+            flat += (task.id, task.kind, payload, task.max_attempts, "" if task.timeout_s is None else repr(task.timeout_s))
             if is_graph:
                 fails_ok = task.allow_failure if allow_failure is None else allow_failure
                 flat += (" ".join(task.depends_on), " ".join(dependents[task.id]), int(fails_ok))
@@ -439,6 +443,38 @@ class Queue:
             return []
         return list(self._run("heartbeat", repr(self.clock()), lease_ms, worker or "", since, *leases))
 
+    def leases_of(self, worker: str, since: int = 0) -> set[str]:
+        """The live leases of ``worker`` numbered above ``since`` (see leases_issued)."""
+        out = set()
+        for lease in self.client.zrange(self.keys.inflight, 0, -1):
+            owner, number, _ = parse_lease(lease)
+            if owner == worker and number > since:
+                out.add(lease)
+        return out
+
+    def expire_leases(self, leases: Iterable[str]) -> None:
+        """End leases now, as if their TTL had run out: the next reap returns their tasks.
+
+        Deleting the key is what expiry is (settle.lua then rejects their
+        results); the deadline in the inflight index moves to now so that the
+        reaper need not wait for the one the lease was given.
+        """
+        leases = list(leases)
+        if not leases:
+            return
+        now = self.clock()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(*(self.keys.lease(lease) for lease in leases))
+        pipe.zadd(self.keys.inflight, {lease: now for lease in leases}, xx=True)
+        pipe.execute()
+
+    def record_fault(self, task_id: str, attempt: int, worker: str, faults: str) -> None:
+        """Note in the events stream that chaos injected ``faults`` into this attempt."""
+        self.client.xadd(self.keys.events, {
+            "event": "fault", "id": task_id, "attempt": attempt, "worker": worker, "at": repr(self.clock()),
+            "detail": faults,
+        })
+
     def leases_issued(self) -> int:
         """How many leases the queue has issued: every lease made later is numbered above this."""
         return int(self.client.hget(self.keys.stats, "leases") or 0)
@@ -533,8 +569,23 @@ def _claim_from(reply: list, rejected: list[str]) -> Claim:
         backlog=int(backlog),
         claims_in_flight=int(in_flight),
         lease=lease or None,
-        tasks=[Claimed(flat[i], flat[i + 1], flat[i + 2], int(flat[i + 3]), flat[i + 4]) for i in range(0, len(flat), 5)],
+        tasks=[
+            Claimed(flat[i], flat[i + 1], flat[i + 2], int(flat[i + 3]), flat[i + 4], _limit(flat[i + 5]))
+            for i in range(0, len(flat), 6)
+        ],
         drained=bool(int(drained)),
         next_due=float(next_due) if next_due not in ("", None) else None,
         rejected=rejected,
     )
+
+
+def _limit(raw: str) -> float | None:
+    """A task's own time limit as claim.lua reports it ('' when it has none). A value
+    that is not a positive number (a hash written by hand) is ignored, not fatal."""
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0 < value < float("inf") else None

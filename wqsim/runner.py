@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .audit import Audit, audit
@@ -72,11 +73,15 @@ def run(
     logger: logging.Logger | None = None,
     on_progress: ProgressCallback | None = None,
     progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunReport:
     """Run the seed scenario on ``config.queue`` (purged first) and audit the result.
 
     ``progress`` shows a tqdm bar (a widget in Jupyter) fed by the completion
     events the listener receives; ``on_progress`` is called with each one too.
+    ``should_stop`` is asked at least every quarter second; once it says True
+    the workers are stopped gracefully (the CLI passes its SIGTERM request).
+    The run rides out a Redis restart: workers, listener and reaper reconnect.
     """
     cfg = config or RunConfig()
     logger = logger or log
@@ -118,9 +123,9 @@ def run(
     started = time.perf_counter()
     try:
         pool.start()
-        listened = listener.wait(cfg.listener_timeout_s)
+        listened = listener.wait(cfg.listener_timeout_s, should_stop=should_stop)
         wall_s = time.perf_counter() - started
-        if listened.timed_out:
+        if listened.timed_out or listened.stopped:
             pool.stop()
         if not pool.join(30.0):
             logger.error("Workers did not exit within 30 s of the end; killing them")
@@ -140,7 +145,9 @@ def run(
     logger.info(report.summary())
     if bounds is not None:
         logger.info(report.makespan_summary())
-    if not result.clean:
+    if listened.stopped:
+        logger.warning("Run stopped early: %d task(s) not finished; %s", result.in_flight, result.summary())
+    elif not result.clean:
         logger.error("Audit is not clean: %s", result.summary())
     return report
 

@@ -2,8 +2,12 @@
 
 Preferably a real ``redis-server`` on a free loopback port, in a temporary
 directory, without persistence, stopped at exit and also when the parent is
-killed (PR_SET_PDEATHSIG). Without the binary, a fakeredis TCP server in a
-background thread, so worker processes can still connect by URL.
+killed (PR_SET_PDEATHSIG). The directory goes with it: a killed parent cannot
+clean up, so a small janitor process, holding the read end of a pipe whose
+write end only the parent has, waits for that pipe to close (the parent has
+exited, however it exited), then for the server to exit, and removes the
+directory. Without the binary, a fakeredis TCP server in a background thread,
+so worker processes can still connect by URL.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +47,31 @@ def _die_with_parent() -> None:
         pass
 
 
+# The janitor: argv = [dir, server pid]. Reads stdin until EOF (the parent is gone), waits for
+# the server to exit (it was sent SIGTERM with its parent), then removes the directory.
+_JANITOR = """
+import os, shutil, sys, time
+sys.stdin.buffer.read()
+path, pid = sys.argv[1], int(sys.argv[2])
+for _ in range(200):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.05)
+shutil.rmtree(path, ignore_errors=True)
+"""
+
+
+def _start_janitor(path: str, server_pid: int) -> subprocess.Popen[bytes]:
+    """Start the process that removes ``path`` once this process and the server have exited."""
+    return subprocess.Popen(
+        [sys.executable, "-S", "-c", _JANITOR, path, str(server_pid)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the terminal's process group must not stop it early
+    )
+
+
 @dataclass
 class RedisServer:
     """A redis-server process owned by this Python process."""
@@ -52,6 +82,7 @@ class RedisServer:
     dir: str = ""
     process: subprocess.Popen | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
+    _janitor: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -72,6 +103,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
         )
+        if self._own_dir:
+            self._janitor = _start_janitor(self.dir, self.process.pid)
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
@@ -105,6 +138,11 @@ class RedisServer:
         if self._own_dir:  # a directory the caller passed in (to restart on the same data) is kept
             shutil.rmtree(self.dir, ignore_errors=True)
             self._own_dir = False
+        if self._janitor is not None:  # nothing left for it to do: let it go
+            assert self._janitor.stdin is not None
+            self._janitor.stdin.close()
+            self._janitor.wait()
+            self._janitor = None
 
     def __enter__(self) -> RedisServer:
         return self.start()

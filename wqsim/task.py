@@ -44,6 +44,7 @@ class Task:
     kind: str
     payload: dict[str, Any] = field(default_factory=dict)
     max_attempts: int = 3
+    timeout_s: float | None = None  # time limit of one attempt; None: the kind's or the worker's limit
     status: Status = Status.QUEUED
     attempt: int = 0
     worker: str = ""         # who ran the latest attempt: the prefix of its lease id
@@ -80,6 +81,7 @@ class Task:
                 kind=fields["kind"],
                 payload=payload,
                 max_attempts=int(fields.get("max_attempts", 1)),
+                timeout_s=_float(fields.get("timeout_s")),
                 status=Status(fields.get("status", "queued")),
                 attempt=int(fields.get("attempt", 0)),
                 worker=fields.get("lease", "").rsplit("#", 1)[0],

@@ -2,9 +2,11 @@
 
 A worker never crashes on a bad task: a malformed hash or unknown kind is
 dead-lettered with a readable error, a handler exception is retried with
-backoff. While tasks run, a heartbeat thread renews the lease ("pings"); if
+backoff. While tasks run, a watchdog thread renews the lease ("pings"); if
 Redis reports the lease lost, the worker stops working on that claim and
-records none of its results. If Redis goes away, the worker keeps its outcomes
+records none of its results. The same thread enforces each task's time limit:
+it records an attempt that ran too long as failed and, in a worker process,
+ends the process (the pool starts a replacement). If Redis goes away, the worker keeps its outcomes
 and retries the same fenced call after reconnecting; if its lease expired
 meanwhile, the settle is rejected and the reaper has returned those tasks.
 
@@ -23,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 from functools import partial
 from typing import TypeVar
 
@@ -41,6 +44,9 @@ log = logging.getLogger("wqsim.worker")
 T = TypeVar("T")
 
 CRASH_EXIT_CODE = 70
+TIME_LIMIT_EXIT_CODE = 71  # a worker process ended because its task ran past its time limit
+RECORD_RETRY_S = 0.5  # while Redis is unreachable, how often the watchdog tries to record an overrun
+FROZEN_POLL_S = 0.05  # how often a watchdog frozen by a chaos hang looks whether it has ended
 RETRYABLE_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
@@ -52,6 +58,17 @@ class _Abandoned(Exception):
     """Chaos crash in thread mode: drop the claim without settling it."""
 
 
+class _InHand(NamedTuple):
+    """The attempt a worker is running, as its watchdog sees it."""
+
+    task_id: str
+    lease: str
+    attempt: int
+    limit_s: float
+    deadline: float     # time.monotonic() when the limit runs out
+    started_at: float   # the worker's clock, for the attempt's record
+
+
 @dataclass
 class WorkerStats:
     performed: int = 0
@@ -61,6 +78,7 @@ class WorkerStats:
     rejected: int = 0
     abandoned: int = 0
     leases_lost: int = 0
+    timed_out: int = 0
 
 
 class Worker:
@@ -79,6 +97,8 @@ class Worker:
         in_own_process: bool = False,
     ) -> None:
         self.queue = Queue(client, queue, clock=clock, own_connection=True)
+        # The watchdog thread's own view of the queue: the private connection above is the loop's alone.
+        self._side = Queue(client, queue, clock=clock)
         self.id = check_id("worker id", worker_id)
         self.config = config or WorkerConfig()
         self.registry = registry or default_registry
@@ -88,10 +108,17 @@ class Worker:
         self.stats = WorkerStats()
         self._in_own_process = in_own_process
         self._chaos_active = self.chaos.active
+        # A chaos crash or hang must strand only the task it was drawn for, so that one seed
+        # injects the same faults on every run: no claims in reserve to take down with it.
+        self._prefetch = 0 if (self.chaos.crash_p or self.chaos.hang_p) else self.config.prefetch
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._frozen = threading.Event()  # chaos hang: the whole worker, heartbeat included, stalls
         self._lock = threading.Lock()
+        self._watch = threading.Condition(self._lock)  # wakes the watchdog for a sooner deadline, or to end
+        self._in_hand: _InHand | None = None
+        self._watch_until = float("inf")  # monotonic time the watchdog sleeps until
+        self._timed_out: set[str] = set()  # tasks whose overrun the watchdog has recorded
         self._held: set[str] = set()
         self._lost: set[str] = set()
         self._attempts: dict[str, int] = {}  # attempt numbers of failed tasks, for the backoff
@@ -110,15 +137,14 @@ class Worker:
         # Leases numbered above this are this worker's: an earlier worker of the same id
         # (one that crashed and was replaced) made only leases at or below it.
         self._lease_floor = self._with_redis(self.queue.leases_issued)
-        if cfg.heartbeat:
-            threading.Thread(target=self._ping_loop, name=f"wqsim-ping-{self.id}", daemon=True).start()
+        threading.Thread(target=self._watchdog, name=f"wqsim-watchdog-{self.id}", daemon=True).start()
         try:
             claim = self._hold(self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size())))
             ahead = self._ahead
             while True:
                 self._note_rejected(claim)
                 if claim.tasks:
-                    while len(ahead) < cfg.prefetch and self._may_claim_ahead(claim, len(ahead)) and not self._stopping.is_set():
+                    while len(ahead) < self._prefetch and self._may_claim_ahead(claim, len(ahead)) and not self._stopping.is_set():
                         ahead.append(self._send(lambda: self.queue.claim_nowait(self.id, cfg.lease_ms, cfg.batch_size)))
                     began = time.perf_counter()
                     settlements = self._work_on(claim)
@@ -141,7 +167,9 @@ class Worker:
                     break
                 claim = self._hold(self._with_redis(partial(self._wait_then_claim, claim.next_due)))
         finally:
-            self._finished.set()  # ends the ping loop
+            with self._watch:
+                self._finished.set()  # ends the watchdog
+                self._watch.notify()
             self.queue.close()
         self.log.info("Worker %s finished", self.id)
         self._with_redis(lambda: self.queue.client.publish(self.queue.keys.finished_channel, self.id))
@@ -222,7 +250,9 @@ class Worker:
                 if self._stopping.is_set():  # hand back what was never started
                     pending += [Settlement(c.id, lease, "release", "") for c in claim.tasks[i:]]
                     break
-                pending.append(self.perform(claimed, lease))
+                outcome = self.perform(claimed, lease)
+                if outcome is not None:
+                    pending.append(outcome)
                 if time.monotonic() - flushed_at >= self.config.flush_interval_s and claimed is not claim.tasks[-1]:
                     self._flush(pending)
                     pending = []
@@ -284,8 +314,11 @@ class Worker:
                 self.id, ", ".join(claim.rejected),
             )
 
-    def perform(self, claimed: Claimed, lease: str) -> Settlement:
-        """Run one claimed task and say how it ended. Never raises for bad tasks."""
+    def perform(self, claimed: Claimed, lease: str) -> Settlement | None:
+        """Run one claimed task and say how it ended. Never raises for bad tasks.
+
+        None: the task ran past its time limit, and the watchdog has recorded that already.
+        """
         self.stats.performed += 1
         started_at = self.clock()
         try:
@@ -310,14 +343,25 @@ class Worker:
                 self.log.error("Worker %s cannot run task %s: %s", self.id, claimed.id, exc)
                 return Settlement(claimed.id, lease, "dead", str(exc), started_at, self.clock())
         self.log.info("Worker %s picked up task %s", self.id, task.id)
+        limit_s = claimed.timeout_s or self.registry.time_limit(task.kind) or self.config.task_timeout_s
+        if limit_s is not None:
+            self._watch_over(_InHand(task.id, lease, task.attempt, limit_s, time.monotonic() + limit_s, started_at))
+        result: object = None
+        failure: Exception | None = None
         try:
             result = self._call(handler, task)
         except _Abandoned:
             raise
         except Exception as exc:  # a failing handler must never take the worker down
+            failure = exc
+        finally:
+            overran = limit_s is not None and self._end_watch(task.id)
+        if overran:
+            return None  # the watchdog recorded this attempt as failed when its limit ran out
+        if failure is not None:
             self.stats.failed += 1
             self._attempts[task.id] = task.attempt
-            message = f"{type(exc).__name__}: {exc}"
+            message = f"{type(failure).__name__}: {failure}"
             self.log.warning("Worker %s: task %s attempt %d failed: %s", self.id, task.id, task.attempt, message)
             return Settlement(task.id, lease, "retry", message, started_at, self.clock())
         finished_at = self.clock()
@@ -335,12 +379,16 @@ class Worker:
         if not self._chaos_active:
             return handler(task)
         faults = chaos_mod.draw(self.chaos, task.id, task.attempt)
+        if faults:
+            self._with_redis(lambda: self._side.record_fault(task.id, task.attempt, self.id, faults.names()))
         if faults.crash:
             time.sleep(float(task.payload.get("duration_ms", 0)) / 2000)
             if self._in_own_process:
                 self.log.warning("Worker %s crashes (chaos) while holding task %s", self.id, task.id)
                 os._exit(CRASH_EXIT_CODE)
+            # A thread cannot die, so it drops the claim and ends its lease as a dead process's would run out.
             self.log.warning("Worker %s abandons its claim at task %s (chaos crash)", self.id, task.id)
+            self._with_redis(lambda: self._side.expire_leases([task.lease]))
             raise _Abandoned
         if faults.hang:
             self.log.warning("Worker %s hangs on task %s for %.2f s (chaos)", self.id, task.id, self.chaos.hang_s)
@@ -357,27 +405,117 @@ class Worker:
             raise chaos_mod.InjectedFailure(f"injected failure (chaos seed {self.chaos.seed})")
         return result
 
-    def _ping_loop(self) -> None:
-        """Renew this worker's leases every ping interval; mark the held ones Redis says are lost.
+    # -- the watchdog thread: heartbeats and time limits ------------------------------
+    def _watch_over(self, in_hand: _InHand) -> None:
+        """Tell the watchdog which attempt runs now; wake it if this one's deadline comes first."""
+        with self._watch:
+            self._in_hand = in_hand
+            if in_hand.deadline < self._watch_until:
+                self._watch.notify()
 
-        Claims made ahead are renewed too, though their replies (and so their
-        lease ids) are unread: Redis finds them by this worker's id.
+    def _end_watch(self, task_id: str) -> bool:
+        """The attempt has returned; True if it had already run past its limit (and was recorded so)."""
+        with self._watch:
+            self._in_hand = None
+            if task_id in self._timed_out:
+                self._timed_out.discard(task_id)
+                return True
+            return False
+
+    def _watchdog(self) -> None:
+        """Renew this worker's leases every ping interval, and end an attempt that runs past its limit.
+
+        A heartbeat renews claims made ahead too, though their replies (and so
+        their lease ids) are unread: Redis finds them by this worker's id. A
+        chaos hang freezes this thread along with the worker, as a real stall would.
         """
-        every_s = self.config.ping_every_s
-        while not self._finished.wait(every_s):
+        every_s = self.config.ping_every_s if self.config.heartbeat else float("inf")
+        next_ping = time.monotonic() + every_s
+        while True:
+            with self._watch:
+                in_hand = self._in_hand
+                wake_at = min(next_ping, in_hand.deadline if in_hand is not None else next_ping)
+                self._watch_until = wake_at
+                if not self._finished.is_set():
+                    self._watch.wait(max(wake_at - time.monotonic(), 0.0) if wake_at != float("inf") else None)
+                in_hand = self._in_hand
+            if self._finished.is_set():
+                return
+            if self._frozen.is_set():
+                self._finished.wait(FROZEN_POLL_S)
+                continue
+            now = time.monotonic()
+            if in_hand is not None and now >= in_hand.deadline:
+                self._enforce_time_limit(in_hand)
+            if now >= next_ping:
+                next_ping = now + every_s
+                self._ping()
+
+    def _ping(self) -> None:
+        """One heartbeat: renew the leases held (and those claimed ahead); mark the ones Redis says are lost."""
+        with self._lock:
+            leases = list(self._held)
+        if not (leases or self._ahead):
+            return
+        try:
+            lost = self._side.heartbeat(leases, self.config.lease_ms, self.id, self._lease_floor)
+        except RETRYABLE_REDIS_ERRORS as exc:
+            self.log.warning("Worker %s: heartbeat failed (%s)", self.id, exc)
+            return
+        if lost:
             with self._lock:
-                leases = list(self._held)
-            if not (leases or self._ahead) or self._frozen.is_set():
-                continue
-            try:
-                lost = self.queue.heartbeat(leases, self.config.lease_ms, self.id, self._lease_floor)
-            except RETRYABLE_REDIS_ERRORS as exc:
-                self.log.warning("Worker %s: heartbeat failed (%s)", self.id, exc)
-                continue
-            if lost:
-                with self._lock:
-                    self._lost.update(lost)
-                self.log.warning("Worker %s: lease(s) %s lost", self.id, ", ".join(lost))
+                self._lost.update(lost)
+            self.log.warning("Worker %s: lease(s) %s lost", self.id, ", ".join(lost))
+
+    def _enforce_time_limit(self, in_hand: _InHand) -> None:
+        """Record an attempt that ran past its limit as failed; in a worker process, end the process.
+
+        The record is an ordinary failed attempt, fenced by the lease like any
+        other, so the task is retried with backoff or dead-lettered as usual.
+        A worker process cannot get its thread back from a handler that will
+        not return, so it hands its other claims to the reaper at once and
+        exits; the pool starts a replacement. A thread cannot be stopped: in
+        thread mode the attempt is only recorded, and the loop ignores what
+        the handler eventually returns.
+        """
+        message = (
+            f"TimeLimitExceeded: task {in_hand.task_id} ran past its time limit of {in_hand.limit_s:g} s "
+            f"(attempt {in_hand.attempt})"
+        )
+        with self._watch:
+            if self._in_hand is not in_hand:
+                return  # it returned meanwhile
+        outcome = Settlement(in_hand.task_id, in_hand.lease, "retry", message, in_hand.started_at, self.clock())
+        backoff_s = self.config.backoff_for(in_hand.attempt)
+        try:
+            rejected = self._side.settle(self.id, [outcome], self.config.lease_ms, 0, backoff_s).rejected
+        except RETRYABLE_REDIS_ERRORS as exc:
+            if not self._in_own_process:
+                self.log.warning("Worker %s: cannot record task %s's overrun yet (%s)", self.id, in_hand.task_id, exc)
+                with self._watch:  # try again shortly; until then the loop has not settled it either
+                    if self._in_hand is in_hand:
+                        self._in_hand = in_hand._replace(deadline=time.monotonic() + RECORD_RETRY_S)
+                return
+            rejected = [in_hand.task_id]  # its lease expires with this process, and the reaper returns it
+        with self._watch:
+            if self._in_hand is in_hand:
+                self._timed_out.add(in_hand.task_id)
+                self._in_hand = in_hand._replace(deadline=float("inf"))  # recorded: not again
+        self.stats.timed_out += 1
+        recorded = "already settled or reaped" if rejected else "recorded as a failed attempt"
+        if not self._in_own_process:
+            self.log.error("Worker %s: %s; %s. The thread runs on until the handler returns; its result "
+                           "will be ignored", self.id, message, recorded)
+            return
+        self.log.error("Worker %s: %s; %s. Ending the worker process", self.id, message, recorded)
+        try:
+            with self._lock:
+                mine = self._held | {in_hand.lease}
+            self._side.expire_leases(self._side.leases_of(self.id, self._lease_floor) | mine)
+            self._side.reap()
+        except RETRYABLE_REDIS_ERRORS:
+            pass  # they expire on their own, a lease from now
+        os._exit(TIME_LIMIT_EXIT_CODE)
 
     def _with_redis(self, call: Callable[[], T]) -> T:
         """Run ``call``; while Redis is unreachable, retry with capped exponential backoff."""

@@ -133,14 +133,14 @@ local function inputs(prereqs)
   return out
 end
 
--- Take one task into `lease`, appending {id, kind, payload, attempt, inputs} to `out`
+-- Take one task into `lease`, appending {id, kind, payload, attempt, inputs, time limit} to `out`
 -- and its id to `taken`. Only a task whose status is 'queued' (or absent: a hash
 -- written by hand, which is adopted) is taken; a stale duplicate id is dropped;
 -- a missing hash is dead-lettered. Two commands per task on the hot path
 -- (plus one per prerequisite of a graph task, to hand over its results).
 local function take(id, lease, worker, now, out, taken)
   local tkey = task_key(id)
-  local h = redis.call('HMGET', tkey, 'status', 'kind', 'payload', 'attempt', 'prereqs')
+  local h = redis.call('HMGET', tkey, 'status', 'kind', 'payload', 'attempt', 'prereqs', 'timeout_s')
   local status = h[1]
   if status == false then
     if redis.call('EXISTS', tkey) == 0 then
@@ -161,7 +161,7 @@ local function take(id, lease, worker, now, out, taken)
   -- here costs time on the hot path (a listpack is scanned and shifted per field).
   redis.call('HSET', tkey, 'status', 'running', 'attempt', attempt, 'lease', lease)
   local n = #out
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = id, h[2], h[3], attempt, inputs(h[5])
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] = id, h[2], h[3], attempt, inputs(h[5]), h[6] or ''
   taken[#taken + 1] = id
 end
 
@@ -170,7 +170,7 @@ end
 -- worker that settle.lua has just emptied (renewing it saves creating one).
 -- Returns {drained 0|1, next retry due (epoch s; only when nothing was claimed) or '', lease id or '',
 --          backlog: entries left in the ready list, claims in flight (leases, all workers),
---          then id, kind, payload, attempt, inputs for each claimed task}.
+--          then id, kind, payload, attempt, inputs, time limit (s, or '') for each claimed task}.
 -- The last two tell a worker whether claiming ahead could starve another worker.
 local function claim(worker, now, lease_ms, count, reuse)
   promote_due(now)

@@ -4,9 +4,10 @@
 --   ARGV[4] 1 if this is one of several chunks of an enqueue, sent in one transaction; else 0
 --   ARGV[5] c, how many ids to check, followed by those c ids: the first chunk of an
 --           enqueue checks every id of the whole enqueue; the others pass 0
---   then    width w: 4 for plain tasks, 7 for a graph
+--   then    width w: 5 for plain tasks, 8 for a graph
 --   then    number of tasks n, followed by n groups of w:
---           task id, kind, payload JSON, max_attempts
+--           task id, kind, payload JSON, max_attempts,
+--           time limit in seconds ('' for none: the kind's or the worker's limit applies)
 --           [graph: prerequisite ids, dependent ids (each space-separated), allow_failure 0|1]
 -- queue.py sends the chunks of one enqueue in one MULTI/EXEC, so an enqueue is
 -- all-or-nothing and one round trip, and the server is never blocked for long by
@@ -15,7 +16,7 @@
 -- transaction of several, the first chunk notes the ids in the stats field
 -- 'refused', every chunk writes nothing, and queue.py reads and deletes the field
 -- in the same transaction.
--- Arguments are 4 per task instead of the 16 of an HSET with a mapping: packing
+-- Arguments are 5 per task instead of the 16 of an HSET with a mapping: packing
 -- commands is the client's main cost.
 -- A graph task with prerequisites is written 'waiting', with 'pending' = the number
 -- of its prerequisites, and stays out of the ready list until settle.lua releases it.
@@ -54,12 +55,13 @@ for i = 0, n - 1 do
   local tkey = task_key(id)
   redis.call('HSET', tkey, 'id', id, 'kind', ARGV[base + 1], 'payload', ARGV[base + 2],
     'max_attempts', ARGV[base + 3], 'status', 'queued', 'created_at', now, 'enqueued_at', now)
+  if ARGV[base + 4] ~= '' then redis.call('HSET', tkey, 'timeout_s', ARGV[base + 4]) end
   local pending = 0
-  if width == 7 then
-    local prereqs = ARGV[base + 4]
+  if width == 8 then
+    local prereqs = ARGV[base + 5]
     for _ in string.gmatch(prereqs, '%S+') do pending = pending + 1 end
-    redis.call('HSET', tkey, 'prereqs', prereqs, 'dependents', ARGV[base + 5],
-      'allow_failure', ARGV[base + 6], 'pending', pending)
+    redis.call('HSET', tkey, 'prereqs', prereqs, 'dependents', ARGV[base + 6],
+      'allow_failure', ARGV[base + 7], 'pending', pending)
     if pending > 0 then redis.call('HSET', tkey, 'status', 'waiting') end
   end
   if pending > 0 then
@@ -73,6 +75,6 @@ for i = 0, n - 1 do
 end
 if #members > 0 then seal() end
 redis.call('HINCRBY', STATS, 'total', n)
-if width == 7 then redis.call('HINCRBY', STATS, 'graphs', 1) end
+if width == 8 then redis.call('HINCRBY', STATS, 'graphs', 1) end
 wake()
 return packages

@@ -17,7 +17,7 @@
 -- task; or the outcome was already recorded. So a task is never both finished
 -- and returned, and never finished twice.
 -- Returns {rejected ids, drained 0|1, next retry due or '', lease id or '',
---          then id, kind, payload, attempt, inputs for each newly claimed task}.
+--          then id, kind, payload, attempt, inputs, time limit for each newly claimed task}.
 local worker, now, lease_ms, count = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local backoff = tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
