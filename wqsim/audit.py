@@ -1,16 +1,35 @@
 """The audit: read a queue's Redis state and prove that nothing was lost or done twice.
 
-It trusts no worker and no log line. Every task hash is checked against the
-structure its status says it must be in (queued -> the ready list or a work
-package in it, running -> a live claim, scheduled -> the delayed set, dead ->
-the dead-letter list, waiting -> some prerequisite not yet finished), and the
-durable event stream is counted independently
-of the hashes: a task recorded done twice would show up there twice.
+It trusts no worker and no log line, and it must never report a loss that did
+not happen while workers are running, so it reads Redis twice, each time atomically:
+
+1. The headline counts come from one instant (lua/snapshot.lua): the counters
+   total, done, dead, cancelled and waiting, and the ids in the ready list (work
+   packages included), in the live claims and in the delayed set. Every script
+   moves a task between these in one step, so at that instant
+   total = done + dead + cancelled + queued + running + scheduled + waiting.
+   The durable event stream is read only up to the snapshot's newest entry, so
+   its completions describe the same instant: a task recorded done twice shows
+   up there twice, and done = completions - duplicates.
+2. Losses are verified before they are reported. A scan of the task hashes
+   (not atomic: SCAN takes many calls, and tasks move meanwhile) only nominates
+   suspects: a task whose status says it must be somewhere (queued -> the ready
+   list or a work package in it, running -> a live claim, scheduled -> the
+   delayed set, dead -> the dead-letter list) where the snapshot did not see
+   it; an id in a structure or the event stream whose hash is gone; a waiting
+   task whose prerequisites have all ended; an unknown status. One more atomic
+   script (lua/verify.lua) re-checks every suspect at one instant, and only those
+   still out of place are lost. A task in motion has settled somewhere by then;
+   a real loss is a state that nothing will ever change, so it is still there.
+   Fewer hashes than the snapshot's total means hashes were deleted: the
+   shortfall is lost too (total is read before the scan, so tasks created
+   meanwhile can only hide a shortfall, never fake one).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -18,7 +37,7 @@ import redis
 from .queue import Queue
 from .task import Status
 
-# Where a task of each non-terminal status must be found; None: nowhere in particular.
+# Where the snapshot must have seen a task of each status; None: nowhere in particular.
 _HOME = {
     Status.QUEUED: "queued",
     Status.RUNNING: "running",
@@ -28,11 +47,17 @@ _HOME = {
     Status.CANCELLED: None,
     Status.WAITING: None,
 }
+_TERMINAL = {s.value for s in Status if s.terminal}
+_PAGE = 1000  # events read per XRANGE
 
 
 @dataclass(frozen=True)
 class Audit:
-    generated: int
+    """What the audit found. The counts are of one instant (the snapshot); ``lost``
+    counts verified losses: ``lost_ids`` names them where an id is known (a hash
+    deleted after its task finished may only show as a shortfall of hashes)."""
+
+    generated: int       # tasks the queue has taken in (the 'total' counter)
     done: int
     dead: int
     cancelled: int
@@ -83,64 +108,91 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
         if queue is None:
             raise ValueError("audit(client, queue): the queue name is required with a client")
         q = Queue(client_or_queue, queue)
-    k = q.keys
-    homes = {name: set(ids) for name, ids in q.snapshot().items()}  # one atomic read
+    snap = q.snapshot()  # one atomic read: the headline counts
+    c = snap["counters"]
+    seen_in = {"queued": set(snap["queued"]), "running": set(snap["running"]),
+               "scheduled": set(snap["scheduled"]), "dead": set(snap["dead"])}
 
-    statuses: Counter[Status] = Counter()
-    lost: list[str] = []
-    unknown = 0
-    twice: set[str] = set()
-    executions = 0
-    status_of: dict[str, Status] = {}
-    waiting: dict[str, list[str]] = {}  # a waiting task's prerequisites
-    for key, (status, attempt, prereqs) in q.iter_task_hashes(("status", "attempt", "prereqs")):
-        task_id = k.task_id_of(key)
-        executions += int(attempt or 0)
-        try:
-            st = Status(status) if status else Status.QUEUED
-        except ValueError:
-            lost.append(task_id)
-            unknown += 1
-            continue
-        statuses[st] += 1
-        status_of[task_id] = st
-        home = _HOME[st]
-        if home is not None and task_id not in homes[home]:
-            lost.append(task_id)
-        if st is Status.WAITING:
-            waiting[task_id] = (prereqs or "").split()
-    # A waiting task is stuck (lost) once none of its prerequisites can still finish.
-    for task_id, prereqs in waiting.items():
-        if all(p in status_of and status_of[p].terminal for p in prereqs):
-            lost.append(task_id)
-
+    # The event stream up to the snapshot's instant.
     done_events: Counter[str] = Counter()
     counts: Counter[str] = Counter()
-    for _, fields in q.client.xrange(k.events):
-        ids = fields["id"].split(" ")  # a 'done' entry lists every task one settle call finished
-        counts[fields["event"]] += len(ids)
-        if fields["event"] == "done":
+    named: set[str] = set()  # every task id the stream mentions: each had a hash
+    for fields in _events_until(q, snap["last_event"]):
+        ids = fields.get("id", "").split()  # a 'done' entry lists every task one settle call finished
+        counts[fields.get("event", "")] += len(ids)
+        named.update(ids)
+        if fields.get("event") == "done":
             done_events.update(ids)
-    twice.update(task_id for task_id, n in done_events.items() if n > 1)
+    twice = {task_id for task_id, n in done_events.items() if n > 1}
 
+    # The hashes, read after the snapshot: they nominate suspects, nothing more.
+    suspects: dict[str, None] = {}  # ordered set
+    status_of: dict[str, str | None] = {}
+    waiting: dict[str, list[str]] = {}  # a waiting task's prerequisites
+    executions = 0
+    for key, (status, attempt, prereqs) in q.iter_task_hashes(("status", "attempt", "prereqs")):
+        task_id = q.keys.task_id_of(key)
+        if task_id in status_of:  # SCAN may return a key twice
+            continue
+        status_of[task_id] = status
+        executions += int(attempt or 0)
+        try:
+            st = Status(status) if status else Status.QUEUED  # no status: a hand-written hash, adoptable
+        except ValueError:
+            suspects[task_id] = None
+            continue
+        home = _HOME[st]
+        if home is not None and task_id not in seen_in[home]:
+            suspects[task_id] = None
+        if st is Status.WAITING:
+            waiting[task_id] = (prereqs or "").split()
+    # A waiting task is stuck once none of its prerequisites can still finish.
+    for task_id, prereqs in waiting.items():
+        if all(status_of.get(p) in _TERMINAL for p in prereqs):
+            suspects[task_id] = None
+    # An id the snapshot or the stream knew of, whose hash the scan did not find.
+    for task_id in set().union(*seen_in.values(), named) - status_of.keys():
+        suspects[task_id] = None
+
+    lost = q.verify_lost(list(suspects))  # one atomic re-check of every suspect
+    hashless = sum(1 for task_id in lost if task_id not in status_of)
+    shortfall = max(c.get("total", 0) - len(status_of) - hashless, 0)  # deleted hashes no id names
+
+    running = seen_in["running"]
+    dead = seen_in["dead"]
+    scheduled = seen_in["scheduled"] - running - dead
+    queued = seen_in["queued"] - running - scheduled - dead  # a stale duplicate entry counts once
     return Audit(
-        generated=sum(statuses.values()) + unknown,
-        done=statuses[Status.DONE],
-        dead=statuses[Status.DEAD],
-        cancelled=statuses[Status.CANCELLED],
-        queued=statuses[Status.QUEUED],
-        running=statuses[Status.RUNNING],
-        scheduled=statuses[Status.SCHEDULED],
-        waiting=statuses[Status.WAITING],
-        lost=len(lost),
+        generated=c.get("total", 0),
+        done=c.get("done", 0),
+        dead=c.get("dead", 0),
+        cancelled=c.get("cancelled", 0),
+        queued=len(queued),
+        running=len(running),
+        scheduled=len(scheduled),
+        waiting=c.get("waiting", 0),
+        lost=len(lost) + shortfall,
         completed_twice=len(twice),
         executions=executions,
         completions=counts["done"],
         rejected=counts["rejected"],
-        expired=q.counters().get("expired", 0),
+        expired=c.get("expired", 0),
         lost_ids=tuple(sorted(lost, key=_id_order)),
         twice_ids=tuple(sorted(twice, key=_id_order)),
     )
+
+
+def _events_until(q: Queue, last: str) -> Iterator[dict[str, str]]:
+    """The events stream's entries up to and including entry ``last``, oldest first, in pages."""
+    start = "-"
+    while last:
+        page = q.client.xrange(q.keys.events, start, last, count=_PAGE)
+        for _, fields in page:
+            yield fields
+        if len(page) < _PAGE or page[-1][0] == last:
+            return
+        ms, seq = page[-1][0].split("-")
+        start = f"{ms}-{int(seq) + 1}"  # just after the last entry read ('(' needs Redis 6.2)
 
 
 def _id_order(task_id: str) -> tuple[int, str]:

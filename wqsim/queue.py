@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypedDict
 
 import redis
 
@@ -64,6 +64,17 @@ class Claim:
     rejected: list[str] = field(default_factory=list)
     backlog: int = 0               # ready-list entries left after this claim
     claims_in_flight: int = 0      # leases alive on the queue, this one included (all workers)
+
+
+class Snapshot(TypedDict):
+    """Queue.snapshot(): what lua/snapshot.lua read at one instant."""
+
+    queued: list[str]      # ready list entries, work packages expanded
+    running: list[str]     # held by a lease in the inflight index
+    scheduled: list[str]   # delayed set
+    dead: list[str]        # dead-letter list
+    counters: dict[str, int]  # the stats hash
+    last_event: str        # newest entry id of the events stream, '' if none
 
 
 @dataclass(frozen=True)
@@ -484,10 +495,20 @@ class Queue:
         returned, buried = self._run("reap", repr(self.clock() if now is None else now), limit)
         return ReapResult(int(returned), int(buried))
 
-    def snapshot(self) -> dict[str, list[str]]:
-        """Task ids in each structure, read atomically: queued, running, scheduled, dead."""
-        queued, running, scheduled, dead = self._run("snapshot")
-        return {"queued": queued, "running": running, "scheduled": scheduled, "dead": dead}
+    def snapshot(self) -> Snapshot:
+        """Task ids in each structure, the counters and the newest event id, read atomically.
+
+        One instant for all of them, so their counts can be compared (see lua/snapshot.lua).
+        """
+        queued, running, scheduled, dead, stats, last_event = self._run("snapshot")
+        counters = {stats[i]: int(stats[i + 1]) for i in range(0, len(stats), 2)}
+        return {"queued": queued, "running": running, "scheduled": scheduled, "dead": dead,
+                "counters": counters, "last_event": last_event}
+
+    def verify_lost(self, task_ids: Sequence[str]) -> list[str]:
+        """Of ``task_ids``, those lost at one instant: out of the structure their status
+        requires, hash missing, stuck waiting, or of unknown status (see lua/verify.lua)."""
+        return list(self._run("verify", *task_ids)) if task_ids else []
 
     def wait_for_work(self, timeout_s: float) -> bool:
         """Block until a wake-up signal arrives or ``timeout_s`` passes. No polling loop."""

@@ -65,14 +65,15 @@ end
 -- a dependent without allow_failure is cancelled instead, and so are its own
 -- dependents in turn, naming the ancestor that failed. A dependent is acted on
 -- only while it is 'waiting', and a prerequisite ends only once (its completion
--- is fenced by its lease), so no dependent is queued twice, or never.
+-- is fenced by its lease), so no dependent is queued twice, or never. The stats
+-- counter 'waiting' drops by one for each dependent that leaves 'waiting'.
 --
 -- The release is stamped with Redis's own clock (server_time), not the caller's `now`:
 -- a worker reads its clock before its request reaches Redis, so its `now` can be
 -- older than the finish of a prerequisite another worker recorded in between.
 local function resolve_dependents(id, ok)
   local now = server_time()
-  local work, i, queued = {{id, ok}}, 1, false
+  local work, i, queued, left = {{id, ok}}, 1, false, 0
   while i <= #work do
     local from, succeeded = work[i][1], work[i][2]
     i = i + 1
@@ -84,11 +85,13 @@ local function resolve_dependents(id, ok)
         if succeeded or h[2] == '1' then
           if redis.call('HINCRBY', dkey, 'pending', -1) <= 0 then
             redis.call('HSET', dkey, 'status', 'queued', 'enqueued_at', now)
+            left = left + 1
             redis.call('LPUSH', READY, dep)
             queued = true
           end
         else
           local why = 'cancelled: prerequisite ' .. from .. ' did not succeed (failed ancestor ' .. id .. ')'
+          left = left + 1
           redis.call('HSET', dkey, 'status', 'cancelled', 'cancelled_by', id, 'error', why, 'finished_at', now)
           redis.call('HINCRBY', STATS, 'cancelled', 1)
           record(dep, 'cancelled', 0, '', '', now, why)
@@ -98,6 +101,7 @@ local function resolve_dependents(id, ok)
       end
     end
   end
+  if left > 0 then redis.call('HINCRBY', STATS, 'waiting', -left) end
   if queued then wake() end
 end
 

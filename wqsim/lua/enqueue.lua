@@ -19,7 +19,8 @@
 -- Arguments are 5 per task instead of the 16 of an HSET with a mapping: packing
 -- commands is the client's main cost.
 -- A graph task with prerequisites is written 'waiting', with 'pending' = the number
--- of its prerequisites, and stays out of the ready list until settle.lua releases it.
+-- of its prerequisites, and stays out of the ready list until settle.lua releases it;
+-- the stats counter 'waiting' counts such tasks (for the audit's snapshot).
 -- Returns {ids refused (space-separated; '' if none), then the package ids created}.
 -- created_at and enqueued_at are Redis's clock when the script runs: the moment
 -- the tasks became visible to workers, whatever the producer's own clock says.
@@ -41,6 +42,7 @@ if chunked and redis.call('HEXISTS', STATS, 'refused') == 1 then return {''} end
 
 local packages = {''}
 local members = {}
+local waiting = 0
 local function seal()
   local pid = tostring(redis.call('HINCRBY', STATS, 'packages', 1))
   redis.call('RPUSH', package_key(pid), unpack(members))
@@ -65,7 +67,7 @@ for i = 0, n - 1 do
     if pending > 0 then redis.call('HSET', tkey, 'status', 'waiting') end
   end
   if pending > 0 then
-    -- waits outside the ready list
+    waiting = waiting + 1  -- waits outside the ready list
   elseif size > 0 then
     members[#members + 1] = id
     if #members == size then seal() end
@@ -76,5 +78,6 @@ end
 if #members > 0 then seal() end
 redis.call('HINCRBY', STATS, 'total', n)
 if width == 8 then redis.call('HINCRBY', STATS, 'graphs', 1) end
+if waiting > 0 then redis.call('HINCRBY', STATS, 'waiting', waiting) end
 wake()
 return packages
