@@ -90,7 +90,8 @@ def _without_retries(client: redis.Redis) -> tuple[redis.Redis, redis.Connection
     """
     pool = client.connection_pool
     # The pool adds these per pool; copied, they would tie the new pool to the old one.
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("maint_notifications_pool_handler", "himport_registry")}
+    per_pool = ("maint_notifications_pool_handler", "himport_registry")
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in per_pool}
     own = redis.ConnectionPool(connection_class=pool.connection_class, **{**kwargs, "retry": Retry(NoBackoff(), 0)})
     return redis.Redis(connection_pool=own), own
 
