@@ -97,7 +97,8 @@ def test_completion_is_announced_on_the_progress_channel(make_queue):
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
     settle_one(q, q.claim("w1", lease_ms=5000))
     message = pubsub.get_message(timeout=1)
-    assert message["data"] == "done 1"
+    (done,) = [e for e in q.events() if e["event"] == "done"]
+    assert message["data"] == f"{done['entry']} done 1"  # the stream entry that records it comes first
     pubsub.close()
 
 
@@ -445,14 +446,14 @@ def test_a_finished_run_leaves_exactly_the_documented_keys(make_queue, make_work
     generate(q, 3)
     make_worker().run()
     k = q.keys
-    expected = {k.task(i) for i in ("1", "2", "3")} | {k.stats, k.events, k.next_id, k.signal}
+    expected = {k.task(i) for i in ("1", "2", "3")} | {k.stats, k.events, k.finishes, k.next_id, k.signal}
     # No lease, held set, package or inflight entry outlives its claim.
     assert set(q.client.scan_iter(match=k.pattern)) == expected
 
 
 def test_every_key_of_a_queue_shares_one_cluster_hash_tag():
     k = Keys("demo")
-    names = k.script_keys() + [k.task("7"), k.lease("w#1"), k.held("w#1"), k.package("3"), k.next_id,
+    names = k.script_keys() + [k.task("7"), k.lease("w#1"), k.held("w#1"), k.package("3"), k.next_id, k.finishes,
                                k.finished_channel, k.progress_channel]
     assert all(name.startswith("wqsim:{demo}:") for name in names)
 

@@ -249,7 +249,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     log.info("Listening on queue %r at %s%s", args.queue, redact(url),
              f" for {args.workers} worker(s)" if args.workers else "; Ctrl-C or SIGTERM to stop")
     try:
-        result = listener.wait(args.timeout_s)
+        result = listener.wait(args.timeout_s, on_idle=printer.flush_if_due)
     except KeyboardInterrupt:
         printer.flush()
         return 0
@@ -258,7 +258,11 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
 
 class _ProgressPrinter:
-    """Counts terminal outcomes from the progress channel; logs a line at most every ``every_s``."""
+    """Counts terminal outcomes from the progress channel; logs a line at most every ``every_s``.
+
+    The listener also calls ``flush_if_due`` while no message comes, so the last
+    count is printed within about ``every_s`` of the last event, not at exit.
+    """
 
     def __init__(self, every_s: float) -> None:
         self.every_s = every_s
@@ -269,7 +273,10 @@ class _ProgressPrinter:
     def __call__(self, status: str, task_id: str) -> None:
         self.counts[status] = self.counts.get(status, 0) + 1
         self._dirty = True
-        if time.monotonic() - self._last >= self.every_s:
+        self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        if self._dirty and time.monotonic() - self._last >= self.every_s:
             self.flush()
 
     def flush(self) -> None:

@@ -86,6 +86,11 @@ class Keys:
         return self.prefix + "events"
 
     @property
+    def finishes(self) -> str:
+        """STREAM with one entry per worker that finished: the durable twin of the finished channel."""
+        return self.prefix + "finishes"
+
+    @property
     def next_id(self) -> str:
         """STRING counter from which the generator allocates task ids."""
         return self.prefix + "next_id"
@@ -93,12 +98,14 @@ class Keys:
     # Channels (pub/sub names are not keys, but they live under the same prefix).
     @property
     def finished_channel(self) -> str:
-        """Each worker publishes its id here once no more work can be had."""
+        """Each worker announces "<entry-id> <worker-id>" here once no more work can be had
+        (the entry is its record in ``finishes``)."""
         return self.prefix + "finished"
 
     @property
     def progress_channel(self) -> str:
-        """Terminal outcomes are announced here as "<status> <id> [<id> ...]", one message per settle call."""
+        """Terminal outcomes are announced here as "<entry-id> <status> <id> [<id> ...]", one message
+        per ``events`` entry that records them (a 'done' entry lists every id one settle call finished)."""
         return self.prefix + "progress"
 
     # Per-task keys.

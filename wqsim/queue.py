@@ -388,6 +388,11 @@ class Queue:
         reply = self._hot("settle", *self._settle_args(worker, settlements, lease_ms, claim_next, backoff_s))
         return _claim_from(reply[1:], rejected=list(reply[0]))
 
+    def finish(self, worker: str) -> str:
+        """Record that ``worker`` has finished and announce it on the finished channel, in one
+        atomic call (see lua/finish.lua); returns the entry id in the finishes stream."""
+        return self._run("finish", worker, self.keys.finished_channel)
+
     # -- pipelined: send now, read the reply later ---------------------------------
     # A worker hands Redis its finished work and its request for more, then goes
     # on with tasks it already holds while Redis answers: round trips overlap with

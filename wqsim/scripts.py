@@ -14,7 +14,7 @@ from weakref import WeakKeyDictionary
 
 import redis
 
-SCRIPT_NAMES = ("enqueue", "claim", "settle", "reap", "heartbeat", "snapshot", "verify")
+SCRIPT_NAMES = ("enqueue", "claim", "settle", "reap", "heartbeat", "snapshot", "verify", "finish")
 
 _registered: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
 

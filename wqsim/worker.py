@@ -172,7 +172,7 @@ class Worker:
                 self._watch.notify()
             self.queue.close()
         self.log.info("Worker %s finished", self.id)
-        self._with_redis(lambda: self.queue.client.publish(self.queue.keys.finished_channel, self.id))
+        self._with_redis(lambda: self.queue.finish(self.id))
         return self.stats
 
     def _send_results_and_ask_for_more(self, settlements: list[Settlement]) -> int | None:

@@ -14,7 +14,10 @@
 --   ARGV[1] key prefix "wqsim:{queue}:". Per-task and per-lease keys are built from it;
 --           they share the {queue} hash tag, so they live in the same cluster slot
 --           as KEYS (the approach BullMQ takes for per-job keys).
---   ARGV[2] progress channel, where terminal outcomes are published.
+--   ARGV[2] progress channel, where terminal outcomes are published as
+--           "<entry-id> <status> <id> [<id> ...]": the events entry that records them
+--           comes first, so a listener can catch up from the stream and skip what it
+--           has already counted (see listener.py).
 --
 -- A lease is one claim: id "<worker>#<n>" (or "<worker>#<n>@<package>" when the
 -- claim took a work package). It is three things:
@@ -46,8 +49,9 @@ local function server_time()
   return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 end
 
+-- Append one entry to the events stream; returns its id (which a progress message names).
 local function record(id, event, attempt, worker, lease, at, detail, started)
-  redis.call('XADD', EVENTS, '*', 'event', event, 'id', id, 'attempt', attempt or 0,
+  return redis.call('XADD', EVENTS, '*', 'event', event, 'id', id, 'attempt', attempt or 0,
     'worker', worker or '', 'lease', lease or '', 'at', at, 'detail', detail or '', 'started', started or '')
 end
 
@@ -94,8 +98,8 @@ local function resolve_dependents(id, ok)
           left = left + 1
           redis.call('HSET', dkey, 'status', 'cancelled', 'cancelled_by', id, 'error', why, 'finished_at', now)
           redis.call('HINCRBY', STATS, 'cancelled', 1)
-          record(dep, 'cancelled', 0, '', '', now, why)
-          redis.call('PUBLISH', PROGRESS, 'cancelled ' .. dep)
+          local entry = record(dep, 'cancelled', 0, '', '', now, why)
+          redis.call('PUBLISH', PROGRESS, entry .. ' cancelled ' .. dep)
           work[#work + 1] = {dep, false}
         end
       end
@@ -109,8 +113,8 @@ local function bury(id, attempt, worker, lease, now, err, started)
   redis.call('HSET', task_key(id), 'status', 'dead', 'error', err, 'finished_at', now)
   redis.call('LPUSH', DEAD, id)
   redis.call('HINCRBY', STATS, 'dead', 1)
-  record(id, 'dead', attempt, worker, lease, now, err, started)
-  redis.call('PUBLISH', PROGRESS, 'dead ' .. id)
+  local entry = record(id, 'dead', attempt, worker, lease, now, err, started)
+  redis.call('PUBLISH', PROGRESS, entry .. ' dead ' .. id)
   resolve_dependents(id, false)
 end
 

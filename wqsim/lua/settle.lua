@@ -102,8 +102,8 @@ end
 if #done > 0 then
   local ids = table.concat(done, ' ')
   redis.call('HINCRBY', STATS, 'done', #done)
-  redis.call('XADD', EVENTS, '*', 'event', 'done', 'id', ids, 'worker', worker, 'at', now)
-  redis.call('PUBLISH', PROGRESS, 'done ' .. ids)
+  local entry = redis.call('XADD', EVENTS, '*', 'event', 'done', 'id', ids, 'worker', worker, 'at', now)
+  redis.call('PUBLISH', PROGRESS, entry .. ' done ' .. ids)
 end
 local out = claim(worker, now, lease_ms, count, reuse)
 table.insert(out, 1, rejected)
