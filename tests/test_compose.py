@@ -149,7 +149,7 @@ def test_cluster_services_as_separate_processes_with_a_late_worker_and_an_early_
     assert result.clean and result.done == 400 and result.completed_twice == 0, result.summary()
     done_by = {t.split("-")[-2] for t in _workers_of(queue)}  # the pid part of <host>-<pid>-<n>
     assert len(done_by) == 3, f"expected tasks done by all three worker processes, got {done_by}"
-    assert "Stopping: workers finish the task in hand" in early_out
+    assert "Stopping (SIGTERM): workers finish the task in hand" in early_out
     assert outputs["listener"][1].count("Received finished message from worker") >= 3
     assert "Progress: " in outputs["listener"][1]
     queue.purge()

@@ -243,16 +243,18 @@ def _cmd_work(args: argparse.Namespace) -> int:
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        _at_least_one("workers", args.workers)
+    if args.timeout_s is not None:
+        _positive("timeout_s", args.timeout_s)
+    _positive("every_s", args.every_s)
     url = resolve_url(args.redis_url)
     printer = _ProgressPrinter(args.every_s)
-    listener = Listener(connect(url), args.queue, args.workers, on_progress=printer).start()
-    log.info("Listening on queue %r at %s%s", args.queue, redact(url),
-             f" for {args.workers} worker(s)" if args.workers else "; Ctrl-C or SIGTERM to stop")
-    try:
-        result = listener.wait(args.timeout_s, on_idle=printer.flush_if_due)
-    except KeyboardInterrupt:
-        printer.flush()
-        return 0
+    with StopRequest() as stop:
+        listener = Listener(connect(url), args.queue, args.workers, on_progress=printer).start()
+        log.info("Listening on queue %r at %s%s", args.queue, redact(url),
+                 f" for {args.workers} worker(s)" if args.workers else "; Ctrl-C or SIGTERM to stop")
+        result = listener.wait(args.timeout_s, should_stop=stop.is_set, on_idle=printer.flush_if_due)
     printer.flush()
     return 1 if result.timed_out else 0
 
