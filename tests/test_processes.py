@@ -246,7 +246,7 @@ def test_cli_chaos_run_exits_0_and_prints_an_audit_with_nothing_lost_or_complete
     assert len(audit_lines) == 1, output[-3000:]
     assert re.search(r"\bgenerated 300, done \d+, dead \d+, cancelled 0, in flight 0, lost 0, completed twice 0,",
                      audit_lines[0]), audit_lines[0]
-    assert "Chaos: " in output
+    assert "Chaos (seed 7): " in output
     result = audit(queue)  # the CLI's verdict, checked independently
     assert result.clean and (result.generated, result.lost, result.completed_twice) == (300, 0, 0)
 

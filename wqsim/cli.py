@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 
 from .audit import audit
+from .chaos import injected
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import RedisUnavailable, connect, redact, resolve_url
 from .generator import generate
@@ -175,9 +176,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     a = report.audit
     log.info("Audit: %s", a.summary())
     if config.chaos.active:
+        faults = injected(Queue(connect(resolve_url(args.redis_url)), config.queue))
         log.info(
-            "Chaos: %d executions for %d tasks (%d re-executions), %d late results rejected, "
+            "Chaos (seed %d): %d failures, %d hangs, %d crashes and %d stragglers injected; "
+            "%d executions for %d tasks (%d re-executions), %d late results rejected, "
             "%d leases expired, %d worker processes replaced",
+            config.chaos.seed, faults["fail"], faults["hang"], faults["crash"], faults["straggle"],
             a.executions, a.generated, a.duplicate_executions, a.rejected, a.expired, report.restarts,
         )
     if stop.is_set():
