@@ -4,11 +4,12 @@ A worker never crashes on a bad task: a malformed hash or unknown kind is
 dead-lettered with a readable error, a handler exception is retried with
 backoff. While tasks run, a watchdog thread renews the lease ("pings"); if
 Redis reports the lease lost, the worker stops working on that claim and
-records none of its results. The same thread enforces each task's time limit:
-it records an attempt that ran too long as failed and, in a worker process,
-ends the process (the pool starts a replacement). If Redis goes away, the worker keeps its outcomes
-and retries the same fenced call after reconnecting; if its lease expired
-meanwhile, the settle is rejected and the reaper has returned those tasks.
+records none of its results. The same thread enforces each task's time
+limit: it records an attempt that ran too long as failed and, in a worker
+process, ends the process (the pool starts a replacement). If Redis goes
+away, the worker keeps its outcomes and retries the same fenced call after
+reconnecting; if its lease expired meanwhile, the settle is rejected and the
+reaper has returned those tasks.
 
 With ``prefetch`` the loop is pipelined: the worker keeps requests in flight on
 its private connection (see queue._OwnConnection) and, after each claim, sends
@@ -25,9 +26,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple
 from functools import partial
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import redis
 
