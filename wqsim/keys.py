@@ -23,6 +23,14 @@ def check_id(what: str, value: str) -> str:
     return value
 
 
+def event_ids(event: str, ids: str) -> list[str]:
+    """The task ids an events entry (or progress message) names after its event. A 'done' entry
+    lists every task one settle call finished, separated by spaces, which ids cannot hold (ID;
+    claim.lua refuses a hand-pushed id outside it). Any other entry names one task: taken
+    whole, whatever it holds, so a hand-pushed id with a space in it is still one task."""
+    return ids.split(" ") if event == "done" else [ids]
+
+
 def parse_lease(lease_id: str) -> tuple[str, int, str]:
     """A lease id "<worker>#<n>[@<package>]" as (worker id, lease number, package id or '')."""
     worker, _, rest = lease_id.partition("#")

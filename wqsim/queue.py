@@ -117,6 +117,13 @@ class _OwnConnection:
         """
         if self.conn is None:
             conn = self.client.connection_pool.make_connection()
+            if conn.encoder.decode_responses:
+                # Task fields are anyone's bytes: a reply holding bytes that are not UTF-8 must
+                # still be read whole (the worker then refuses that task; see wqsim.decoding),
+                # never fail half-read with the claim already made. Set before it connects,
+                # so the parser (hiredis or not) picks it up.
+                enc = conn.encoder
+                conn.encoder = type(enc)(enc.encoding, "surrogateescape", enc.decode_responses)
             scripts = scripts_for(self.client).values()
             conn.send_packed_command(conn.pack_commands([("SCRIPT", "LOAD", s.script) for s in scripts]))
             for _ in scripts:
