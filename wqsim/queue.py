@@ -19,7 +19,7 @@ import redis
 
 from .graph import validate as validate_graph
 from .config import check_time_limit
-from .keys import Keys, check_id, parse_lease
+from .keys import IdRange, Keys, check_id, parse_lease
 from .scripts import scripts_for
 from .task import Status, Task, to_json
 
@@ -286,8 +286,12 @@ class Queue:
     # -- producing ---------------------------------------------------------------
     def allocate_ids(self, count: int) -> list[str]:
         """Reserve ``count`` fresh task ids ("1", "2", ...) with one INCRBY."""
+        return list(self.reserve_ids(count))
+
+    def reserve_ids(self, count: int) -> IdRange:
+        """Like allocate_ids, as a lazy sequence: reserving 10,000,000 ids holds none of them."""
         last = self.client.incrby(self.keys.next_id, count)
-        return [str(i) for i in range(last - count + 1, last + 1)]
+        return IdRange(last - count + 1, last)
 
     def enqueue(
         self,
