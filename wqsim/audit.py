@@ -187,7 +187,7 @@ def _events_until(q: Queue, last: str) -> Iterator[dict[str, str]]:
     """The events stream's entries up to and including entry ``last``, oldest first, in pages."""
     start = "-"
     while last:
-        page = q.client.xrange(q.keys.events, start, last, count=_PAGE)
+        page = q.reader.xrange(q.keys.events, start, last, count=_PAGE)
         for _, fields in page:
             yield fields
         if len(page) < _PAGE or page[-1][0] == last:
