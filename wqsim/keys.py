@@ -58,6 +58,12 @@ class IdRange(Sequence[str]):
             return len(other) == len(self) and all(a == b for a, b in zip(self, other))
         return NotImplemented
 
+    def __add__(self, other: Sequence[str]) -> list[str]:  # concatenates like the list it stands for
+        return [*self, *other]
+
+    def __radd__(self, other: Sequence[str]) -> list[str]:
+        return [*other, *self]
+
     def __repr__(self) -> str:
         if len(self) <= 10:
             return repr(list(self))
