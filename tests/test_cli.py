@@ -27,7 +27,7 @@ def wqsim(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
         (["run", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["launch"], "invalid choice: 'launch'"),
         (["run", "--workers", "0"], "workers must be an integer >= 1 (got 0)"),
-        (["run", "--lease-s", "-1"], "lease_s must be a positive number (got -1.0)"),
+        (["run", "--lease-s", "-1"], "argument --lease-s: lease_s must be a positive, finite number (got -1.0)"),
         (["run", "--max-attempts", "0"], "max_attempts must be an integer >= 1 (got 0)"),
         (["run", "--queue", "bad name"], "queue name must be"),
         (["run", "--fail-p", "2"], "fail_p must be a probability"),

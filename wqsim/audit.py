@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from .keys import event_ids
 from .queue import Queue
 from .task import Status
 
@@ -118,7 +119,7 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
     counts: Counter[str] = Counter()
     named: set[str] = set()  # every task id the stream mentions: each had a hash
     for fields in _events_until(q, snap["last_event"]):
-        ids = fields.get("id", "").split()  # a 'done' entry lists every task one settle call finished
+        ids = event_ids(fields.get("event", ""), fields.get("id", ""))
         counts[fields.get("event", "")] += len(ids)
         named.update(ids)
         if fields.get("event") == "done":
@@ -135,7 +136,7 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
         if task_id in status_of:  # SCAN may return a key twice
             continue
         status_of[task_id] = status
-        executions += int(attempt or 0)
+        executions += int(attempt) if attempt and attempt.isascii() and attempt.isdigit() else 0  # a hand-written hash may hold anything
         try:
             st = Status(status) if status else Status.QUEUED  # no status: a hand-written hash, adoptable
         except ValueError:
@@ -186,7 +187,7 @@ def _events_until(q: Queue, last: str) -> Iterator[dict[str, str]]:
     """The events stream's entries up to and including entry ``last``, oldest first, in pages."""
     start = "-"
     while last:
-        page = q.client.xrange(q.keys.events, start, last, count=_PAGE)
+        page = q.reader.xrange(q.keys.events, start, last, count=_PAGE)
         for _, fields in page:
             yield fields
         if len(page) < _PAGE or page[-1][0] == last:

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .arguments import non_negative_float, positive_float, positive_int, probability
 from .audit import audit
 from .chaos import injected
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
@@ -67,18 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the seed scenario: generate, work, listen, reap, audit")
     common(p)
-    p.add_argument("--tasks", type=int, default=100, help="tasks to generate (default: 100)")
-    p.add_argument("--workers", type=int, default=default_workers(), help="worker processes (default: cores - 1, at least 1)")
-    p.add_argument("--duration-ms", type=float, default=10.0, help="each sleep task's duration (default: 10)")
+    p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
+    p.add_argument("--workers", type=positive_int("workers"), default=default_workers(), help="worker processes (default: cores - 1, at least 1)")
+    p.add_argument("--duration-ms", type=non_negative_float("duration_ms"), default=10.0, help="each sleep task's duration (default: 10)")
     p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
     p.add_argument("--mode", choices=("process", "thread"), default="process")
-    p.add_argument("--batch-size", type=int, default=1, help="tasks claimed per round trip, under one lease (default: 1)")
-    p.add_argument("--package-size", type=int, default=None, help="bundle tasks into work packages of this many")
-    p.add_argument("--ping-interval-s", type=float, default=None, help="heartbeat interval (default: lease / 3)")
-    p.add_argument("--lease-s", type=float, default=None, help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)")
-    p.add_argument("--max-attempts", type=int, default=None, help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)")
-    p.add_argument("--timeout-s", type=float, default=None, help="listener timeout (default: scaled to the work)")
-    p.add_argument("--task-timeout-s", type=float, default=300.0,
+    p.add_argument("--batch-size", type=positive_int("batch_size"), default=1, help="tasks claimed per round trip, under one lease (default: 1)")
+    p.add_argument("--package-size", type=positive_int("package_size"), default=None, help="bundle tasks into work packages of this many")
+    p.add_argument("--ping-interval-s", type=positive_float("ping_interval_s"), default=None, help="heartbeat interval (default: lease / 3)")
+    p.add_argument("--lease-s", type=positive_float("lease_s"), default=None, help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)")
+    p.add_argument("--max-attempts", type=positive_int("max_attempts"), default=None, help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)")
+    p.add_argument("--timeout-s", type=positive_float("timeout_s"), default=None, help="listener timeout (default: scaled to the work)")
+    p.add_argument("--task-timeout-s", type=positive_float("task_timeout_s"), default=300.0,
                    help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
     p.add_argument("--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)")
@@ -89,16 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--chaos", action="store_true", help=f"inject every kind of fault: {CHAOS_PRESET}")
     chaos.add_argument("--seed", type=int, default=0)
     for name in CHAOS_PRESET:
-        chaos.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, dest=name)
+        chaos.add_argument(f"--{name.replace('_', '-')}", type=probability(name), default=None, dest=name)
 
     p = sub.add_parser("generate", help="write tasks (or work packages, or a graph) into a queue, then exit")
     common(p)
-    p.add_argument("--tasks", type=int, default=100, help="tasks to generate (default: 100)")
-    p.add_argument("--duration-ms", type=float, default=10.0, help="each sleep task's duration (default: 10)")
+    p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
+    p.add_argument("--duration-ms", type=non_negative_float("duration_ms"), default=10.0, help="each sleep task's duration (default: 10)")
     p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
-    p.add_argument("--package-size", type=int, default=None, help="bundle tasks into work packages of this many")
-    p.add_argument("--max-attempts", type=int, default=3, help="attempts before a task is dead-lettered (default: 3)")
-    p.add_argument("--task-timeout-s", type=float, default=None,
+    p.add_argument("--package-size", type=positive_int("package_size"), default=None, help="bundle tasks into work packages of this many")
+    p.add_argument("--max-attempts", type=positive_int("max_attempts"), default=3, help="attempts before a task is dead-lettered (default: 3)")
+    p.add_argument("--task-timeout-s", type=positive_float("task_timeout_s"), default=None,
                    help="give every task this time limit of its own (default: the workers' limit applies)")
     p.add_argument("--graph", choices=("chain", "fanout", "diamond", "layered"), default=None,
                    help="an example dependency graph of about --tasks sleep tasks")
@@ -108,26 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("work", help="a pool of workers on a queue, until stopped (or, with --once, until it is drained)")
     common(p)
-    p.add_argument("--workers", type=int, default=default_workers(), help="worker processes (default: cores - 1, at least 1)")
+    p.add_argument("--workers", type=positive_int("workers"), default=default_workers(), help="worker processes (default: cores - 1, at least 1)")
     p.add_argument("--id-prefix", default=None, help="worker ids are <prefix><n> (default: <hostname>-<pid>-)")
     p.add_argument("--once", action="store_true", help="exit once every task of the queue is terminal")
-    p.add_argument("--batch-size", type=int, default=1, help="tasks claimed per round trip (default: 1)")
-    p.add_argument("--lease-s", type=float, default=30.0, help="lease length (default: 30)")
-    p.add_argument("--ping-interval-s", type=float, default=None, help="heartbeat interval (default: lease / 3)")
+    p.add_argument("--batch-size", type=positive_int("batch_size"), default=1, help="tasks claimed per round trip (default: 1)")
+    p.add_argument("--lease-s", type=positive_float("lease_s"), default=30.0, help="lease length (default: 30)")
+    p.add_argument("--ping-interval-s", type=positive_float("ping_interval_s"), default=None, help="heartbeat interval (default: lease / 3)")
     p.add_argument("--mode", choices=("process", "thread"), default="process")
-    p.add_argument("--task-timeout-s", type=float, default=300.0,
+    p.add_argument("--task-timeout-s", type=positive_float("task_timeout_s"), default=300.0,
                    help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
 
     p = sub.add_parser("listen", help="the pub/sub listener: print finished messages and progress")
     common(p)
-    p.add_argument("--workers", type=int, default=None, help="exit once this many workers have finished (default: listen until stopped)")
-    p.add_argument("--timeout-s", type=float, default=None, help="give up after this long (exit code 1)")
-    p.add_argument("--every-s", type=float, default=1.0, help="print progress at most this often (default: 1)")
+    p.add_argument("--workers", type=positive_int("workers"), default=None, help="exit once this many workers have finished (default: listen until stopped)")
+    p.add_argument("--timeout-s", type=positive_float("timeout_s"), default=None, help="give up after this long (exit code 1)")
+    p.add_argument("--every-s", type=positive_float("every_s"), default=1.0, help="print progress at most this often (default: 1)")
 
     p = sub.add_parser("reap", help="return tasks whose lease expired, in a loop")
     common(p)
-    p.add_argument("--interval-s", type=float, default=1.0)
+    p.add_argument("--interval-s", type=positive_float("interval_s"), default=1.0)
     p.add_argument("--once", action="store_true", help="reap once and exit")
 
     p = sub.add_parser("status", help="queue counts, leases in flight, dead letters and the audit")
@@ -193,7 +194,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     if args.graph and args.package_size:
         raise ValueError("a graph cannot be bundled into work packages (drop --package-size)")
-    _at_least_one("max_attempts", args.max_attempts)
     if args.kind not in ("sleep", "noop"):
         from .handlers import registry
 
@@ -217,7 +217,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_work(args: argparse.Namespace) -> int:
-    _at_least_one("workers", args.workers)
     config = WorkerConfig(
         lease_s=args.lease_s, batch_size=args.batch_size, ping_interval_s=args.ping_interval_s,
         exit_when_drained=args.once, task_timeout_s=args.task_timeout_s,
@@ -247,11 +246,6 @@ def _cmd_work(args: argparse.Namespace) -> int:
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
-    if args.workers is not None:
-        _at_least_one("workers", args.workers)
-    if args.timeout_s is not None:
-        _positive("timeout_s", args.timeout_s)
-    _positive("every_s", args.every_s)
     url = resolve_url(args.redis_url)
     printer = _ProgressPrinter(args.every_s)
     with StopRequest() as stop:
@@ -292,18 +286,7 @@ class _ProgressPrinter:
             self._dirty = False
 
 
-def _at_least_one(name: str, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{name} must be an integer >= 1 (got {value})")
-
-
-def _positive(name: str, value: float) -> None:
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a positive, finite number (got {value})")
-
-
 def _cmd_reap(args: argparse.Namespace) -> int:
-    _positive("interval_s", args.interval_s)
     reaper = Reaper(Queue(connect(args.redis_url), args.queue), interval_s=args.interval_s)
     if args.once:
         result = reaper.reap_once()

@@ -7,7 +7,9 @@ Every error names the field and the value it got.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from dataclasses import dataclass, field
 
 
@@ -16,26 +18,90 @@ def default_workers() -> int:
     return max((os.cpu_count() or 1) - 1, 1)
 
 
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number (got {value!r})")
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _at_least(name: str, value: int, low: int) -> None:
+# The one set of numeric rules, shared by the dataclasses below and the CLI's argparse
+# converters (wqsim.arguments), so a setting is held to the same rule wherever it is given.
+# Each names the field and the value it got; NaN fails every comparison, so it fails each rule.
+def check_positive(name: str, value: float) -> float:
+    """A positive, finite number (a duration, an interval, a factor)."""
+    if not _is_number(value) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive, finite number (got {value!r})")
+    return value
+
+
+def check_non_negative(name: str, value: float) -> float:
+    """A finite number >= 0 (a duration that may be zero)."""
+    if not _is_number(value) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0 (got {value!r})")
+    return value
+
+
+def check_int_at_least(name: str, value: int, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
+    return value
 
 
 def check_time_limit(name: str, value: float) -> float:
     """A task time limit: a positive, finite number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+    if not _is_number(value) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive, finite number of seconds (got {value!r})")
     return value
 
 
-def _probability(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+def check_probability(name: str, value: float) -> float:
+    if not _is_number(value) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a probability between 0 and 1 (got {value!r})")
+    return value
+
+
+_positive = check_positive
+_probability = check_probability
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    check_int_at_least(name, value, low)
+
+
+# claim.lua hands a worker at most this many prerequisites of one task (one more when
+# there are more, so the worker can tell): the most a Limits.max_dependencies may allow.
+MAX_DEPENDENCIES_HANDED_OVER = 100_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what a worker reads from Redis, where anyone with write access can put anything.
+
+    A task over a limit is dead-lettered with a reason naming the limit; the
+    worker carries on. The limits keep decoding bounded in time, memory and
+    stack (no recursion without bound, no quadratic int conversion).
+    max_payload_bytes: a payload, or a prerequisite's or task's stored result, in bytes (UTF-8).
+    max_depth: JSON nesting depth of those texts (checked before parsing, without recursion).
+    max_int_digits: digits of one JSON integer (Python refuses more than 4300 anyway).
+    max_dependencies: prerequisites of one task, whose results are handed to its handler.
+    max_package_size: tasks in one claimed work package.
+    """
+
+    max_payload_bytes: int = 1_048_576
+    max_depth: int = 64
+    max_int_digits: int = 1000
+    max_dependencies: int = 100_000
+    max_package_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_payload_bytes", "max_depth", "max_int_digits", "max_dependencies", "max_package_size"):
+            check_int_at_least(name, getattr(self, name), 1)
+        if self.max_depth > 500:  # well inside the interpreter's recursion limit, whatever parses it
+            raise ValueError(f"max_depth must be at most 500 (got {self.max_depth!r})")
+        ceiling = sys.get_int_max_str_digits() or 4300
+        if self.max_int_digits > ceiling:
+            raise ValueError(f"max_int_digits must be at most {ceiling}, Python's own limit (got {self.max_int_digits!r})")
+        if self.max_dependencies > MAX_DEPENDENCIES_HANDED_OVER:
+            raise ValueError(f"max_dependencies must be at most {MAX_DEPENDENCIES_HANDED_OVER:,}, what claim.lua "
+                             f"hands over (got {self.max_dependencies!r})")
 
 
 @dataclass(frozen=True)
@@ -80,6 +146,7 @@ class WorkerConfig:
         Python thread cannot be interrupted safely). In thread mode the attempt
         is recorded as failed on time, but the thread stays busy until the
         handler returns, and what it returns is ignored.
+    limits: bounds on what is read from Redis (see Limits).
     """
 
     lease_s: float = 30.0
@@ -95,8 +162,11 @@ class WorkerConfig:
     exit_when_drained: bool = True
     reconnect_s: float = 60.0
     task_timeout_s: float | None = 300.0
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.limits, Limits):
+            raise ValueError(f"limits must be a wqsim.config.Limits (got {self.limits!r})")
         for name in ("lease_s", "backoff_s", "backoff_max_s", "idle_wait_s", "reconnect_s", "flush_interval_s",
                      "prefetch_below_s"):
             _positive(name, getattr(self, name))
@@ -123,7 +193,7 @@ class WorkerConfig:
         return max(int(self.lease_s * 1000), 1)
 
     def backoff_for(self, attempt: int) -> float:
-        return min(self.backoff_s * 2 ** max(attempt - 1, 0), self.backoff_max_s)
+        return min(self.backoff_s * 2.0 ** min(max(attempt - 1, 0), 64), self.backoff_max_s)  # attempt may be hand-written
 
 
 @dataclass(frozen=True)
@@ -205,8 +275,7 @@ class RunConfig:
         _at_least("max_attempts", self.max_attempts, 1)
         if self.package_size is not None:
             _at_least("package_size", self.package_size, 1)
-        if isinstance(self.duration_ms, bool) or not isinstance(self.duration_ms, (int, float)) or self.duration_ms < 0:
-            raise ValueError(f"duration_ms must be a number >= 0 (got {self.duration_ms!r})")
+        check_non_negative("duration_ms", self.duration_ms)
         if self.mode not in ("process", "thread"):
             raise ValueError(f"mode must be 'process' or 'thread' (got {self.mode!r})")
         if self.timeout_s is not None:

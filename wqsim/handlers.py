@@ -6,6 +6,7 @@ data in Redis selects among known functions and can never smuggle in code.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,10 +67,29 @@ class HandlerRegistry:
 def sleep(task: Task) -> dict[str, float]:
     """The seed's example task: sleep for ``duration_ms``."""
     duration_ms = task.payload.get("duration_ms", 0)
-    if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)) or duration_ms < 0:
-        raise ValueError(f"sleep needs duration_ms >= 0 (got {duration_ms!r})")
+    if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)) or not 0 <= duration_ms < math.inf:
+        raise ValueError(f"sleep needs duration_ms to be a finite number of milliseconds >= 0 "
+                         f"(got {_shown(duration_ms)}, {_a(duration_ms)})")
     time.sleep(duration_ms / 1000)
     return {"slept_ms": duration_ms}
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _a(value: object) -> str:
+    """'a string', 'a list', 'null': what a JSON value is, for messages."""
+    if value is None:
+        return "JSON null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        if math.isnan(value):
+            return "not a number"
+        return "an infinite number" if math.isinf(value) else "a negative number" if value < 0 else "a number"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
 
 
 def noop(task: Task) -> None:

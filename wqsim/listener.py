@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .connection import RedisUnavailable
-from .keys import Keys
+from .keys import Keys, event_ids
 
 log = logging.getLogger("wqsim.listener")
 
@@ -243,7 +243,7 @@ class Listener:
         caught = 0
         for entry, fields in self._entries_after(self.keys.events):
             if self._advance(self.keys.events, entry) and fields.get("event") in TERMINAL_EVENTS:
-                caught += self._count_outcomes(fields["event"], fields["id"].split(" "))
+                caught += self._count_outcomes(fields["event"], event_ids(fields["event"], fields["id"]))
         for entry, fields in finishes:
             if self._advance(self.keys.finishes, entry):
                 self._count_finish(fields["worker"])
@@ -282,8 +282,8 @@ class Listener:
         entry, body = _split_entry(str(message["data"]))
         if message["channel"] == self.keys.progress_channel:
             if self._advance(self.keys.events, entry):
-                status, *task_ids = body.split(" ")
-                self._count_outcomes(status, task_ids)
+                status, _, task_ids = body.partition(" ")
+                self._count_outcomes(status, event_ids(status, task_ids))
         elif self._advance(self.keys.finishes, entry):
             self._count_finish(body)
 

@@ -19,7 +19,7 @@ import redis
 
 from .graph import validate as validate_graph
 from .config import check_time_limit
-from .keys import Keys, check_id, parse_lease
+from .keys import IdRange, Keys, check_id, parse_lease
 from .scripts import scripts_for
 from .task import Status, Task, to_json
 
@@ -117,6 +117,13 @@ class _OwnConnection:
         """
         if self.conn is None:
             conn = self.client.connection_pool.make_connection()
+            if conn.encoder.decode_responses:
+                # Task fields are anyone's bytes: a reply holding bytes that are not UTF-8 must
+                # still be read whole (the worker then refuses that task; see wqsim.decoding),
+                # never fail half-read with the claim already made. Set before it connects,
+                # so the parser (hiredis or not) picks it up.
+                enc = conn.encoder
+                conn.encoder = type(enc)(enc.encoding, "surrogateescape", enc.decode_responses)
             scripts = scripts_for(self.client).values()
             conn.send_packed_command(conn.pack_commands([("SCRIPT", "LOAD", s.script) for s in scripts]))
             for _ in scripts:
@@ -200,6 +207,17 @@ class _OwnConnection:
             self.conn = None
 
 
+def _tolerant(client: redis.Redis) -> redis.Redis:
+    """``client``, or one like it on a pool of its own that decodes with surrogateescape."""
+    pool = client.connection_pool
+    if not pool.connection_kwargs.get("decode_responses") or pool.connection_kwargs.get("encoding_errors") == "surrogateescape":
+        return client
+    per_pool = ("maint_notifications_pool_handler", "himport_registry")  # tied to the pool they were made for
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in per_pool}
+    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
+                                                  **{**kwargs, "encoding_errors": "surrogateescape"}))
+
+
 def _readable(conn: redis.connection.AbstractConnection) -> bool:
     """One poll of the socket (redis-py's can_read costs several system calls)."""
     sock = getattr(conn, "_sock", None)
@@ -231,10 +249,19 @@ class Queue:
         self._results: dict[int, tuple[str, list]] = {}  # without a private connection: replies by ticket
         self._names: dict[int, str] = {}
         self._ticket = 0
+        self._reader: redis.Redis | None = None
 
     @property
     def name(self) -> str:
         return self.keys.queue
+
+    @property
+    def reader(self) -> redis.Redis:
+        """A client for reading fields anyone may have written: bytes that are not UTF-8 come
+        back as surrogate escapes instead of failing the whole reply (the audit uses it)."""
+        if self._reader is None:
+            self._reader = _tolerant(self.client)
+        return self._reader
 
     def _argv(self, *args: object) -> list[object]:
         """ARGV of a script call: the two every script starts with (see lua/_lib.lua), then ``args``."""
@@ -279,8 +306,12 @@ class Queue:
     # -- producing ---------------------------------------------------------------
     def allocate_ids(self, count: int) -> list[str]:
         """Reserve ``count`` fresh task ids ("1", "2", ...) with one INCRBY."""
+        return list(self.reserve_ids(count))
+
+    def reserve_ids(self, count: int) -> IdRange:
+        """Like allocate_ids, as a lazy sequence: reserving 10,000,000 ids holds none of them."""
         last = self.client.incrby(self.keys.next_id, count)
-        return [str(i) for i in range(last - count + 1, last + 1)]
+        return IdRange(last - count + 1, last)
 
     def enqueue(
         self,
@@ -505,7 +536,8 @@ class Queue:
 
         One instant for all of them, so their counts can be compared (see lua/snapshot.lua).
         """
-        queued, running, scheduled, dead, stats, last_event = self._run("snapshot")
+        queued, running, scheduled, dead, stats, last_event = self._scripts["snapshot"](
+            keys=self.keys.script_keys(), args=self._argv(), client=self.reader)
         counters = {stats[i]: int(stats[i + 1]) for i in range(0, len(stats), 2)}
         return {"queued": queued, "running": running, "scheduled": scheduled, "dead": dead,
                 "counters": counters, "last_event": last_event}
@@ -513,7 +545,9 @@ class Queue:
     def verify_lost(self, task_ids: Sequence[str]) -> list[str]:
         """Of ``task_ids``, those lost at one instant: out of the structure their status
         requires, hash missing, stuck waiting, or of unknown status (see lua/verify.lua)."""
-        return list(self._run("verify", *task_ids)) if task_ids else []
+        if not task_ids:
+            return []
+        return list(self._scripts["verify"](keys=self.keys.script_keys(), args=self._argv(*task_ids), client=self.reader))
 
     def wait_for_work(self, timeout_s: float) -> bool:
         """Block until a wake-up signal arrives or ``timeout_s`` passes. No polling loop."""
@@ -556,7 +590,7 @@ class Queue:
     def iter_task_hashes(self, fields: Sequence[str], chunk: int = 1000):
         """Yield (key, [values of ``fields``]) for every task hash of this queue."""
         batch: list[str] = []
-        for key in self.client.scan_iter(match=self.keys.task_pattern, count=chunk):
+        for key in self.reader.scan_iter(match=self.keys.task_pattern, count=chunk):
             batch.append(key)
             if len(batch) >= chunk:
                 yield from self._hmget_all(batch, fields)
@@ -565,7 +599,7 @@ class Queue:
             yield from self._hmget_all(batch, fields)
 
     def _hmget_all(self, keys: list[str], fields: Sequence[str]):
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.reader.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, list(fields))
         return zip(keys, pipe.execute())

@@ -11,6 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import decoding
+from .config import MAX_DEPENDENCIES_HANDED_OVER, Limits
+
+DEFAULT_LIMITS = Limits()
+
 
 class Status(str, enum.Enum):
     """Where a task is in its life. ``done``, ``dead`` and ``cancelled`` are terminal."""
@@ -65,17 +70,17 @@ class Task:
     input_errors: dict[str, str] = field(default_factory=dict)  # failed prerequisites' errors (allow_failure)
 
     @classmethod
-    def from_hash(cls, fields: dict[str, str]) -> Task:
-        """Parse a task hash; raise MalformedTask naming what is wrong."""
+    def from_hash(cls, fields: dict[str, str], limits: Limits = DEFAULT_LIMITS) -> Task:
+        """Parse a task hash; raise MalformedTask naming what is wrong (or the limit it breaks)."""
         task_id = fields.get("id")
         if not task_id:
             raise MalformedTask("task hash has no 'id' field")
         missing = [name for name in ("kind", "payload") if name not in fields]
         if missing:
             raise MalformedTask(f"task {task_id} is missing field(s): {', '.join(missing)}")
-        payload = parse_payload(task_id, fields["payload"])
+        payload = parse_payload(task_id, fields["payload"], limits)
+        result = _decode(f"task {task_id}: result", fields["result"], limits) if fields.get("result") else None
         try:
-            result = json.loads(fields["result"]) if fields.get("result") else None
             return cls(
                 id=task_id,
                 kind=fields["kind"],
@@ -98,8 +103,16 @@ class Task:
                 allow_failure=fields.get("allow_failure") == "1",
                 cancelled_by=fields.get("cancelled_by", ""),
             )
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise MalformedTask(f"task {task_id} has a malformed field: {exc}") from None
+        except (ValueError, OverflowError) as exc:
+            raise MalformedTask(f"task {task_id} has a malformed field: {str(exc)[:200]}") from None
+
+
+def _decode(what: str, raw: str, limits: Limits) -> Any:
+    """JSON read from Redis, within ``limits`` (see wqsim.decoding); MalformedTask otherwise."""
+    try:
+        return decoding.loads(what, raw, limits)
+    except (decoding.BadText, decoding.OverLimit) as exc:
+        raise MalformedTask(str(exc)) from None
 
 
 def _float(value: str | None) -> float | None:
@@ -114,35 +127,41 @@ def to_json(value: Any) -> str:
     return _COMPACT.encode(value)
 
 
-_FLAT_PAYLOADS: dict[str, dict[str, Any]] = {}
+_FLAT_PAYLOADS: dict[str, tuple[Limits, dict[str, Any]]] = {}
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def parse_payload(task_id: str, raw: str | None) -> dict[str, Any]:
-    """A payload field as a dict; MalformedTask (naming the task) if it is missing or not a JSON object.
+def parse_payload(task_id: str, raw: str | None, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """A payload field as a dict; MalformedTask (naming the task, or the limit it breaks)
+    if it is missing, over ``limits``, or not a JSON object.
 
     Generated tasks share a payload text; a flat one (no nested lists or
-    objects) is parsed once and handed out as a fresh copy each time.
+    objects) is parsed once (per Limits) and handed out as a fresh copy each time.
     """
     if raw is None:
         raise MalformedTask(f"task {task_id} is missing field(s): payload")
     cached = _FLAT_PAYLOADS.get(raw)
-    if cached is not None:
-        return dict(cached)
-    try:
-        payload = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise MalformedTask(f"task {task_id} has a payload that is not valid JSON: {exc}") from None
+    if cached is not None and (cached[0] is limits or cached[0] == limits):
+        return dict(cached[1])
+    payload = _decode(f"task {task_id}: payload", raw, limits)
     if not isinstance(payload, dict):
-        raise MalformedTask(f"task {task_id} has a payload that is not a JSON object")
+        raise MalformedTask(f"task {task_id}: payload is not a JSON object")
     if len(_FLAT_PAYLOADS) < 256 and all(isinstance(v, _SCALARS) for v in payload.values()):
-        _FLAT_PAYLOADS[raw] = dict(payload)
+        _FLAT_PAYLOADS[raw] = (limits, dict(payload))
     return payload
 
 
-def inputs_of(flat: list[str]) -> tuple[tuple[str, ...], dict[str, Any], dict[str, str]]:
+def inputs_of(
+    flat: list[str], limits: Limits = DEFAULT_LIMITS, task_id: str = "?",
+) -> tuple[tuple[str, ...], dict[str, Any], dict[str, str]]:
     """A graph task's prerequisites as claim.lua reports them ([id, status, value, ...]):
-    (ids, results of those done, errors of those that failed)."""
+    (ids, results of those done, errors of those that failed). Each result is
+    decoded within ``limits``, and there may be at most ``limits.max_dependencies``."""
+    count = len(flat) // 3
+    if count > limits.max_dependencies:
+        more = "more than " if count > MAX_DEPENDENCIES_HANDED_OVER else ""
+        raise MalformedTask(f"task {task_id}: has {more}{count:,} prerequisites, over the limit of "
+                            f"{limits.max_dependencies:,} (Limits.max_dependencies)")
     ids: list[str] = []
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -150,10 +169,12 @@ def inputs_of(flat: list[str]) -> tuple[tuple[str, ...], dict[str, Any], dict[st
         prereq, status, value = flat[i], flat[i + 1], flat[i + 2]
         ids.append(prereq)
         if status == Status.DONE.value:
-            try:
-                results[prereq] = json.loads(value) if value else None
-            except json.JSONDecodeError as exc:
-                raise MalformedTask(f"prerequisite {prereq} has a result that is not valid JSON: {exc}") from None
+            results[prereq] = _decode(f"task {task_id}: the result of prerequisite {prereq!r}", value, limits) if value else None
         else:
+            try:
+                decoding.check_utf8(f"task {task_id}: the error of prerequisite {prereq!r}", value)
+                decoding.check_size(f"task {task_id}: the error of prerequisite {prereq!r}", value, limits)
+            except (decoding.BadText, decoding.OverLimit) as exc:
+                raise MalformedTask(str(exc)) from None
             errors[prereq] = value or f"prerequisite {prereq} is {status}"
     return tuple(ids), results, errors

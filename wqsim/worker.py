@@ -35,7 +35,7 @@ from . import chaos as chaos_mod
 from .config import ChaosConfig, WorkerConfig
 from .handlers import HandlerRegistry, UnknownKind
 from .handlers import registry as default_registry
-from .keys import check_id
+from .keys import check_id, parse_lease
 from .queue import Claim, Claimed, Clock, Queue, Settlement
 from .task import MalformedTask, Status, Task, inputs_of, parse_payload, to_json
 
@@ -243,6 +243,15 @@ class Worker:
         assert lease is not None
         pending: list[Settlement] = []
         flushed_at = time.monotonic()
+        package, size, limit = parse_lease(lease)[2], len(claim.tasks), self.config.limits.max_package_size
+        if package and size > limit:  # a package written by hand: refuse it whole, decoding none of it
+            started_at = self.clock()
+            reason = f"package {package}: {size:,} tasks, over the limit of {limit:,} (Limits.max_package_size)"
+            self.stats.dead += size
+            self.log.error("Worker %s refuses %s", self.id, reason)
+            with self._lock:
+                self._held.discard(lease)
+            return [Settlement(c.id, lease, "dead", reason, started_at, started_at) for c in claim.tasks]
         try:
             for i, claimed in enumerate(claim.tasks):
                 if lease in self._lost:
@@ -322,26 +331,13 @@ class Worker:
         self.stats.performed += 1
         started_at = self.clock()
         try:
-            missing = [name for name, value in (("kind", claimed.kind), ("payload", claimed.payload)) if value is None]
-            if missing:
-                raise MalformedTask(f"task {claimed.id} is missing field(s): {', '.join(missing)}")
-            payload = parse_payload(claimed.id, claimed.payload)
-            handler = self.registry.get(claimed.kind)  # type: ignore[arg-type]
+            task = self._decode(claimed, lease, started_at)
+            handler = self.registry.get(task.kind)
         except (MalformedTask, UnknownKind) as exc:
-            self.stats.dead += 1
-            self.log.error("Worker %s cannot run task %s: %s", self.id, claimed.id, exc)
-            return Settlement(claimed.id, lease, "dead", str(exc), started_at, self.clock())
-        task = Task(
-            id=claimed.id, kind=claimed.kind, payload=payload, status=Status.RUNNING,  # type: ignore[arg-type]
-            attempt=claimed.attempt, worker=self.id, lease=lease, started_at=started_at,
-        )
-        if claimed.inputs:
-            try:
-                task.depends_on, task.inputs, task.input_errors = inputs_of(claimed.inputs)
-            except MalformedTask as exc:
-                self.stats.dead += 1
-                self.log.error("Worker %s cannot run task %s: %s", self.id, claimed.id, exc)
-                return Settlement(claimed.id, lease, "dead", str(exc), started_at, self.clock())
+            return self._refuse(claimed.id, lease, str(exc), started_at)
+        except Exception as exc:  # whatever a hostile hash provokes, it costs the task, never the worker
+            return self._refuse(claimed.id, lease, f"task {claimed.id} cannot be decoded: {type(exc).__name__}: "
+                                                   f"{str(exc)[:200]}", started_at)
         self.log.info("Worker %s picked up task %s", self.id, task.id)
         limit_s = claimed.timeout_s or self.registry.time_limit(task.kind) or self.config.task_timeout_s
         if limit_s is not None:
@@ -374,6 +370,27 @@ class Worker:
             return Settlement(task.id, lease, "dead", message, started_at, finished_at)
         self.stats.done += 1
         return Settlement(task.id, lease, "done", result_json, started_at, finished_at)
+
+    def _decode(self, claimed: Claimed, lease: str, started_at: float) -> Task:
+        """The claimed task as a Task, read within config.limits; MalformedTask names what is wrong."""
+        limits = self.config.limits
+        missing = [name for name, value in (("kind", claimed.kind), ("payload", claimed.payload)) if value is None]
+        if missing:
+            raise MalformedTask(f"task {claimed.id} is missing field(s): {', '.join(missing)}")
+        payload = parse_payload(claimed.id, claimed.payload, limits)
+        task = Task(
+            id=claimed.id, kind=claimed.kind, payload=payload, status=Status.RUNNING,  # type: ignore[arg-type]
+            attempt=claimed.attempt, worker=self.id, lease=lease, started_at=started_at,
+        )
+        if claimed.inputs:
+            task.depends_on, task.inputs, task.input_errors = inputs_of(claimed.inputs, limits, claimed.id)
+        return task
+
+    def _refuse(self, task_id: str, lease: str, reason: str, started_at: float) -> Settlement:
+        """Dead-letter a task that cannot be run, with the reason; the worker carries on."""
+        self.stats.dead += 1
+        self.log.error("Worker %s cannot run task %s: %s", self.id, task_id, reason)
+        return Settlement(task_id, lease, "dead", reason, started_at, self.clock())
 
     def _call(self, handler: Callable[[Task], object], task: Task) -> object:
         if not self._chaos_active:

@@ -131,9 +131,13 @@ end
 
 -- The results of a task's prerequisites, for its handler: {id, status, result JSON
 -- or error, ...} ({} for a task without prerequisites: the common case costs nothing).
+-- At most MAX_INPUTS + 1 of them (config.MAX_DEPENDENCIES_HANDED_OVER): a worker refuses
+-- a task with more, and a hand-written list of millions must not hold the server that long.
+local MAX_INPUTS = 100000
 local function inputs(prereqs)
   local out = {}
   for p in string.gmatch(prereqs or '', '%S+') do
+    if #out > 3 * MAX_INPUTS then break end
     local r = redis.call('HMGET', task_key(p), 'status', 'result', 'error')
     local ok = r[1] == 'done'
     out[#out + 1], out[#out + 2], out[#out + 3] = p, r[1] or 'missing', (ok and r[2] or r[3]) or ''
@@ -141,11 +145,18 @@ local function inputs(prereqs)
   return out
 end
 
+-- A task id as wqsim.keys.ID allows: 1-128 letters, digits, '_', '.' or '-'. Ids are checked
+-- at enqueue; one pushed by hand is checked here, so that no separator (a space, ':', '#',
+-- '@') reaches a lease, the events stream or a progress message inside an id.
+local function valid_id(id)
+  return #id <= 128 and string.find(id, '^[%w_%.%-]+$') ~= nil
+end
+
 -- Take one task into `lease`, appending {id, kind, payload, attempt, inputs, time limit} to `out`
 -- and its id to `taken`. Only a task whose status is 'queued' (or absent: a hash
 -- written by hand, which is adopted) is taken; a stale duplicate id is dropped;
--- a missing hash is dead-lettered. Two commands per task on the hot path
--- (plus one per prerequisite of a graph task, to hand over its results).
+-- a missing hash, or an id outside the id alphabet, is dead-lettered. Two commands
+-- per task on the hot path (plus one per prerequisite of a graph task, to hand over its results).
 local function take(id, lease, worker, now, out, taken)
   local tkey = task_key(id)
   local h = redis.call('HMGET', tkey, 'status', 'kind', 'payload', 'attempt', 'prereqs', 'timeout_s')
@@ -164,7 +175,14 @@ local function take(id, lease, worker, now, out, taken)
     record(id, 'dropped', h[4], worker, lease, now, 'id was in the ready list while its task was ' .. status)
     return
   end
-  local attempt = (tonumber(h[4]) or 0) + 1
+  if not valid_id(id) then
+    bury(id, tonumber(h[4]) or 0, worker, '', now,
+      "refused: a task id must be 1-128 letters, digits, '_', '.' or '-' (this one was pushed by hand)")
+    return
+  end
+  local prior = tonumber(h[4]) or 0  -- a hand-written count that is not a small whole number starts over
+  if not (prior >= 0 and prior < 1e9 and prior % 1 == 0) then prior = 0 end
+  local attempt = prior + 1
   -- Three fields only: the worker is the lease id's prefix, and every field written
   -- here costs time on the hot path (a listpack is scanned and shifted per field).
   redis.call('HSET', tkey, 'status', 'running', 'attempt', attempt, 'lease', lease)
@@ -189,6 +207,7 @@ local function claim(worker, now, lease_ms, count, reuse)
     local entries = redis.call('RPOP', READY, count) or {}
     for i, entry in ipairs(entries) do
       local pid = string.match(entry, '^pkg:(.+)$')
+      if pid and not valid_id(pid) then pid = nil end  -- not a package wqsim made: take() refuses the entry
       if pid and (#taken > 0 or lease) then
         -- A package is claimed alone, under its own lease: put it and the rest back.
         for j = #entries, i, -1 do redis.call('RPUSH', READY, entries[j]) end
