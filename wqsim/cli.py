@@ -29,6 +29,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+import redis
+
 from . import acl
 from .audit import audit
 from .chaos import injected
@@ -144,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _connect(args: argparse.Namespace, url: str) -> redis.Redis:
+    """A client for ``url``, once Redis has confirmed (where it can, see acl.check) that this
+    user may run what this command needs: a missing permission is one line now, not mid-run.
+    Called after the command's arguments are validated."""
+    client = connect(url)
+    acl.check(client, args.queue, acl.needed_by(args.command))
+    return client
+
+
 def _run_config(args: argparse.Namespace) -> RunConfig:
     chaos_values = {name: getattr(args, name) for name in CHAOS_PRESET}
     if args.chaos:
@@ -178,6 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .handlers import registry
 
         registry.get(args.kind)  # raises UnknownKind with the registered names
+    _connect(args, resolve_url(args.redis_url))
     if args.quiet or args.progress:
         logging.getLogger("wqsim.worker").setLevel(logging.WARNING)
     with StopRequest() as stop:
@@ -208,7 +220,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
         registry.get(args.kind)  # raises UnknownKind with the registered names
     url = resolve_url(args.redis_url)
-    queue = Queue(connect(url), args.queue)
+    queue = Queue(_connect(args, url), args.queue)
     if args.fresh:
         queue.purge()
     if args.graph:
@@ -236,7 +248,7 @@ def _cmd_work(args: argparse.Namespace) -> int:
     prefix = args.id_prefix if args.id_prefix is not None else f"{socket.gethostname()}-{os.getpid()}-"
     ids = [check_id("worker id", f"{prefix}{i}") for i in range(1, args.workers + 1)]
     url = resolve_url(args.redis_url)
-    connect(url).ping()  # unreachable Redis: fail now, in one line, not in every worker
+    _connect(args, url)  # unreachable Redis or a missing permission: fail now, in one line, not in every worker
     with StopRequest() as stop:  # from here on SIGTERM and SIGINT are only recorded, never raised
         pool = WorkerPool(url, args.queue, ids, config, mode=args.mode, on_exit=stop.set)
         log.info("Working on queue %r at %s with %d worker(s): %s%s", args.queue, redact(url), len(ids),
@@ -266,7 +278,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     url = resolve_url(args.redis_url)
     printer = _ProgressPrinter(args.every_s)
     with StopRequest() as stop:
-        listener = Listener(connect(url), args.queue, args.workers, on_progress=printer).start()
+        listener = Listener(_connect(args, url), args.queue, args.workers, on_progress=printer).start()
         log.info("Listening on queue %r at %s%s", args.queue, redact(url),
                  f" for {args.workers} worker(s)" if args.workers else "; Ctrl-C or SIGTERM to stop")
         result = listener.wait(args.timeout_s, should_stop=stop.is_set, on_idle=printer.flush_if_due)
@@ -315,7 +327,7 @@ def _positive(name: str, value: float) -> None:
 
 def _cmd_reap(args: argparse.Namespace) -> int:
     _positive("interval_s", args.interval_s)
-    reaper = Reaper(Queue(connect(args.redis_url), args.queue), interval_s=args.interval_s)
+    reaper = Reaper(Queue(_connect(args, resolve_url(args.redis_url)), args.queue), interval_s=args.interval_s)
     if args.once:
         result = reaper.reap_once()
         log.info("Returned %d task(s), dead-lettered %d", result.returned, result.buried)
@@ -331,7 +343,7 @@ def _cmd_reap(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     url = resolve_url(args.redis_url)
-    queue = Queue(connect(url), args.queue)
+    queue = Queue(_connect(args, url), args.queue)
     lengths = queue.lengths()
     counters = queue.counters()
     print(f"queue {args.queue!r} at {redact(url)}")
@@ -361,9 +373,6 @@ def _cmd_acl(args: argparse.Namespace) -> int:
     return 0
 
 
-CHECKED_UP_FRONT = ("run", "generate", "work", "listen", "reap", "status")  # commands whose permissions are checked first
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
@@ -384,8 +393,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         Keys(args.queue)  # a bad queue name: one line and exit 2, before anything starts
-        if args.command in CHECKED_UP_FRONT:  # a missing permission: one line now, not mid-run
-            acl.check(connect(resolve_url(args.redis_url)), args.queue, acl.needed_by(args.command))
         return commands[args.command](args)
     except (BadRedisUrl, acl.PermissionDenied) as exc:
         print(f"wqsim: error: {exc}", file=sys.stderr)
