@@ -220,9 +220,12 @@ def explain(exc: BaseException, queue: str, user: str = "default") -> str | None
 
 
 def _missing(user: str, queue: str, commands: list[str], where: str | None) -> str:
+    """The line for a refused command; ``where`` is the script it ran in, if any."""
     shown = " or ".join(c.upper() for c in commands) or "a command"
-    needed = f" (needed by {where})" if where else (f" (needed by {used_by(commands[0])})" if len(commands) == 1 and commands[0] in COMMANDS else "")
-    if commands and not all(c in COMMANDS for c in commands):
+    if where is None and len(commands) == 1 and commands[0] in COMMANDS:
+        where = used_by(commands[0])
+    needed = f" (needed by {where})" if where else ""
+    if commands and not all(c in COMMANDS for c in commands):  # e.g. sent by code newer than the rule
         return (f"Redis user {user!r} may not run {shown}{needed}, which is not in wqsim's ACL rule either; "
                 f"see: wqsim acl --queue {queue}")
     return f"Redis user {user!r} may not run {shown}{needed}; add it with: wqsim acl --queue {queue} --user {user}"
