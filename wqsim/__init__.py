@@ -9,9 +9,11 @@ Tasks may depend on others (``Task.depends_on``): a graph is released in
 Redis, atomically, as its prerequisites finish (see ``wqsim.graph``).
 """
 
+from . import acl
+from .acl import PermissionDenied
 from .audit import Audit, audit
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
-from .connection import RedisUnavailable, connect, embedded_server, resolve_url
+from .connection import BadRedisUrl, RedisUnavailable, connect, embedded_server, resolve_url
 from .generator import arrivals, generate, make_tasks
 from .graph import Bounds, GraphError, bounds, chain, diamond, fanout, layered
 from .handlers import HandlerRegistry, UnknownKind, register, registry
@@ -39,9 +41,10 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "acl", "PermissionDenied",
     "Audit", "audit",
     "ChaosConfig", "RunConfig", "WorkerConfig", "default_workers",
-    "RedisUnavailable", "connect", "embedded_server", "resolve_url",
+    "BadRedisUrl", "RedisUnavailable", "connect", "embedded_server", "resolve_url",
     "arrivals", "generate", "make_tasks",
     "Bounds", "GraphError", "bounds", "chain", "diamond", "fanout", "layered",
     "HandlerRegistry", "UnknownKind", "register", "registry",

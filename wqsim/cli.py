@@ -9,10 +9,14 @@ does: the signal is only recorded (see wqsim.stopping), and the command then
 stops its workers gracefully: each finishes the task in hand and hands back
 what it has not started.
 
+``acl`` prints the least-privilege ACL rule for a queue (see wqsim.acl).
+
 Exit codes: 0 success (a ``work`` stopped by SIGTERM included); 1 the run
 finished but not cleanly (lost or stuck tasks, workers that never reported or
-had to be killed); 2 bad arguments or configuration; 3 Redis unreachable;
-130 ``run`` interrupted. Errors are one readable line, never a traceback.
+had to be killed); 2 bad arguments or configuration (a bad Redis URL, a Redis
+user without a permission wqsim needs); 3 Redis unreachable, not Redis, or TLS
+verification failed; 130 ``run`` interrupted. Errors are one readable line,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ import sys
 import time
 from collections.abc import Sequence
 
+import redis
+
+from . import acl
 from .arguments import non_negative_float, positive_float, positive_int, probability
 from .audit import audit
 from .chaos import injected
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
-from .connection import RedisUnavailable, connect, redact, resolve_url
+from .connection import BadRedisUrl, RedisUnavailable, connect, redact, resolve_url
 from .generator import generate
 from .graph import example as example_graph
 from .keys import Keys, check_id
@@ -133,7 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="queue counts, leases in flight, dead letters and the audit")
     common(p)
+
+    p = sub.add_parser("acl", help="print the least-privilege ACL rule for one queue (ACL SETUSER ...)")
+    p.add_argument("--queue", required=True, help="queue name")
+    p.add_argument("--user", default=None, help="Redis user name (default: wqsim-<queue>)")
     return parser
+
+
+def _connect(args: argparse.Namespace, url: str) -> redis.Redis:
+    """A client for ``url``, once Redis has confirmed (where it can, see acl.check) that this
+    user may run what this command needs: a missing permission is one line now, not mid-run.
+    Called after the command's arguments are validated."""
+    client = connect(url)
+    acl.check(client, args.queue, acl.needed_by(args.command))
+    return client
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -170,6 +190,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .handlers import registry
 
         registry.get(args.kind)  # raises UnknownKind with the registered names
+    _connect(args, resolve_url(args.redis_url))
     if args.quiet or args.progress:
         logging.getLogger("wqsim.worker").setLevel(logging.WARNING)
     with StopRequest() as stop:
@@ -199,7 +220,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
         registry.get(args.kind)  # raises UnknownKind with the registered names
     url = resolve_url(args.redis_url)
-    queue = Queue(connect(url), args.queue)
+    queue = Queue(_connect(args, url), args.queue)
     if args.fresh:
         queue.purge()
     if args.graph:
@@ -226,13 +247,15 @@ def _cmd_work(args: argparse.Namespace) -> int:
     prefix = args.id_prefix if args.id_prefix is not None else f"{socket.gethostname()}-{os.getpid()}-"
     ids = [check_id("worker id", f"{prefix}{i}") for i in range(1, args.workers + 1)]
     url = resolve_url(args.redis_url)
-    connect(url).ping()  # unreachable Redis: fail now, in one line, not in every worker
+    _connect(args, url)  # unreachable Redis or a missing permission: fail now, in one line, not in every worker
     with StopRequest() as stop:  # from here on SIGTERM and SIGINT are only recorded, never raised
         pool = WorkerPool(url, args.queue, ids, config, mode=args.mode, on_exit=stop.set)
         log.info("Working on queue %r at %s with %d worker(s): %s%s", args.queue, redact(url), len(ids),
                  ", ".join(ids), "; exiting once it is drained" if args.once else "; Ctrl-C or SIGTERM to stop")
         pool.start()
-        stop.wait()  # a signal, or every worker has exited (--once)
+        stop.wait()  # a signal, or every worker has exited (--once), or Redis refused a permission
+        if pool.refused:
+            raise acl.PermissionDenied(pool.refused)
         if not pool.join(0):
             log.info("Stopping (%s): workers finish the task in hand and hand back what they hold", stop.reason)
             pool.stop()
@@ -249,7 +272,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     url = resolve_url(args.redis_url)
     printer = _ProgressPrinter(args.every_s)
     with StopRequest() as stop:
-        listener = Listener(connect(url), args.queue, args.workers, on_progress=printer).start()
+        listener = Listener(_connect(args, url), args.queue, args.workers, on_progress=printer).start()
         log.info("Listening on queue %r at %s%s", args.queue, redact(url),
                  f" for {args.workers} worker(s)" if args.workers else "; Ctrl-C or SIGTERM to stop")
         result = listener.wait(args.timeout_s, should_stop=stop.is_set, on_idle=printer.flush_if_due)
@@ -287,12 +310,13 @@ class _ProgressPrinter:
 
 
 def _cmd_reap(args: argparse.Namespace) -> int:
-    reaper = Reaper(Queue(connect(args.redis_url), args.queue), interval_s=args.interval_s)
+    reaper = Reaper(Queue(_connect(args, resolve_url(args.redis_url)), args.queue), interval_s=args.interval_s)
     if args.once:
         result = reaper.reap_once()
         log.info("Returned %d task(s), dead-lettered %d", result.returned, result.buried)
         return 0
     log.info("Reaping queue %r every %g s; Ctrl-C or SIGTERM to stop", args.queue, args.interval_s)
+    reaper.reap_once()  # here, not in the thread: a refused permission ends the command in one line
     with StopRequest() as stop:
         reaper.start()
         stop.wait()
@@ -302,7 +326,7 @@ def _cmd_reap(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     url = resolve_url(args.redis_url)
-    queue = Queue(connect(url), args.queue)
+    queue = Queue(_connect(args, url), args.queue)
     lengths = queue.lengths()
     counters = queue.counters()
     print(f"queue {args.queue!r} at {redact(url)}")
@@ -324,6 +348,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_acl(args: argparse.Namespace) -> int:
+    user = args.user or acl.default_user(args.queue)
+    print(acl.setuser(args.queue, user))
+    log.info("Then give %s a password (ACL SETUSER %s >password) and connect with redis://%s:password@host:port/0",
+             user, user, user)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
@@ -340,11 +372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = {
         "run": _cmd_run, "generate": _cmd_generate, "work": _cmd_work, "listen": _cmd_listen,
-        "reap": _cmd_reap, "status": _cmd_status,
+        "reap": _cmd_reap, "status": _cmd_status, "acl": _cmd_acl,
     }
     try:
         Keys(args.queue)  # a bad queue name: one line and exit 2, before anything starts
         return commands[args.command](args)
+    except (BadRedisUrl, acl.PermissionDenied) as exc:
+        print(f"wqsim: error: {exc}", file=sys.stderr)
+        return 2
     except RedisUnavailable as exc:
         print(f"wqsim: error: {exc}", file=sys.stderr)
         return 3
@@ -357,6 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wqsim: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        if acl.is_permission_error(exc) and not verbose:
+            user = acl.user_of_url(resolve_url(args.redis_url))
+            print(f"wqsim: error: {acl.explain(exc, args.queue, user)}", file=sys.stderr)
+            return 2
         if verbose:
             raise
         print(f"wqsim: error: {type(exc).__name__}: {exc}", file=sys.stderr)

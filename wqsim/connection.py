@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -15,15 +16,24 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from .server import FakeRedisServer, RedisServer, start_embedded
+from .urls import check_url
 
 log = logging.getLogger("wqsim.connection")
+
+PROBE_TIMEOUT_S = 5.0  # how long the first PING may take: a server that says nothing is not a usable Redis
 
 _embedded: RedisServer | FakeRedisServer | None = None
 _embedded_lock = threading.Lock()
 
 
 class RedisUnavailable(ConnectionError):
-    """Redis could not be reached within the bounded number of attempts."""
+    """Redis could not be reached within the bounded number of attempts, or what answered is
+    not Redis, or TLS verification failed (the CLI's exit code 3)."""
+
+
+class BadRedisUrl(RedisUnavailable):
+    """The URL itself is wrong: no host, a bad db path, an unknown scheme or option, a database
+    the server does not have (the CLI's exit code 2: a configuration error, not an outage)."""
 
 
 def redact(url: str) -> str:
@@ -71,24 +81,57 @@ def connect(
     logger = logger or log
     url = resolve_url(url, backend)
     try:
+        check_url(url)
         client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2.0)
+        # The first PING goes through a client with a read timeout: a server that never answers
+        # is reported, not waited on forever. The client returned has none (BLPOP blocks).
+        probe = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2.0,
+                                     socket_timeout=PROBE_TIMEOUT_S)
     except ValueError as exc:
-        raise RedisUnavailable(f"bad Redis URL {redact(url)!r}: {exc}") from None
+        raise BadRedisUrl(f"bad Redis URL {redact(url)!r}: {exc}") from None
     delay_s = 0.1
-    for attempt in range(1, attempts + 1):
-        try:
-            client.ping()
-            logger.debug("Connected to Redis at %s", redact(url))
-            return client
-        except redis.AuthenticationError as exc:
-            raise RedisUnavailable(f"Redis at {redact(url)} refused the credentials: {exc}") from None
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as exc:
-            if attempt == attempts:
-                client.close()
-                raise RedisUnavailable(
-                    f"cannot reach Redis at {redact(url)} after {attempts} attempts: {exc}"
-                ) from None
-            logger.debug("Redis at %s not reachable (%s); retry %d/%d", redact(url), exc, attempt, attempts - 1)
-            time.sleep(delay_s)
-            delay_s = min(delay_s * 2, 1.0)
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                if probe.ping() is not True:
+                    raise redis.exceptions.InvalidResponse("it did not answer PING with PONG")
+                logger.debug("Connected to Redis at %s", redact(url))
+                return client
+            except redis.AuthenticationError as exc:
+                raise RedisUnavailable(f"Redis at {redact(url)} refused the credentials: {exc}") from None
+            except TypeError as exc:  # an option redis-py does not know, e.g. ?ssl_ca_cert=
+                raise BadRedisUrl(f"bad Redis URL {redact(url)!r}: {exc}") from None
+            except redis.exceptions.InvalidResponse as exc:
+                raise RedisUnavailable(f"the server at {redact(url)} is not Redis: {exc}") from None
+            except redis.ResponseError as exc:
+                if "DB index is out of range" in str(exc):
+                    raise BadRedisUrl(f"bad Redis URL {redact(url)!r}: the server has no such database ({exc})") from None
+                raise
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as exc:
+                tls = _tls_failure(exc)
+                if tls is not None:  # retrying cannot help: the certificate will not change
+                    raise RedisUnavailable(tls.replace("{url}", redact(url))) from None
+                if attempt == attempts:
+                    client.close()
+                    raise RedisUnavailable(
+                        f"cannot reach Redis at {redact(url)} after {attempts} attempts: {exc}"
+                    ) from None
+                logger.debug("Redis at %s not reachable (%s); retry %d/%d", redact(url), exc, attempt, attempts - 1)
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 1.0)
+    finally:
+        probe.close()
     raise AssertionError("unreachable")
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """A message (with a ``{url}`` field) if ``exc`` came from TLS, else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return (f"TLS verification failed for Redis at {{url}}: {seen.verify_message}; "
+                    "is ssl_ca_certs the CA that signed the server's certificate?")
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS handshake with {{url}} failed: {seen.reason or seen}; is it a TLS port?"
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -6,6 +6,11 @@ died (a crash, an OOM kill, ``kill -9``, a task past its time limit) for as
 long as the queue still has unfinished tasks, as a prefork pool would; the
 tasks the dead worker held come back through lease expiry and the reaper.
 
+A worker that Redis refuses a permission (see wqsim.acl) sends the one-line
+explanation to the pool and exits with CONFIG_EXIT_CODE (78, EX_CONFIG): a
+replacement would be refused the same, so none is started; the pool stops
+the other workers and ``refused`` holds the line for the caller to report.
+
 Two rules keep stopping reliable:
 - Only the supervisor reaps (waits for) a worker process, while holding the
   pool's lock. Two threads that both wait for one child race for its exit
@@ -22,10 +27,13 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as mp_wait
 
+from . import acl
+from .acl import CONFIG_EXIT_CODE
 from .config import ChaosConfig, WorkerConfig
 from .connection import connect
 from .queue import Queue
@@ -50,7 +58,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _process_main(
-    url: str, queue: str, worker_id: str, config: WorkerConfig, chaos: ChaosConfig, parent_pid: int
+    url: str, queue: str, worker_id: str, config: WorkerConfig, chaos: ChaosConfig, parent_pid: int,
+    refusals: mp.SimpleQueue | None = None,
 ) -> None:
     """Entry point of one worker process: SIGTERM and SIGINT stop it gracefully.
 
@@ -60,11 +69,20 @@ def _process_main(
     """
     _die_with_parent(parent_pid)
     signal.set_wakeup_fd(-1)  # the parent's wake-up pipe is not this process's
-    worker = Worker(connect(url), queue, worker_id, config, chaos=chaos, in_own_process=True)
+    client = connect(url)
+    worker = Worker(client, queue, worker_id, config, chaos=chaos, in_own_process=True)
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: worker.stop())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    worker.run()
+    try:
+        worker.run()
+    except Exception as exc:
+        message = acl.explain(exc, queue, acl.user_of(client))
+        if message is None:
+            raise
+        if refusals is not None:
+            refusals.put(message)
+        sys.exit(CONFIG_EXIT_CODE)
 
 
 def describe_exit(code: int | None) -> str:
@@ -73,6 +91,7 @@ def describe_exit(code: int | None) -> str:
         CRASH_EXIT_CODE: "crashed (chaos)",
         TIME_LIMIT_EXIT_CODE: "was stopped: its task ran past its time limit",
         ORPHAN_EXIT_CODE: "found its parent gone",
+        CONFIG_EXIT_CODE: "stopped: Redis refused it a permission",
     }.get(code or 0, f"died (exit code {code})")
 
 
@@ -109,7 +128,9 @@ class WorkerPool:
         self.log = logger or log
         self.on_exit = on_exit
         self.restarts = 0
+        self.refused: str | None = None  # why Redis refused a worker a permission (see wqsim.acl)
         self._ctx = mp.get_context("fork")  # handlers registered in the parent carry over
+        self._refusals = self._ctx.SimpleQueue()  # worker processes -> supervisor: refusal lines
         self._live: dict[str, mp.process.BaseProcess] = {}  # forked and not yet reaped
         self._exit_codes: dict[str, int | None] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -132,7 +153,7 @@ class WorkerPool:
         """Fork one worker process; the caller holds ``_lock``."""
         proc = self._ctx.Process(
             target=_process_main,
-            args=(self.url, self.queue_name, worker_id, self.config, self.chaos, os.getpid()),
+            args=(self.url, self.queue_name, worker_id, self.config, self.chaos, os.getpid(), self._refusals),
             name=f"wqsim-worker-{worker_id}",
         )
         proc.start()
@@ -144,7 +165,8 @@ class WorkerPool:
         try:
             for worker_id in self.ids:
                 worker = Worker(connect(self.url), self.queue_name, worker_id, self.config, chaos=self.chaos)
-                thread = threading.Thread(target=worker.run, name=f"wqsim-worker-{worker_id}", daemon=True)
+                thread = threading.Thread(target=self._run_thread, args=(worker,), name=f"wqsim-worker-{worker_id}",
+                                          daemon=True)
                 self._workers[worker_id] = worker
                 self._threads[worker_id] = thread
                 thread.start()
@@ -153,6 +175,23 @@ class WorkerPool:
         for thread in list(self._threads.values()):
             thread.join()
         self._finish()
+
+    def _run_thread(self, worker: Worker) -> None:
+        """Thread mode: one worker; a refused permission stops the pool, like a worker process's would."""
+        try:
+            worker.run()
+        except Exception as exc:
+            message = acl.explain(exc, self.queue_name, acl.user_of(worker.queue.client))
+            if message is None:
+                raise
+            self._refuse(message)
+
+    def _refuse(self, message: str) -> None:
+        """Redis refused a worker a permission: keep the first line, and stop every worker."""
+        if self.refused is None:
+            self.refused = message
+            self.log.debug("Stopping every worker: %s", message)
+        self.stop()
 
     def _supervise(self) -> None:
         """Fork the workers, then reap each one that exits and replace it while work remains.
@@ -174,6 +213,7 @@ class WorkerPool:
             self._started.set()
         queue: Queue | None = None
         undecided: dict[str, int | None] = {}  # died, not yet replaced or let go: worker id -> exit code
+        refused: list[str] = []  # refusal lines of workers that exited with CONFIG_EXIT_CODE
         while True:
             with self._lock:
                 live = list(self._live.items())
@@ -190,8 +230,14 @@ class WorkerPool:
                     code = self._exit_codes[worker_id] = proc.exitcode
                     del self._live[worker_id]
                     proc.close()
-                    if code != 0 and self.restart_crashed and not self._stopping.is_set():
+                    if code == CONFIG_EXIT_CODE:
+                        refused.append(self._refusals.get() if not self._refusals.empty() else
+                                       f"worker {worker_id} stopped: Redis refused it a permission")
+                    elif code != 0 and self.restart_crashed and not self._stopping.is_set():
                         undecided[worker_id] = code
+            if refused:
+                self._refuse(refused[0])  # outside the lock: stop() takes it
+                refused.clear()
             if self._stopping.is_set():
                 undecided.clear()  # stop() came first: start nothing it would not stop
             if not undecided:

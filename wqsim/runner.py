@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .acl import PermissionDenied
 from .audit import Audit, audit
 from .config import RunConfig
 from .connection import connect, redact, resolve_url
@@ -123,7 +124,11 @@ def run(
     started = time.perf_counter()
     try:
         pool.start()
-        listened = listener.wait(cfg.listener_timeout_s, should_stop=should_stop)
+        # A worker refused a permission stops the pool (see pool.py): then stop listening too.
+        listened = listener.wait(
+            cfg.listener_timeout_s,
+            should_stop=lambda: pool.refused is not None or (should_stop is not None and should_stop()),
+        )
         wall_s = time.perf_counter() - started
         if listened.timed_out or listened.stopped:
             pool.stop()
@@ -140,6 +145,8 @@ def run(
         reaper.stop()
         if bar is not None:
             bar.close()
+    if pool.refused is not None:
+        raise PermissionDenied(pool.refused)
     result = audit(queue)
     report = RunReport(cfg, result, listened, wall_s, pool.restarts, reaper.returned, makespan(queue), bounds)
     logger.info(report.summary())

@@ -32,6 +32,7 @@ from typing import NamedTuple, TypeVar
 import redis
 
 from . import chaos as chaos_mod
+from .acl import is_permission_error
 from .config import ChaosConfig, WorkerConfig
 from .handlers import HandlerRegistry, UnknownKind
 from .handlers import registry as default_registry
@@ -125,6 +126,7 @@ class Worker:
         self._flushes: list[int] = []  # tickets of mid-claim settles whose replies are not read yet
         self._ahead: deque[int | None] = deque()  # requests in flight whose replies hold the next tasks
         self._lease_floor = 0  # see run()
+        self._refused: Exception | None = None  # a permission Redis refused the watchdog (see wqsim.acl)
         # Tasks of the last claim ran in under config.prefetch_below_s each (see _may_claim_ahead).
         self._short_tasks = False
 
@@ -171,6 +173,8 @@ class Worker:
                 self._finished.set()  # ends the watchdog
                 self._watch.notify()
             self.queue.close()
+        if self._refused is not None:  # a configuration error: the caller reports it (see pool.py)
+            raise self._refused
         self.log.info("Worker %s finished", self.id)
         self._with_redis(lambda: self.queue.finish(self.id))
         return self.stats
@@ -462,11 +466,18 @@ class Worker:
                 self._finished.wait(FROZEN_POLL_S)
                 continue
             now = time.monotonic()
-            if in_hand is not None and now >= in_hand.deadline:
-                self._enforce_time_limit(in_hand)
-            if now >= next_ping:
-                next_ping = now + every_s
-                self._ping()
+            try:
+                if in_hand is not None and now >= in_hand.deadline:
+                    self._enforce_time_limit(in_hand)
+                if now >= next_ping:
+                    next_ping = now + every_s
+                    self._ping()
+            except redis.ResponseError as exc:
+                if not is_permission_error(exc):
+                    raise
+                self._refused = exc  # retrying cannot help: stop gracefully, and run() raises it
+                self.stop()
+                return
 
     def _ping(self) -> None:
         """One heartbeat: renew the leases held (and those claimed ahead); mark the ones Redis says are lost."""
