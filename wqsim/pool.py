@@ -30,7 +30,7 @@ from .config import ChaosConfig, WorkerConfig
 from .connection import connect
 from .queue import Queue
 from .stopping import STOP_SIGNALS
-from .worker import CRASH_EXIT_CODE, TIME_LIMIT_EXIT_CODE, Worker
+from .worker import CRASH_EXIT_CODE, QUEUE_VANISHED_EXIT_CODE, TIME_LIMIT_EXIT_CODE, Worker
 
 log = logging.getLogger("wqsim.pool")
 
@@ -64,7 +64,8 @@ def _process_main(
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: worker.stop())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    worker.run()
+    if worker.run().queue_vanished:
+        raise SystemExit(QUEUE_VANISHED_EXIT_CODE)  # said once, in its log line: not replaced
 
 
 def describe_exit(code: int | None) -> str:
@@ -73,6 +74,7 @@ def describe_exit(code: int | None) -> str:
         CRASH_EXIT_CODE: "crashed (chaos)",
         TIME_LIMIT_EXIT_CODE: "was stopped: its task ran past its time limit",
         ORPHAN_EXIT_CODE: "found its parent gone",
+        QUEUE_VANISHED_EXIT_CODE: "stopped: its queue vanished from Redis",
     }.get(code or 0, f"died (exit code {code})")
 
 
@@ -190,7 +192,7 @@ class WorkerPool:
                     code = self._exit_codes[worker_id] = proc.exitcode
                     del self._live[worker_id]
                     proc.close()
-                    if code != 0 and self.restart_crashed and not self._stopping.is_set():
+                    if code not in (0, QUEUE_VANISHED_EXIT_CODE) and self.restart_crashed and not self._stopping.is_set():
                         undecided[worker_id] = code
             if self._stopping.is_set():
                 undecided.clear()  # stop() came first: start nothing it would not stop
@@ -245,6 +247,12 @@ class WorkerPool:
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait for every worker to exit; True if all did within ``timeout_s``."""
         return self._exited.wait(timeout_s)
+
+    def queue_vanished(self) -> bool:
+        """Did a worker stop because the queue vanished from Redis (see Worker._queue_vanished)?"""
+        with self._lock:
+            codes = list(self._exit_codes.values())
+        return QUEUE_VANISHED_EXIT_CODE in codes or any(w.stats.queue_vanished for w in self._workers.values())
 
     def exit_codes(self) -> dict[str, int | None]:
         """Each worker's latest exit code (None while it runs)."""

@@ -21,6 +21,7 @@
 -- A graph task with prerequisites is written 'waiting', with 'pending' = the number
 -- of its prerequisites, and stays out of the ready list until settle.lua releases it;
 -- the stats counter 'waiting' counts such tasks (for the audit's snapshot).
+-- Every enqueue sets the stats sentinel 'created' and counts its tasks in the ledger too.
 -- Returns {ids refused (space-separated; '' if none), then the package ids created}.
 -- created_at and enqueued_at are Redis's clock when the script runs: the moment
 -- the tasks became visible to workers, whatever the producer's own clock says.
@@ -77,6 +78,10 @@ for i = 0, n - 1 do
 end
 if #members > 0 then seal() end
 redis.call('HINCRBY', STATS, 'total', n)
+-- The sentinel a stats hash recreated after a loss lacks, and the ledger that outlives the
+-- stats hash if only that is lost: see drain_state() in _lib.lua and wqsim/storage.py.
+redis.call('HSET', STATS, 'created', 1)
+redis.call('HINCRBY', LEDGER, 'enqueued', n)
 if width == 8 then redis.call('HINCRBY', STATS, 'graphs', 1) end
 if waiting > 0 then redis.call('HINCRBY', STATS, 'waiting', waiting) end
 wake()
