@@ -93,6 +93,7 @@ class Audit:
     expired: int         # leases the reaper found expired
     retired: int = 0     # done tasks whose hashes the retention policy removed (counted in done)
     counters_lost: bool = False  # Redis lost the stats hash (missing, or recreated without its sentinel)
+    vanished: int = 0    # ids claimed whose hash did not exist (deleted or evicted), dead-lettered (in dead)
     lost_ids: tuple[str, ...] = field(default=(), repr=False)
     twice_ids: tuple[str, ...] = field(default=(), repr=False)
 
@@ -117,9 +118,10 @@ class Audit:
 
     def summary(self) -> str:
         retired = f" ({self.retired} retired)" if self.retired else ""
+        hashless = f" ({self.vanished} of them had no hash)" if self.vanished else ""
         vanished = "; the queue's counters were lost from Redis (stats hash missing or recreated)" if self.counters_lost else ""
         return (
-            f"generated {self.generated}, done {self.done}{retired}, dead {self.dead}, cancelled {self.cancelled}, "
+            f"generated {self.generated}, done {self.done}{retired}, dead {self.dead}{hashless}, cancelled {self.cancelled}, "
             f"in flight {self.in_flight}, lost {self.lost}, completed twice {self.completed_twice}, "
             f"executions {self.executions} for {self.completions} completions{vanished}"
         )
@@ -211,6 +213,7 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None, expect
         expired=c.get("expired", 0),
         retired=max(c.get("retired", 0), ledger.get("retired", 0)),
         counters_lost=counters_lost,
+        vanished=c.get("vanished", 0),
         lost_ids=tuple(sorted(lost, key=_id_order)),
         twice_ids=tuple(sorted(twice, key=_id_order)),
     )

@@ -278,7 +278,9 @@ def _cmd_work(args: argparse.Namespace) -> int:
     ids = [check_id("worker id", f"{prefix}{i}") for i in range(1, args.workers + 1)]
     url = resolve_url(args.redis_url)
     # Unreachable Redis, or one that may evict keys: fail now, in one line, not in every worker.
-    check_eviction_policy(connect(url), f"Redis at {redact(url)}", args.allow_eviction)
+    client = connect(url)
+    check_eviction_policy(client, f"Redis at {redact(url)}", args.allow_eviction)
+    vanished_before = Queue(client, args.queue).counters().get("vanished", 0)
     with StopRequest() as stop:  # from here on SIGTERM and SIGINT are only recorded, never raised
         pool = WorkerPool(url, args.queue, ids, config, mode=args.mode, on_exit=stop.set)
         log.info("Working on queue %r at %s with %d worker(s): %s%s", args.queue, redact(url), len(ids),
@@ -296,6 +298,11 @@ def _cmd_work(args: argparse.Namespace) -> int:
     if pool.queue_vanished():
         log.error("Queue %r vanished from Redis while it was worked on: its tasks were lost "
                   "(wqsim status --expected N counts them)", args.queue)
+        return 1
+    hashless = Queue(client, args.queue).counters().get("vanished", 0) - vanished_before
+    if hashless > 0:
+        log.error("%d task id(s) of queue %r had no hash when claimed (deleted, or evicted by Redis): "
+                  "dead-lettered, their data is lost", hashless, args.queue)
         return 1
     log.info("All workers stopped")
     return 0

@@ -79,7 +79,9 @@ class Claim:
     nothing was claimed, see drain_state() in lua/_lib.lua): 'ok'; 'missing', no
     stats hash and nothing saying there ever was one (a queue not created yet);
     'lost', the stats hash is gone while the ledger remains, or was recreated
-    without its sentinel (Redis lost it: a restart without persistence, or eviction).
+    without its sentinel (Redis lost it: a restart without persistence, or eviction);
+    'stranded', tasks are unfinished yet in no list, claim or retry schedule (their
+    entries were lost, e.g. the ready list was evicted): nothing will finish them.
     """
 
     lease: str | None = None
@@ -89,7 +91,7 @@ class Claim:
     rejected: list[str] = field(default_factory=list)
     backlog: int = 0               # ready-list entries left after this claim
     claims_in_flight: int = 0      # leases alive on the queue, this one included (all workers)
-    state: Literal["ok", "missing", "lost"] = "ok"
+    state: Literal["ok", "missing", "lost", "stranded"] = "ok"
 
 
 class Snapshot(TypedDict):
@@ -655,7 +657,7 @@ class Queue:
         return deleted
 
 
-_STATES: dict[int, Literal["ok", "missing", "lost"]] = {-1: "missing", -2: "lost"}
+_STATES: dict[int, Literal["ok", "missing", "lost", "stranded"]] = {-1: "missing", -2: "lost", -3: "stranded"}
 
 
 def _ints(flat: list[str]) -> dict[str, int]:

@@ -10,9 +10,14 @@ that write them, so no sweeper has to run:
   counts them, so the counters keep their totals and the audit counts them as
   done and retired, not lost. A done task is kept while any of its dependents
   has not ended (it still needs the result): it goes to the back of the line.
-- every XADD to the events stream trims it to about ``events_maxlen`` entries
-  (MAXLEN ~, which trims whole stream nodes: cheap, and the length stays within
-  about 100 entries of the bound on a real Redis; fakeredis does not trim).
+- events go with the results they describe: once tasks are retired, entries
+  older than the oldest done task kept are trimmed (XTRIM MINID ~), so the
+  stream's size follows the tasks kept whatever the batch size (one 'done'
+  entry lists every task of a settle call: 100 ids at batch 100). And every
+  XADD caps the stream at about ``events_maxlen`` entries (MAXLEN ~), for
+  queues that keep every done task or fail a lot. Both trim whole stream nodes
+  only: cheap, and within about 100 entries of the bound on a real Redis
+  (fakeredis does not trim approximately).
 
 Dead and cancelled tasks are never retired: the dead-letter list is a to-do
 list for an operator, not history.
@@ -45,10 +50,10 @@ class Retention:
         3.5 MB, enough to inspect or chart any run the notebooks make.
     keep_done_s: done tasks recorded longer ago than this are retired (checked as
         later tasks are recorded). Default None: the count alone bounds memory.
-    events_maxlen: the events stream is trimmed to about this many entries.
-        Default 100,000: ten times the done tasks kept, so a task's failures and
-        expiries stay traceable for longer than its result (a 'done' entry lists
-        every task of one settle call, so with batches it covers far more tasks).
+    events_maxlen: the events stream is capped at about this many entries (it is
+        also trimmed to the oldest done task kept, see above). Default 100,000:
+        about 10 MB of one-task entries, ten times the done tasks kept, so the cap
+        only bites when failures and retries dominate the history.
     """
 
     keep_done: int | None = DEFAULT_KEEP_DONE

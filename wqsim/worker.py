@@ -225,9 +225,9 @@ class Worker:
         """Has the queue vanished from Redis? If so, say so once (the loop then stops).
 
         Claim replies with nothing in them say whether the stats hash is still there
-        (Claim.state, no extra round trip). 'lost' is always a loss; 'missing' is one
-        only after this worker has seen the queue exist, else it is simply not created
-        yet and the worker waits for a producer. Only here, once, is Redis asked how
+        (Claim.state, no extra round trip). 'lost' and 'stranded' are always a loss;
+        'missing' is one only after this worker has seen the queue exist, else it is
+        simply not created yet and the worker waits for a producer. Only here, once, is Redis asked how
         many tasks went: the ledger, if it survived, else what this worker saw.
         """
         if claim.state == "ok":
@@ -244,7 +244,13 @@ class Worker:
         if enqueued:
             finished = sum(counters.get(name, 0) for name in ("done", "dead", "cancelled"))
             lost, exact = max(enqueued - finished, seen), True
-        how = "its stats hash was recreated after Redis lost it" if counters else "its stats hash is gone"
+        if claim.state == "stranded":
+            how = "its unfinished tasks are in no list, claim or retry schedule: their entries were lost"
+            lost, exact = counters.get("total", 0) - sum(counters.get(n, 0) for n in ("done", "dead", "cancelled")), True
+        elif counters:
+            how = "its stats hash was recreated after Redis lost it"
+        else:
+            how = "its stats hash is gone"
         self.log.error("Worker %s: %s", self.id, vanished_message(self.queue.name, lost, how, exact))
         self.stats.queue_vanished = True
         return True

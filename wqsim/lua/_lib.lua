@@ -199,11 +199,11 @@ local function take(id, lease, worker, now, out, taken)
     if redis.call('EXISTS', tkey) == 0 then
       redis.call('HSET', tkey, 'id', id, 'attempt', 0)
       redis.call('HINCRBY', STATS, 'total', 1)
+      redis.call('HINCRBY', STATS, 'vanished', 1)  -- deleted, or evicted: reported (wqsim work, the audit)
       bury(id, 0, worker, '', now, 'task hash ' .. tkey .. ' does not exist')
       return
     end
     redis.call('HINCRBY', STATS, 'total', 1)  -- adopt it, so termination still adds up
-    redis.call('HSET', STATS, 'created', 1)  -- a task created by hand, but created
     redis.call('HSETNX', tkey, 'id', id)
   elseif status ~= 'queued' then
     redis.call('HINCRBY', STATS, 'dropped', 1)
@@ -222,7 +222,9 @@ end
 -- Claim up to `count` ready tasks (or one whole work package) for `worker`
 -- under one lease of `lease_ms`: a new one, or `reuse`, a live lease of this
 -- worker that settle.lua has just emptied (renewing it saves creating one).
--- Returns {drained (drain_state(), checked only when nothing was claimed; else 0),
+-- Returns {drained (drain_state(), checked only when nothing was claimed; else 0; and -3 when
+--          tasks are unfinished yet none is ready, claimed, scheduled or waiting: they are in
+--          no structure, so nothing will ever finish them: their entries were lost),
 --          next retry due (epoch s; only when nothing was claimed) or '', lease id or '',
 --          backlog: entries left in the ready list, claims in flight (leases, all workers),
 --          then id, kind, payload, attempt, inputs, time limit (s, or '') for each claimed task}.
@@ -280,6 +282,10 @@ local function claim(worker, now, lease_ms, count, reuse)
     end
     local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
     if first[2] then out[2] = first[2] end  -- how long an idle worker may sleep
+    if out[1] == 0 and backlog == 0 and out[5] == 0 and not first[2]
+        and tonumber(redis.call('HGET', STATS, 'waiting') or '0') <= 0 then
+      out[1] = -3
+    end
   end
   return out
 end

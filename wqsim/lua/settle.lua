@@ -136,7 +136,7 @@ local function retire(ids)
     if excess > 0 then victims = redis.call('ZRANGE', DONE_INDEX, 0, math.min(excess, budget) - 1) end
   end
   if p.keep_done_s and #victims < budget then
-    local old = redis.call('ZRANGEBYSCORE', DONE_INDEX, '-inf', '(' .. (tonumber(at) - p.keep_done_s),
+    local old = redis.call('ZRANGEBYSCORE', DONE_INDEX, '-inf', '(' .. string.format('%.6f', tonumber(at) - p.keep_done_s),
       'LIMIT', #victims, budget - #victims)  -- past those already picked: the index is in score order
     for _, id in ipairs(old) do victims[#victims + 1] = id end
   end
@@ -161,6 +161,11 @@ local function retire(ids)
     redis.call('HINCRBY', STATS, 'retired', retired)
     redis.call('HINCRBY', STATS, 'retired_attempts', attempts)
     redis.call('HINCRBY', LEDGER, 'retired', retired)
+    -- Events go with the results they describe: those older than the oldest done task kept
+    -- are trimmed (MINID ~: whole stream nodes only), so the stream's size follows the
+    -- tasks kept, however many ids one 'done' entry lists.
+    local oldest = redis.call('ZRANGE', DONE_INDEX, 0, 0, 'WITHSCORES')
+    if oldest[2] then redis.call('XTRIM', EVENTS, 'MINID', '~', math.floor(tonumber(oldest[2]) * 1000)) end
   end
 end
 
