@@ -308,7 +308,10 @@ class Queue:
     # -- producing ---------------------------------------------------------------
     def allocate_ids(self, count: int) -> list[str]:
         """Reserve ``count`` fresh task ids ("1", "2", ...) with one INCRBY."""
-        last = self.client.incrby(self.keys.next_id, count)
+        try:
+            last = self.client.incrby(self.keys.next_id, count)
+        except redis.exceptions.OutOfMemoryError:  # the first write of generate(): the same refusal
+            raise self._out_of_memory(count) from None
         return [str(i) for i in range(last - count + 1, last + 1)]
 
     def enqueue(
@@ -365,12 +368,15 @@ class Queue:
         ids = [t.id for t in tasks]
         try:
             return self._enqueue_flat(ids, flat, size, width, chunk)
-        except redis.exceptions.OutOfMemoryError as exc:  # checked before a script or a transaction runs
-            raise EnqueueRefused(
-                f"Redis refused to enqueue {len(ids)} task(s) into queue {self.name!r}: it is out of memory "
-                f"(used memory > maxmemory); none was written. Raise maxmemory, or let workers finish "
-                f"(the retention policy retires done tasks) and enqueue again"
-            ) from None
+        except redis.exceptions.OutOfMemoryError:  # checked before a script or a transaction runs
+            raise self._out_of_memory(len(ids)) from None
+
+    def _out_of_memory(self, count: int) -> EnqueueRefused:
+        return EnqueueRefused(
+            f"Redis refused to enqueue {count} task(s) into queue {self.name!r}: it is out of memory "
+            f"(used memory > maxmemory); none was written. Raise maxmemory, or let workers finish "
+            f"(the retention policy retires done tasks) and enqueue again"
+        )
 
     def _enqueue_flat(self, ids: list[str], flat: list[object], size: int, width: int, chunk: int) -> list[str]:
         head = self._argv(size)
