@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from wqsim import Queue, RedisServer, WorkerConfig, WorkerPool, connect, generate
-from wqsim.retention import Retention
+from wqsim import Queue, RedisServer, Retention, WorkerConfig, WorkerPool, connect, generate
 
 CHUNK = 10_000
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,7 +68,6 @@ def main() -> None:
             pool.join(30)
         rate = args.tasks / (time.perf_counter() - started)
         print(f"{args.tasks:,} tasks at {rate:,.0f} tasks/s; stats: {queue.counters()}")
-
 
 if __name__ == "__main__":
     main()

@@ -140,7 +140,7 @@ local function retire(ids)
       'LIMIT', #victims, budget - #victims)  -- past those already picked: the index is in score order
     for _, id in ipairs(old) do victims[#victims + 1] = id end
   end
-  local retired, attempts, seen = 0, 0, {}
+  local attempts, seen, gone, keys = 0, {}, {}, {}
   for _, id in ipairs(victims) do
     if not seen[id] then
       seen[id] = true
@@ -151,12 +151,17 @@ local function retire(ids)
       elseif h[2] and still_needed(h[2]) then
         redis.call('ZADD', DONE_INDEX, at, id)
       else
-        redis.call('DEL', tkey)
-        redis.call('ZREM', DONE_INDEX, id)
-        retired, attempts = retired + 1, attempts + (tonumber(h[3]) or 1)
+        gone[#gone + 1], keys[#keys + 1] = id, tkey
+        attempts = attempts + (tonumber(h[3]) or 1)
       end
     end
   end
+  for first = 1, #gone, 1000 do  -- one DEL and one ZREM per thousand
+    local last = math.min(first + 999, #gone)
+    redis.call('DEL', unpack(keys, first, last))
+    redis.call('ZREM', DONE_INDEX, unpack(gone, first, last))
+  end
+  local retired = #gone
   if retired > 0 then
     redis.call('HINCRBY', STATS, 'retired', retired)
     redis.call('HINCRBY', STATS, 'retired_attempts', attempts)
