@@ -218,3 +218,23 @@ def test_under_allkeys_lru_evictions_are_reported_and_work_once_does_not_exit_0(
     status = wqsim("status", "--redis-url", lru_server.url, "--queue", queue_name, "--expected", "60000")
     assert status.returncode == 1
     q.purge()
+
+
+@pytest.mark.real_redis
+def test_wqsim_work_exits_1_once_its_queue_vanishes_and_no_worker_process_is_replaced(redis_url, queue_name):
+    q = Queue(connect(redis_url), queue_name)
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "wqsim", "work", "--workers", "1", "--redis-url", redis_url,
+                             "--queue", queue_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        generate(q, 3, duration_ms=0)
+        assert wait_until(lambda: q.counters().get("done") == 3, 30)
+        q.purge()  # every key gone, as after a restart without persistence
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr[-2000:]
+    assert stderr.count("vanished from Redis (its stats hash is gone)") == 1
+    assert "replacement" not in stderr and "stopped: its queue vanished" not in stderr

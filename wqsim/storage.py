@@ -19,8 +19,11 @@ How the loss is seen (see also the audit's docstring):
   a missing stats hash beside a ledger was lost. Claim replies say so
   (``Claim.state``, from the idle path's existing read: no extra round trip),
   and such a queue is never reported drained.
-- A worker that finds its queue lost, or missing after it had seen it, logs it
-  once and stops (``QueueVanished``) instead of waiting forever.
+- A worker that finds its queue lost, or missing after it had seen it, or its
+  unfinished tasks in no structure at all (a list was evicted), logs it once
+  and stops instead of waiting forever (a worker process exits 72 and is not
+  replaced; ``wqsim work`` exits 1). Ids claimed without a hash are
+  dead-lettered and counted ('vanished'), and ``wqsim work`` exits 1 for them too.
 - When the whole server restarted empty, nothing in Redis remembers: the
   process that enqueued knows how many tasks it made, and the audit takes that
   count (``audit(queue, expected=N)``, ``wqsim status --expected N``).
@@ -83,10 +86,6 @@ def check_eviction_policy(
         f"{where} has maxmemory-policy {policy}, so it may evict wqsim's keys and lose tasks; "
         f"run '{FIX}' (and set it in redis.conf), or pass --allow-eviction to accept the risk"
     )
-
-
-class QueueVanished(RuntimeError):
-    """The queue's keys disappeared from Redis while it was in use."""
 
 
 def vanished_message(queue: str, lost: int, how: str, exact: bool = True) -> str:
