@@ -10,13 +10,17 @@ from collections.abc import Iterator
 import redis
 
 import wqsim
-from wqsim import Queue, Task, Worker, WorkerConfig, WorkerPool, generate
+from wqsim import Queue, Retention, Task, Worker, WorkerConfig, WorkerPool, generate
 
 from .peers import wait_for
 
 
 def _queue(client: redis.Redis, label: str) -> Queue:
-    return Queue(client, f"bench-{label}-{uuid.uuid4().hex[:6]}")
+    """A fresh queue that keeps every task: the measurements read every task hash
+    (benchmarks/retention.py measures retention itself)."""
+    q = Queue(client, f"bench-{label}-{uuid.uuid4().hex[:6]}")
+    q.set_retention(Retention.keep_everything())
+    return q
 
 
 def _times(q: Queue, fields: tuple[str, ...]) -> Iterator[list[float]]:

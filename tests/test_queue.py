@@ -446,7 +446,8 @@ def test_a_finished_run_leaves_exactly_the_documented_keys(make_queue, make_work
     generate(q, 3)
     make_worker().run()
     k = q.keys
-    expected = {k.task(i) for i in ("1", "2", "3")} | {k.stats, k.events, k.finishes, k.next_id, k.signal}
+    expected = {k.task(i) for i in ("1", "2", "3")} | {k.stats, k.events, k.finishes, k.next_id, k.signal,
+                                                       k.ledger, k.done_index}
     # No lease, held set, package or inflight entry outlives its claim.
     assert set(q.client.scan_iter(match=k.pattern)) == expected
 

@@ -285,6 +285,7 @@ class QueueStateMachine(RuleBasedStateMachine):
             self.tasks[task_id] = ModelTask(task_id, max_attempts)
             self.ready.insert(0, task_id)
         self.stats["total"] += count
+        self.stats["created"] = 1  # the sentinel every enqueue writes (see wqsim.storage)
 
     @rule(worker=st.sampled_from(WORKERS), count=st.integers(1, 3))
     def claim(self, worker: str, count: int) -> None:

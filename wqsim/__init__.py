@@ -22,6 +22,7 @@ from .listener import Listener, ListenResult
 from .pool import WorkerPool
 from .queue import Claim, DuplicateTask, Queue, ReapResult, Settlement
 from .reaper import Reaper
+from .retention import Retention
 from .runner import RunReport, run
 from .server import RedisServer
 from .task import MalformedTask, Status, Task
@@ -53,6 +54,7 @@ __all__ = [
     "WorkerPool",
     "Claim", "DuplicateTask", "Queue", "ReapResult", "Settlement",
     "Reaper",
+    "Retention",
     "RunReport", "run",
     "RedisServer",
     "MalformedTask", "Status", "Task",

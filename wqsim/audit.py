@@ -24,6 +24,26 @@ not happen while workers are running, so it reads Redis twice, each time atomica
    Fewer hashes than the snapshot's total means hashes were deleted: the
    shortfall is lost too (total is read before the scan, so tasks created
    meanwhile can only hide a shortfall, never fake one).
+
+Retention (wqsim.retention) deletes the hashes of old done tasks on purpose: the
+counter 'retired' counts them, and the shortfall is of hashes against
+total - retired, with 'retired' read after the scan (it only grows, so tasks
+retired during the scan can only hide a shortfall, never fake one). A retired
+task cannot be told by id from one whose hash vanished, unless it is still in
+the done index, so a missing hash named only by the event stream is counted by
+the shortfall, not by id, once any task has been retired.
+
+Never existed, or vanished? Redis can lose a queue's keys (eviction, a restart
+without persistence; see wqsim.storage), the stats hash included, and then
+'total' reads 0 as if the queue had never existed. So the audit takes the
+largest of three records of how many tasks were created: the stats hash's
+'total'; the ledger (Keys.ledger, a second key that every enqueue also counts
+in, so it may survive the stats hash); and ``expected``, the count the
+producing process remembers (wqsim.run passes it; ``wqsim status --expected``),
+which survives even a server that restarted empty. A stats hash that is missing
+while any record says tasks existed, or that lacks the sentinel 'created'
+(recreated by a counter increment after the loss), sets ``counters_lost``: the
+audit is then never clean, and every created task not found is lost.
 """
 
 from __future__ import annotations
@@ -72,6 +92,9 @@ class Audit:
     completions: int     # done events in the stream
     rejected: int        # late outcomes refused because the lease had expired
     expired: int         # leases the reaper found expired
+    retired: int = 0     # done tasks whose hashes the retention policy removed (counted in done)
+    counters_lost: bool = False  # Redis lost the stats hash (missing, or recreated without its sentinel)
+    vanished: int = 0    # ids claimed whose hash did not exist (deleted or evicted), dead-lettered (in dead)
     lost_ids: tuple[str, ...] = field(default=(), repr=False)
     twice_ids: tuple[str, ...] = field(default=(), repr=False)
 
@@ -85,8 +108,9 @@ class Audit:
 
     @property
     def clean(self) -> bool:
-        """Nothing lost, nothing completed twice, nothing left unfinished."""
-        return self.lost == 0 and self.completed_twice == 0 and self.in_flight == 0 and self.generated > 0
+        """Nothing lost, nothing completed twice, nothing left unfinished, the record intact."""
+        return (self.lost == 0 and self.completed_twice == 0 and self.in_flight == 0 and self.generated > 0
+                and not self.counters_lost)
 
     @property
     def duplicate_executions(self) -> int:
@@ -94,15 +118,22 @@ class Audit:
         return max(self.executions - self.terminal, 0)
 
     def summary(self) -> str:
+        retired = f" ({self.retired} retired)" if self.retired else ""
+        hashless = f" ({self.vanished} of them had no hash)" if self.vanished else ""
+        vanished = "; the queue's counters were lost from Redis (stats hash missing or recreated)" if self.counters_lost else ""
         return (
-            f"generated {self.generated}, done {self.done}, dead {self.dead}, cancelled {self.cancelled}, "
+            f"generated {self.generated}, done {self.done}{retired}, dead {self.dead}{hashless}, cancelled {self.cancelled}, "
             f"in flight {self.in_flight}, lost {self.lost}, completed twice {self.completed_twice}, "
-            f"executions {self.executions} for {self.completions} completions"
+            f"executions {self.executions} for {self.completions} completions{vanished}"
         )
 
 
-def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Audit:
-    """Audit one queue: ``audit(client, "seed")`` or ``audit(Queue(...))``."""
+def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None, expected: int | None = None) -> Audit:
+    """Audit one queue: ``audit(client, "seed")`` or ``audit(Queue(...))``.
+
+    ``expected``: how many tasks the caller enqueued into the queue, if it knows;
+    tasks it created that Redis no longer has any record of are then lost.
+    """
     if isinstance(client_or_queue, Queue):
         q = client_or_queue
     else:
@@ -110,7 +141,8 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
             raise ValueError("audit(client, queue): the queue name is required with a client")
         q = Queue(client_or_queue, queue)
     snap = q.snapshot()  # one atomic read: the headline counts
-    c = snap["counters"]
+    c, ledger = snap["counters"], snap["ledger"]
+    generated = max(c.get("total", 0), ledger.get("enqueued", 0), expected or 0)
     seen_in = {"queued": set(snap["queued"]), "running": set(snap["running"]),
                "scheduled": set(snap["scheduled"]), "dead": set(snap["dead"])}
 
@@ -157,14 +189,16 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
 
     lost = q.verify_lost(list(suspects))  # one atomic re-check of every suspect
     hashless = sum(1 for task_id in lost if task_id not in status_of)
-    shortfall = max(c.get("total", 0) - len(status_of) - hashless, 0)  # deleted hashes no id names
+    retired = _retired(q)  # after the scan: see the module's docstring
+    shortfall = max(generated - retired - len(status_of) - hashless, 0)  # deleted hashes no id names
+    counters_lost = not c.get("created") and (bool(c) or generated > 0)
 
     running = seen_in["running"]
     dead = seen_in["dead"]
     scheduled = seen_in["scheduled"] - running - dead
     queued = seen_in["queued"] - running - scheduled - dead  # a stale duplicate entry counts once
     return Audit(
-        generated=c.get("total", 0),
+        generated=generated,
         done=c.get("done", 0),
         dead=c.get("dead", 0),
         cancelled=c.get("cancelled", 0),
@@ -174,13 +208,24 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None) -> Aud
         waiting=c.get("waiting", 0),
         lost=len(lost) + shortfall,
         completed_twice=len(twice),
-        executions=executions,
+        executions=executions + c.get("retired_attempts", 0),
         completions=counts["done"],
         rejected=counts["rejected"],
         expired=c.get("expired", 0),
+        retired=max(c.get("retired", 0), ledger.get("retired", 0)),
+        counters_lost=counters_lost,
+        vanished=c.get("vanished", 0),
         lost_ids=tuple(sorted(lost, key=_id_order)),
         twice_ids=tuple(sorted(twice, key=_id_order)),
     )
+
+
+def _retired(q: Queue) -> int:
+    """Done tasks retired so far, by the stats hash or the ledger, whichever survived better."""
+    pipe = q.client.pipeline(transaction=False)
+    pipe.hget(q.keys.stats, "retired")
+    pipe.hget(q.keys.ledger, "retired")
+    return max(int(n or 0) for n in pipe.execute())
 
 
 def _events_until(q: Queue, last: str) -> Iterator[dict[str, str]]:

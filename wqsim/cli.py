@@ -13,8 +13,11 @@ what it has not started.
 
 Exit codes: 0 success (a ``work`` stopped by SIGTERM included); 1 the run
 finished but not cleanly (lost or stuck tasks, workers that never reported or
-had to be killed); 2 bad arguments or configuration (a bad Redis URL, a Redis
-user without a permission wqsim needs); 3 Redis unreachable, not Redis, or TLS
+had to be killed, a queue that vanished from Redis, a ``status`` whose audit
+finds tasks lost), or an enqueue Redis refused for want of memory (nothing was
+written: try again once there is room); 2 bad arguments or configuration (a bad
+Redis URL, a Redis user without a permission wqsim needs, a Redis whose
+maxmemory-policy may evict keys); 3 Redis unreachable, not Redis, or TLS
 verification failed; 130 ``run`` interrupted. Errors are one readable line,
 never a traceback.
 """
@@ -45,7 +48,9 @@ from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
 from .runner import run
+from .retention import Retention
 from .stopping import StopRequest
+from .storage import check_eviction_policy
 
 log = logging.getLogger("wqsim.cli")
 
@@ -73,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--queue", default="seed", help="queue name (default: seed)")
         p.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else an embedded Redis")
 
+    def storage(p: argparse.ArgumentParser, retention: bool) -> None:
+        p.add_argument("--allow-eviction", action="store_true",
+                       help="use a Redis whose maxmemory-policy may evict keys (losses are reported, not prevented)")
+        if not retention:
+            return
+        g = p.add_argument_group("retention (the queue's policy; default: the newest 10,000 done tasks, ~100,000 events)")
+        g.add_argument("--keep-done", type=_count_or_all, default=argparse.SUPPRESS, metavar="N|all",
+                       help="keep the hashes of the newest N done tasks")
+        g.add_argument("--keep-done-s", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+                       help="also retire done tasks recorded longer ago than this")
+        g.add_argument("--events-maxlen", type=_count_or_all, default=argparse.SUPPRESS, metavar="N|all",
+                       help="trim the events stream to about N entries")
+
     p = sub.add_parser("run", help="the seed scenario: generate, work, listen, reap, audit")
     common(p)
     p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
@@ -93,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", choices=("chain", "fanout", "diamond", "layered"), default=None,
                    help="run an example dependency graph of about --tasks sleep tasks")
     p.add_argument("--allow-failure", action="store_true", help="with --graph: run dependents of failed tasks instead of cancelling them")
+    storage(p, retention=True)
     chaos = p.add_argument_group("failure injection (seedable)")
     chaos.add_argument("--chaos", action="store_true", help=f"inject every kind of fault: {CHAOS_PRESET}")
     chaos.add_argument("--seed", type=int, default=0)
@@ -113,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-failure", action="store_true", help="with --graph: dependents of failed tasks run anyway")
     p.add_argument("--seed", type=int, default=0, help="with --graph layered: the random graph's seed")
     p.add_argument("--fresh", action="store_true", help="purge the queue first (its keys only)")
+    storage(p, retention=True)
 
     p = sub.add_parser("work", help="a pool of workers on a queue, until stopped (or, with --once, until it is drained)")
     common(p)
@@ -126,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-timeout-s", type=positive_float("task_timeout_s"), default=300.0,
                    help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
+    storage(p, retention=False)
 
     p = sub.add_parser("listen", help="the pub/sub listener: print finished messages and progress")
     common(p)
@@ -138,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-s", type=positive_float("interval_s"), default=1.0)
     p.add_argument("--once", action="store_true", help="reap once and exit")
 
-    p = sub.add_parser("status", help="queue counts, leases in flight, dead letters and the audit")
+    p = sub.add_parser("status", help="queue counts, leases in flight, dead letters and the audit (exit 1 if tasks were lost)")
     common(p)
+    p.add_argument("--expected", type=int, default=None, metavar="N",
+                   help="tasks known to have been enqueued (as generate reported): any Redis has no record of are lost")
 
     p = sub.add_parser("acl", help="print the least-privilege ACL rule for one queue (ACL SETUSER ...)")
     p.add_argument("--queue", required=True, help="queue name")
@@ -154,6 +177,25 @@ def _connect(args: argparse.Namespace, url: str) -> redis.Redis:
     client = connect(url)
     acl.check(client, args.queue, acl.needed_by(args.command))
     return client
+
+
+def _count_or_all(text: str) -> int | None:
+    """A retention bound: an integer >= 0, or 'all' to keep everything."""
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all' (got {text!r})") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all' (got {text!r})")
+    return value
+
+
+def _retention(args: argparse.Namespace) -> Retention | None:
+    """The retention policy the options ask for; None if none was given (the queue's stays)."""
+    given = {name: getattr(args, name) for name in ("keep_done", "keep_done_s", "events_maxlen") if hasattr(args, name)}
+    return Retention(**given) if given else None
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -181,6 +223,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         graph=args.graph,
         allow_failure=args.allow_failure,
         graph_seed=args.seed,
+        retention=_retention(args) or Retention(),
+        allow_eviction=args.allow_eviction,
     )
 
 
@@ -221,8 +265,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         registry.get(args.kind)  # raises UnknownKind with the registered names
     url = resolve_url(args.redis_url)
     queue = Queue(_connect(args, url), args.queue)
+    check_eviction_policy(queue.client, f"Redis at {redact(url)}", args.allow_eviction)
     if args.fresh:
         queue.purge()
+    retention = _retention(args)
+    if retention is not None:
+        queue.set_retention(retention)
     if args.graph:
         tasks = example_graph(args.graph, args.tasks, args.duration_ms, args.seed)
         for task in tasks:
@@ -233,7 +281,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return 0
     generate(queue, args.tasks, args.duration_ms, args.kind, args.max_attempts, args.package_size,
              timeout_s=args.task_timeout_s)
-    log.info("Queue %r at %s now holds %d task(s)", args.queue, redact(url), queue.counters().get("total", 0))
+    total = queue.counters().get("total", 0)
+    log.info("Queue %r at %s now holds %d task(s) (check later with: wqsim status --queue %s --expected %d)",
+             args.queue, redact(url), total, args.queue, total)
     return 0
 
 
@@ -247,7 +297,10 @@ def _cmd_work(args: argparse.Namespace) -> int:
     prefix = args.id_prefix if args.id_prefix is not None else f"{socket.gethostname()}-{os.getpid()}-"
     ids = [check_id("worker id", f"{prefix}{i}") for i in range(1, args.workers + 1)]
     url = resolve_url(args.redis_url)
-    _connect(args, url)  # unreachable Redis or a missing permission: fail now, in one line, not in every worker
+    # Unreachable Redis, a missing permission, or a Redis that may evict keys: fail now, in one line.
+    client = _connect(args, url)
+    check_eviction_policy(client, f"Redis at {redact(url)}", args.allow_eviction)
+    vanished_before = Queue(client, args.queue).counters().get("vanished", 0)
     with StopRequest() as stop:  # from here on SIGTERM and SIGINT are only recorded, never raised
         pool = WorkerPool(url, args.queue, ids, config, mode=args.mode, on_exit=stop.set)
         log.info("Working on queue %r at %s with %d worker(s): %s%s", args.queue, redact(url), len(ids),
@@ -264,6 +317,15 @@ def _cmd_work(args: argparse.Namespace) -> int:
                           STOP_GRACE_S)
                 pool.terminate()
                 return 1
+    if pool.queue_vanished():
+        log.error("Queue %r vanished from Redis while it was worked on: its tasks were lost "
+                  "(wqsim status --expected N counts them)", args.queue)
+        return 1
+    hashless = Queue(client, args.queue).counters().get("vanished", 0) - vanished_before
+    if hashless > 0:
+        log.error("%d task id(s) of queue %r had no hash when claimed (deleted, or evicted by Redis): "
+                  "dead-lettered, their data is lost", hashless, args.queue)
+        return 1
     log.info("All workers stopped")
     return 0
 
@@ -344,7 +406,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  dead letters ({lengths['dead']}, newest first):")
         for task_id in dead:
             print(f"    {task_id}: {queue.client.hget(queue.keys.task(task_id), 'error')}")
-    print("  audit: " + audit(queue).summary())
+    result = audit(queue, expected=args.expected)
+    print("  audit: " + result.summary())
+    if result.lost or result.counters_lost:
+        print(f"wqsim: {result.lost} task(s) of queue {args.queue!r} lost from Redis", file=sys.stderr)
+        return 1
     return 0
 
 

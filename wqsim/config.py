@@ -12,6 +12,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from .retention import Retention
+
 
 def default_workers() -> int:
     """The seed's pool size: one worker per core but one, and at least one."""
@@ -242,6 +244,9 @@ class RunConfig:
         lets dependents of a failed task run anyway instead of being cancelled.
     timeout_s: the listener's limit; None scales it with the work to be done.
     reap_interval_s: how often the reaper runs; None means a quarter of the lease.
+    retention: what the queue keeps of finished work (see wqsim.retention).
+    allow_eviction: run on a Redis whose maxmemory-policy may evict keys (losses are
+        then reported, not prevented; see wqsim.storage). False refuses such a server.
     """
 
     queue: str = "seed"
@@ -259,6 +264,8 @@ class RunConfig:
     graph: str | None = None
     allow_failure: bool = False
     graph_seed: int = 0
+    retention: Retention = field(default_factory=Retention)
+    allow_eviction: bool = False
 
     def __post_init__(self) -> None:
         from .graph import GRAPHS

@@ -132,9 +132,30 @@ class Keys:
 
     @property
     def stats(self) -> str:
-        """HASH of counters (total, done, dead, retried, expired, dropped, rejected)
-        and the sequences that lease and package ids are drawn from."""
+        """HASH of counters (total, done, dead, retried, expired, dropped, rejected, retired),
+        the sequences that lease and package ids are drawn from, and the sentinel
+        'created' = 1 that every enqueue writes: a stats hash without it was recreated
+        by a counter increment after Redis lost it (see wqsim.storage)."""
         return self.prefix + "stats"
+
+    @property
+    def ledger(self) -> str:
+        """HASH the durable twin of two counters, kept apart from ``stats`` so that losing one
+        key still leaves a record that tasks existed: 'enqueued' (tasks ever enqueued) and
+        'retired' (done tasks whose hashes the retention policy removed)."""
+        return self.prefix + "ledger"
+
+    @property
+    def done_index(self) -> str:
+        """ZSET task id -> when it was recorded done (Redis's clock, epoch s): the done tasks
+        whose hashes are still kept, oldest first; the retention policy retires from its front."""
+        return self.prefix + "done"
+
+    @property
+    def retention(self) -> str:
+        """HASH the queue's retention policy (keep_done, keep_done_s, events_maxlen; see
+        wqsim.retention). Absent fields take the defaults; '' turns one off."""
+        return self.prefix + "retention"
 
     @property
     def signal(self) -> str:

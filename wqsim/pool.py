@@ -38,7 +38,7 @@ from .config import ChaosConfig, WorkerConfig
 from .connection import connect
 from .queue import Queue
 from .stopping import STOP_SIGNALS
-from .worker import CRASH_EXIT_CODE, TIME_LIMIT_EXIT_CODE, Worker
+from .worker import CRASH_EXIT_CODE, QUEUE_VANISHED_EXIT_CODE, TIME_LIMIT_EXIT_CODE, Worker
 
 log = logging.getLogger("wqsim.pool")
 
@@ -75,7 +75,7 @@ def _process_main(
         signal.signal(signum, lambda *_: worker.stop())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
-        worker.run()
+        stats = worker.run()
     except Exception as exc:
         message = acl.explain(exc, queue, acl.user_of(client))
         if message is None:
@@ -83,6 +83,8 @@ def _process_main(
         if refusals is not None:
             refusals.put(message)
         sys.exit(CONFIG_EXIT_CODE)
+    if stats.queue_vanished:
+        raise SystemExit(QUEUE_VANISHED_EXIT_CODE)  # said once, in its log line: not replaced
 
 
 def describe_exit(code: int | None) -> str:
@@ -92,6 +94,7 @@ def describe_exit(code: int | None) -> str:
         TIME_LIMIT_EXIT_CODE: "was stopped: its task ran past its time limit",
         ORPHAN_EXIT_CODE: "found its parent gone",
         CONFIG_EXIT_CODE: "stopped: Redis refused it a permission",
+        QUEUE_VANISHED_EXIT_CODE: "stopped: its queue vanished from Redis",
     }.get(code or 0, f"died (exit code {code})")
 
 
@@ -233,7 +236,8 @@ class WorkerPool:
                     if code == CONFIG_EXIT_CODE:
                         refused.append(self._refusals.get() if not self._refusals.empty() else
                                        f"worker {worker_id} stopped: Redis refused it a permission")
-                    elif code != 0 and self.restart_crashed and not self._stopping.is_set():
+                    elif code not in (0, QUEUE_VANISHED_EXIT_CODE) and self.restart_crashed \
+                            and not self._stopping.is_set():
                         undecided[worker_id] = code
             if refused:
                 self._refuse(refused[0])  # outside the lock: stop() takes it
@@ -291,6 +295,12 @@ class WorkerPool:
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait for every worker to exit; True if all did within ``timeout_s``."""
         return self._exited.wait(timeout_s)
+
+    def queue_vanished(self) -> bool:
+        """Did a worker stop because the queue vanished from Redis (see Worker._queue_vanished)?"""
+        with self._lock:
+            codes = list(self._exit_codes.values())
+        return QUEUE_VANISHED_EXIT_CODE in codes or any(w.stats.queue_vanished for w in self._workers.values())
 
     def exit_codes(self) -> dict[str, int | None]:
         """Each worker's latest exit code (None while it runs)."""

@@ -20,6 +20,7 @@ import redis
 from .graph import validate as validate_graph
 from .config import check_time_limit
 from .keys import IdRange, Keys, check_id, parse_lease
+from .retention import Retention
 from .scripts import scripts_for
 from .task import Status, Task, to_json
 
@@ -42,6 +43,23 @@ class DuplicateTask(ValueError):
     """An enqueue named a task id the queue already holds; nothing was written."""
 
 
+class EnqueueRefused(RuntimeError):
+    """Redis refused an enqueue (out of memory under ``maxmemory``); ``written`` tasks were
+    written, which is none: an enqueue is all-or-nothing."""
+
+    def __init__(self, message: str, written: int = 0) -> None:
+        super().__init__(message)
+        self.written = written
+
+
+class TaskNotFound(LookupError):
+    """No hash for this task id in the queue: it never existed, or it was lost."""
+
+
+class TaskRetired(TaskNotFound):
+    """The task's hash is gone because the retention policy retired it after it was done."""
+
+
 class Claimed(NamedTuple):
     """One task as claim.lua hands it over; kind or payload is None in a malformed hash."""
 
@@ -55,7 +73,16 @@ class Claimed(NamedTuple):
 
 @dataclass(frozen=True)
 class Claim:
-    """The reply to a claim: tasks now leased to the caller, and what to do if none."""
+    """The reply to a claim: tasks now leased to the caller, and what to do if none.
+
+    ``state`` says whether Redis still holds the queue's record (checked only when
+    nothing was claimed, see drain_state() in lua/_lib.lua): 'ok'; 'missing', no
+    stats hash and nothing saying there ever was one (a queue not created yet);
+    'lost', the stats hash is gone while the ledger remains, or was recreated
+    without its sentinel (Redis lost it: a restart without persistence, or eviction);
+    'stranded', tasks are unfinished yet in no list, claim or retry schedule (their
+    entries were lost, e.g. the ready list was evicted): nothing will finish them.
+    """
 
     lease: str | None = None
     tasks: list[Claimed] = field(default_factory=list)
@@ -64,6 +91,7 @@ class Claim:
     rejected: list[str] = field(default_factory=list)
     backlog: int = 0               # ready-list entries left after this claim
     claims_in_flight: int = 0      # leases alive on the queue, this one included (all workers)
+    state: Literal["ok", "missing", "lost", "stranded"] = "ok"
 
 
 class Snapshot(TypedDict):
@@ -75,6 +103,7 @@ class Snapshot(TypedDict):
     dead: list[str]        # dead-letter list
     counters: dict[str, int]  # the stats hash
     last_event: str        # newest entry id of the events stream, '' if none
+    ledger: dict[str, int]  # Keys.ledger: enqueued and retired, apart from the stats hash
 
 
 @dataclass(frozen=True)
@@ -310,7 +339,10 @@ class Queue:
 
     def reserve_ids(self, count: int) -> IdRange:
         """Like allocate_ids, as a lazy sequence: reserving 10,000,000 ids holds none of them."""
-        last = self.client.incrby(self.keys.next_id, count)
+        try:
+            last = self.client.incrby(self.keys.next_id, count)
+        except redis.exceptions.OutOfMemoryError:  # the first write of generate(): the same refusal
+            raise self._out_of_memory(count) from None
         return IdRange(last - count + 1, last)
 
     def enqueue(
@@ -365,6 +397,19 @@ class Queue:
                 fails_ok = task.allow_failure if allow_failure is None else allow_failure
                 flat += (" ".join(task.depends_on), " ".join(dependents[task.id]), int(fails_ok))
         ids = [t.id for t in tasks]
+        try:
+            return self._enqueue_flat(ids, flat, size, width, chunk)
+        except redis.exceptions.OutOfMemoryError:  # checked before a script or a transaction runs
+            raise self._out_of_memory(len(ids)) from None
+
+    def _out_of_memory(self, count: int) -> EnqueueRefused:
+        return EnqueueRefused(
+            f"Redis refused to enqueue {count} task(s) into queue {self.name!r}: it is out of memory "
+            f"(used memory > maxmemory); none was written. Raise maxmemory, or let workers finish "
+            f"(the retention policy retires done tasks) and enqueue again"
+        )
+
+    def _enqueue_flat(self, ids: list[str], flat: list[object], size: int, width: int, chunk: int) -> list[str]:
         head = self._argv(size)
         if len(flat) <= width * chunk:  # one script call is atomic by itself: one EVALSHA
             refused, *packages = self._run_packed("enqueue", size, 0, len(ids), *ids, width, len(ids), *flat)
@@ -418,6 +463,14 @@ class Queue:
         """Record outcomes (each fenced by its lease) and claim up to ``claim_next`` more, in one call."""
         reply = self._hot("settle", *self._settle_args(worker, settlements, lease_ms, claim_next, backoff_s))
         return _claim_from(reply[1:], rejected=list(reply[0]))
+
+    def set_retention(self, retention: Retention) -> None:
+        """Make ``retention`` this queue's policy: every worker's scripts apply it from now on."""
+        self.client.hset(self.keys.retention, mapping=retention.to_fields())
+
+    def retention(self) -> Retention:
+        """The policy the scripts apply to this queue (the defaults unless one was set)."""
+        return Retention.from_fields(self.client.hgetall(self.keys.retention))
 
     def finish(self, worker: str) -> str:
         """Record that ``worker`` has finished and announce it on the finished channel, in one
@@ -520,7 +573,7 @@ class Queue:
         self.client.xadd(self.keys.events, {
             "event": "fault", "id": task_id, "attempt": attempt, "worker": worker, "at": repr(self.clock()),
             "detail": faults,
-        })
+        }, maxlen=self.retention().events_maxlen, approximate=True)
 
     def leases_issued(self) -> int:
         """How many leases the queue has issued: every lease made later is numbered above this."""
@@ -536,11 +589,10 @@ class Queue:
 
         One instant for all of them, so their counts can be compared (see lua/snapshot.lua).
         """
-        queued, running, scheduled, dead, stats, last_event = self._scripts["snapshot"](
+        queued, running, scheduled, dead, stats, last_event, ledger = self._scripts["snapshot"](
             keys=self.keys.script_keys(), args=self._argv(), client=self.reader)
-        counters = {stats[i]: int(stats[i + 1]) for i in range(0, len(stats), 2)}
         return {"queued": queued, "running": running, "scheduled": scheduled, "dead": dead,
-                "counters": counters, "last_event": last_event}
+                "counters": _ints(stats), "last_event": last_event, "ledger": _ints(ledger)}
 
     def verify_lost(self, task_ids: Sequence[str]) -> list[str]:
         """Of ``task_ids``, those lost at one instant: out of the structure their status
@@ -561,11 +613,16 @@ class Queue:
         raw = self.client.hgetall(self.keys.stats)
         return {name: int(value) for name, value in raw.items()}
 
+    def ledger_enqueued(self) -> int:
+        """Tasks ever enqueued, as the ledger (Keys.ledger) counts them apart from the stats hash."""
+        return int(self.client.hget(self.keys.ledger, "enqueued") or 0)
+
     def drained(self) -> bool:
-        """True once every task the queue knows of is terminal (done, dead or cancelled)."""
+        """True once every task the queue knows of is terminal (done, dead or cancelled);
+        never for a stats hash without its 'created' sentinel (recreated after a loss)."""
         c = self.counters()
         total = c.get("total", 0)
-        return total > 0 and c.get("done", 0) + c.get("dead", 0) + c.get("cancelled", 0) >= total
+        return bool(c.get("created")) and total > 0 and c.get("done", 0) + c.get("dead", 0) + c.get("cancelled", 0) >= total
 
     def lengths(self) -> dict[str, int]:
         k = self.keys
@@ -578,7 +635,24 @@ class Queue:
         return {"ready": ready, "inflight": inflight, "delayed": delayed, "dead": dead}
 
     def task(self, task_id: str) -> Task:
-        return Task.from_hash(self.client.hgetall(self.keys.task(task_id)))
+        """The task as its hash holds it. TaskRetired if the hash is gone and done tasks
+        have been retired (it most likely was one of them: the retention policy keeps no
+        record per retired id), TaskNotFound if there is no such task."""
+        fields = self.client.hgetall(self.keys.task(task_id))
+        if fields:
+            return Task.from_hash(fields)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.stats, "retired")
+        pipe.hget(self.keys.ledger, "retired")
+        pipe.zscore(self.keys.done_index, task_id)
+        retired, ledger_retired, indexed = pipe.execute()
+        retired = max(int(retired or 0), int(ledger_retired or 0))
+        if retired and indexed is None:
+            raise TaskRetired(
+                f"task {task_id!r} of queue {self.name!r} is gone: {retired:,} done task(s) were retired by the "
+                f"retention policy ({self.retention().describe()}), and only the counters remember them"
+            )
+        raise TaskNotFound(f"queue {self.name!r} has no task {task_id!r}")
 
     def statuses(self) -> dict[str, Status]:
         """Status of every task of the queue (SCAN; for audits and tests, not hot paths)."""
@@ -623,9 +697,19 @@ class Queue:
         return deleted
 
 
+_STATES: dict[int, Literal["ok", "missing", "lost", "stranded"]] = {-1: "missing", -2: "lost", -3: "stranded"}
+
+
+def _ints(flat: list[str]) -> dict[str, int]:
+    """A flat HGETALL reply of counters as a dict."""
+    return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
 def _claim_from(reply: list, rejected: list[str]) -> Claim:
     drained, next_due, lease, backlog, in_flight, *flat = reply
+    code = int(drained)
     return Claim(
+        state=_STATES.get(code, "ok"),
         backlog=int(backlog),
         claims_in_flight=int(in_flight),
         lease=lease or None,
@@ -633,7 +717,7 @@ def _claim_from(reply: list, rejected: list[str]) -> Claim:
             Claimed(flat[i], flat[i + 1], flat[i + 2], int(flat[i + 3]), flat[i + 4], _limit(flat[i + 5]))
             for i in range(0, len(flat), 6)
         ],
-        drained=bool(int(drained)),
+        drained=code == 1,
         next_due=float(next_due) if next_due not in ("", None) else None,
         rejected=rejected,
     )

@@ -24,6 +24,7 @@ from .listener import ListenResult, Listener, ProgressCallback
 from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
+from .storage import check_eviction_policy
 
 log = logging.getLogger("wqsim.run")
 
@@ -83,6 +84,9 @@ def run(
     ``should_stop`` is asked at least every quarter second; once it says True
     the workers are stopped gracefully (the CLI passes its SIGTERM request).
     The run rides out a Redis restart: workers, listener and reaper reconnect.
+    A Redis that may evict keys is refused (EvictionRisk) unless
+    ``config.allow_eviction``; the queue gets ``config.retention`` as its policy; the
+    audit is told how many tasks were created, so tasks that vanish count as lost.
     """
     cfg = config or RunConfig()
     logger = logger or log
@@ -100,7 +104,9 @@ def run(
                 inner(status, task_id)
 
     queue = Queue(connect(url), cfg.queue)
+    check_eviction_policy(queue.client, f"Redis at {redact(url)}", cfg.allow_eviction, logger)
     queue.purge()
+    queue.set_retention(cfg.retention)
     logger.info(
         "Work server: %d %s tasks on queue %r at %s, %d worker%s",
         cfg.tasks, cfg.kind, cfg.queue, redact(url), cfg.workers, "" if cfg.workers == 1 else "s",
@@ -113,12 +119,14 @@ def run(
         for task in tasks:
             task.max_attempts = cfg.max_attempts
         queue.enqueue(tasks, allow_failure=cfg.allow_failure)
+        created = len(tasks)
         bounds = graph_bounds(tasks, cfg.workers)
         if bar is not None:
             bar.total = len(tasks)
         logger.info("Created a %s graph of %d tasks, critical path %d tasks", cfg.graph, len(tasks), len(bounds.critical_path))
     else:
-        generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size, logger=logger)
+        created = len(generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size,
+                               logger=logger))
     reaper = Reaper(Queue(connect(url), cfg.queue), cfg.reaper_interval_s).start()
     pool = WorkerPool(url, cfg.queue, worker_ids, cfg.worker, cfg.chaos, cfg.mode)
     started = time.perf_counter()
@@ -147,7 +155,7 @@ def run(
             bar.close()
     if pool.refused is not None:
         raise PermissionDenied(pool.refused)
-    result = audit(queue)
+    result = audit(queue, expected=created)  # what this run created, even if Redis forgot it
     report = RunReport(cfg, result, listened, wall_s, pool.restarts, reaper.returned, makespan(queue), bounds)
     logger.info(report.summary())
     if bounds is not None:

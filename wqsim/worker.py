@@ -38,6 +38,7 @@ from .handlers import HandlerRegistry, UnknownKind
 from .handlers import registry as default_registry
 from .keys import check_id, parse_lease
 from .queue import Claim, Claimed, Clock, Queue, Settlement
+from .storage import vanished_message
 from .task import MalformedTask, Status, Task, inputs_of, parse_payload, to_json
 
 log = logging.getLogger("wqsim.worker")
@@ -46,6 +47,7 @@ T = TypeVar("T")
 
 CRASH_EXIT_CODE = 70
 TIME_LIMIT_EXIT_CODE = 71  # a worker process ended because its task ran past its time limit
+QUEUE_VANISHED_EXIT_CODE = 72  # a worker process stopped because its queue vanished from Redis
 RECORD_RETRY_S = 0.5  # while Redis is unreachable, how often the watchdog tries to record an overrun
 FROZEN_POLL_S = 0.05  # how often a watchdog frozen by a chaos hang looks whether it has ended
 RETRYABLE_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -80,6 +82,7 @@ class WorkerStats:
     abandoned: int = 0
     leases_lost: int = 0
     timed_out: int = 0
+    queue_vanished: bool = False  # stopped because the queue's keys disappeared from Redis
 
 
 class Worker:
@@ -129,6 +132,8 @@ class Worker:
         self._refused: Exception | None = None  # a permission Redis refused the watchdog (see wqsim.acl)
         # Tasks of the last claim ran in under config.prefetch_below_s each (see _may_claim_ahead).
         self._short_tasks = False
+        self._seen_queue = False  # Redis has shown this worker the queue exists (see _queue_vanished)
+        self._last_backlog = 0
 
     def stop(self) -> None:
         """Finish and settle the task(s) in hand, claim nothing more, then return."""
@@ -166,6 +171,8 @@ class Worker:
                     claim = self._collect(ahead.popleft())
                     continue
                 if self._stopping.is_set() or (claim.drained and cfg.exit_when_drained):
+                    break
+                if self._queue_vanished(claim):
                     break
                 claim = self._hold(self._with_redis(partial(self._wait_then_claim, claim.next_due)))
         finally:
@@ -212,9 +219,45 @@ class Worker:
     def _hold(self, claim: Claim) -> Claim:
         """From now on the heartbeat renews this claim's lease (until its tasks are settled)."""
         if claim.lease is not None:
+            self._seen_queue = True
             with self._lock:
                 self._held.add(claim.lease)
+        self._last_backlog = claim.backlog
         return claim
+
+    def _queue_vanished(self, claim: Claim) -> bool:
+        """Has the queue vanished from Redis? If so, say so once (the loop then stops).
+
+        Claim replies with nothing in them say whether the stats hash is still there
+        (Claim.state, no extra round trip). 'lost' and 'stranded' are always a loss;
+        'missing' is one only after this worker has seen the queue exist, else it is
+        simply not created yet and the worker waits for a producer. Only here, once, is Redis asked how
+        many tasks went: the ledger, if it survived, else what this worker saw.
+        """
+        if claim.state == "ok":
+            self._seen_queue = True
+            return False
+        if claim.state == "missing" and not self._seen_queue:
+            return False
+        seen = self.stats.performed + self._last_backlog  # their records are gone too
+        lost, exact = seen, False
+        try:
+            enqueued, counters = self._side.ledger_enqueued(), self._side.counters()
+        except RETRYABLE_REDIS_ERRORS:
+            enqueued, counters = 0, {}
+        if enqueued:
+            finished = sum(counters.get(name, 0) for name in ("done", "dead", "cancelled"))
+            lost, exact = max(enqueued - finished, seen), True
+        if claim.state == "stranded":
+            how = "its unfinished tasks are in no list, claim or retry schedule: their entries were lost"
+            lost, exact = counters.get("total", 0) - sum(counters.get(n, 0) for n in ("done", "dead", "cancelled")), True
+        elif counters:
+            how = "its stats hash was recreated after Redis lost it"
+        else:
+            how = "its stats hash is gone"
+        self.log.error("Worker %s: %s", self.id, vanished_message(self.queue.name, lost, how, exact))
+        self.stats.queue_vanished = True
+        return True
 
     def _send(self, request: Callable[[], int]) -> int | None:
         """Send a pipelined request; None if Redis is unreachable (the loop then claims afresh)."""

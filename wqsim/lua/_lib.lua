@@ -5,8 +5,9 @@
 --   KEYS[2] inflight  ZSET  lease id -> lease deadline, epoch seconds (the reaper's index)
 --   KEYS[3] delayed   ZSET  task id -> time its retry is due, epoch seconds
 --   KEYS[4] dead      LIST  dead-letter task ids
---   KEYS[5] stats     HASH  counters: total, done, dead, retried, expired, ...; and the
---                           sequence 'leases' from which lease ids are drawn
+--   KEYS[5] stats     HASH  counters: total, done, dead, retried, expired, retired, ...; the
+--                           sequence 'leases' from which lease ids are drawn; and the
+--                           sentinel 'created' = 1, written by every enqueue
 --   KEYS[6] signal    LIST  at most one wake-up token for idle workers
 --   KEYS[7] events    STREAM outcome records (one entry per settle call for 'done',
 --                           one per task for retry/dead/expired/rejected/dropped)
@@ -31,6 +32,9 @@ local READY, INFLIGHT, DELAYED, DEAD, STATS, SIGNAL, EVENTS =
 local PREFIX, PROGRESS = ARGV[1], ARGV[2]
 local PACKAGE_ENTRY = '^pkg:'
 
+-- Per-queue keys outside KEYS, built from PREFIX (they mirror wqsim.keys.Keys).
+local LEDGER, DONE_INDEX = PREFIX .. 'ledger', PREFIX .. 'done'
+
 local function task_key(id) return PREFIX .. 'task:' .. id end
 local function lease_key(lease) return PREFIX .. 'lease:' .. lease end
 local function held_key(lease) return PREFIX .. 'held:' .. lease end
@@ -49,17 +53,58 @@ local function server_time()
   return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 end
 
+-- The queue's retention policy (wqsim/retention.py), read once per script call from
+-- <prefix>retention: a field that is absent takes the default below (mirrors
+-- Retention's defaults), '' turns that bound off. Returns {keep_done, keep_done_s,
+-- events_maxlen}, each a number or false.
+local RETENTION_DEFAULTS = {keep_done = 10000, keep_done_s = false, events_maxlen = 100000}
+local policy = nil
+local function retention()
+  if policy == nil then
+    local r = redis.call('HMGET', PREFIX .. 'retention', 'keep_done', 'keep_done_s', 'events_maxlen')
+    policy = {}
+    for i, name in ipairs({'keep_done', 'keep_done_s', 'events_maxlen'}) do
+      if r[i] == false then policy[name] = RETENTION_DEFAULTS[name] else policy[name] = tonumber(r[i]) or false end
+    end
+  end
+  return policy
+end
+
+-- XADD to the events stream, trimmed to about the policy's events_maxlen (MAXLEN ~ trims
+-- whole stream nodes only, so it costs next to nothing); returns the entry id.
+local function append_event(...)
+  local maxlen = retention().events_maxlen
+  if maxlen then return redis.call('XADD', EVENTS, 'MAXLEN', '~', maxlen, '*', ...) end
+  return redis.call('XADD', EVENTS, '*', ...)
+end
+
 -- Append one entry to the events stream; returns its id (which a progress message names).
 local function record(id, event, attempt, worker, lease, at, detail, started)
-  return redis.call('XADD', EVENTS, '*', 'event', event, 'id', id, 'attempt', attempt or 0,
+  return append_event('event', event, 'id', id, 'attempt', attempt or 0,
     'worker', worker or '', 'lease', lease or '', 'at', at, 'detail', detail or '', 'started', started or '')
+end
+
+-- Whether the queue is drained, as a claim reply reports it:
+--   1  every task the queue knows of is terminal;
+--   0  not yet;
+--  -1  the stats hash does not exist and nothing says the queue ever did (not created yet);
+--  -2  the queue's record is gone: the stats hash is missing while its ledger exists, or it
+--      exists without its 'created' sentinel (a counter increment recreated it after Redis
+--      lost it: a restart without persistence, or an eviction). Never drained, then.
+local function drain_state()
+  local c = redis.call('HMGET', STATS, 'total', 'done', 'dead', 'cancelled', 'created')
+  if not c[5] then
+    if redis.call('EXISTS', STATS) == 1 or redis.call('EXISTS', LEDGER) == 1 then return -2 end
+    return -1
+  end
+  local total = tonumber(c[1] or '0')
+  if total > 0 and tonumber(c[2] or '0') + tonumber(c[3] or '0') + tonumber(c[4] or '0') >= total then return 1 end
+  return 0
 end
 
 -- True once every task the queue knows of is in a terminal state.
 local function drained()
-  local c = redis.call('HMGET', STATS, 'total', 'done', 'dead', 'cancelled')
-  local total = tonumber(c[1] or '0')
-  return total > 0 and tonumber(c[2] or '0') + tonumber(c[3] or '0') + tonumber(c[4] or '0') >= total
+  return drain_state() == 1
 end
 
 -- Graphs: a prerequisite `id` has just ended (done when `ok`, else dead or cancelled);
@@ -165,6 +210,7 @@ local function take(id, lease, worker, now, out, taken)
     if redis.call('EXISTS', tkey) == 0 then
       redis.call('HSET', tkey, 'id', id, 'attempt', 0)
       redis.call('HINCRBY', STATS, 'total', 1)
+      redis.call('HINCRBY', STATS, 'vanished', 1)  -- deleted, or evicted: reported (wqsim work, the audit)
       bury(id, 0, worker, '', now, 'task hash ' .. tkey .. ' does not exist')
       return
     end
@@ -194,7 +240,10 @@ end
 -- Claim up to `count` ready tasks (or one whole work package) for `worker`
 -- under one lease of `lease_ms`: a new one, or `reuse`, a live lease of this
 -- worker that settle.lua has just emptied (renewing it saves creating one).
--- Returns {drained 0|1, next retry due (epoch s; only when nothing was claimed) or '', lease id or '',
+-- Returns {drained (drain_state(), checked only when nothing was claimed; else 0; and -3 when
+--          tasks are unfinished yet none is ready, claimed, scheduled or waiting: they are in
+--          no structure, so nothing will ever finish them: their entries were lost),
+--          next retry due (epoch s; only when nothing was claimed) or '', lease id or '',
 --          backlog: entries left in the ready list, claims in flight (leases, all workers),
 --          then id, kind, payload, attempt, inputs, time limit (s, or '') for each claimed task}.
 -- The last two tell a worker whether claiming ahead could starve another worker.
@@ -246,12 +295,16 @@ local function claim(worker, now, lease_ms, count, reuse)
   end
   out[4], out[5] = backlog, redis.call('ZCARD', INFLIGHT)
   if #taken == 0 then
-    if drained() then
-      out[1] = 1
+    out[1] = drain_state()
+    if out[1] == 1 then
       wake()  -- so that the next idle worker also sees the queue drained
     end
     local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
     if first[2] then out[2] = first[2] end  -- how long an idle worker may sleep
+    if out[1] == 0 and backlog == 0 and out[5] == 0 and not first[2]
+        and tonumber(redis.call('HGET', STATS, 'waiting') or '0') <= 0 then
+      out[1] = -3
+    end
   end
   return out
 end

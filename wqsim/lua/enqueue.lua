@@ -21,10 +21,16 @@
 -- A graph task with prerequisites is written 'waiting', with 'pending' = the number
 -- of its prerequisites, and stays out of the ready list until settle.lua releases it;
 -- the stats counter 'waiting' counts such tasks (for the audit's snapshot).
+-- Every enqueue counts its tasks in the ledger too, and sets the stats sentinel 'created'
+-- unless the queue's record was lost (only one of stats and ledger exists, or stats lacks it).
 -- Returns {ids refused (space-separated; '' if none), then the package ids created}.
 -- created_at and enqueued_at are Redis's clock when the script runs: the moment
 -- the tasks became visible to workers, whatever the producer's own clock says.
 local now = server_time()
+-- A new queue has neither a stats hash nor a ledger; one that has only one of them lost
+-- the other (see drain_state() in _lib.lua): then the sentinel is not written again.
+local intact = redis.call('HEXISTS', STATS, 'created') == 1
+  or (redis.call('EXISTS', STATS) == 0 and redis.call('EXISTS', LEDGER) == 0)
 local size, chunked, c = tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
 local width, n = tonumber(ARGV[6 + c]), tonumber(ARGV[7 + c])
 local first = 8 + c
@@ -77,6 +83,10 @@ for i = 0, n - 1 do
 end
 if #members > 0 then seal() end
 redis.call('HINCRBY', STATS, 'total', n)
+-- The sentinel a stats hash recreated after a loss lacks, and the ledger that outlives the
+-- stats hash if only that is lost: see drain_state() in _lib.lua and wqsim/storage.py.
+if intact then redis.call('HSET', STATS, 'created', 1) end
+redis.call('HINCRBY', LEDGER, 'enqueued', n)
 if width == 8 then redis.call('HINCRBY', STATS, 'graphs', 1) end
 if waiting > 0 then redis.call('HINCRBY', STATS, 'waiting', waiting) end
 wake()

@@ -16,7 +16,9 @@
 -- rejected: the lease expired and the reaper has returned, or will return, the
 -- task; or the outcome was already recorded. So a task is never both finished
 -- and returned, and never finished twice.
--- Returns {rejected ids, drained 0|1, next retry due or '', lease id or '',
+-- Done tasks are indexed in Keys.done_index and the oldest are retired by the queue's
+-- retention policy (see retire() below and wqsim/retention.py).
+-- Returns {rejected ids, drained (see drain_state()), next retry due or '', lease id or '',
 --          then id, kind, payload, attempt, inputs, time limit for each newly claimed task}.
 local worker, now, lease_ms, count = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local backoff = tonumber(ARGV[7])
@@ -99,11 +101,85 @@ for i = 0, n - 1 do
     end
   end
 end
+-- A done task's prerequisite result is still needed while one of its dependents has not
+-- ended: a waiting one will read it when it is claimed (inputs()), so may a queued or a
+-- scheduled one, and a running one may be retried.
+local ENDED = {done = true, dead = true, cancelled = true}
+local function still_needed(dependents)
+  for dep in string.gmatch(dependents or '', '%S+') do
+    local status = redis.call('HGET', task_key(dep), 'status')
+    if status and not ENDED[status] then return true end
+  end
+  return false
+end
+
+-- The retention policy: index the tasks just recorded done, then retire the oldest beyond
+-- keep_done and those older than keep_done_s (at most #ids + 100 per call, so no call runs
+-- long; the rest go in later calls). A retired task's hash is deleted and counted in
+-- 'retired' (stats and ledger), so the counters keep their totals. One that is still
+-- needed moves to the back of the index, to be looked at again later. An index entry
+-- whose hash is no longer a done task (lost) is dropped without being counted retired,
+-- so the audit reports it.
+local function retire(ids)
+  local p = retention()
+  if not p.keep_done and not p.keep_done_s then return end
+  local at = server_time()  -- one clock for every worker, whatever theirs say
+  for first = 1, #ids, 1000 do  -- unpack() of a whole large package could overflow Lua's stack
+    local scored = {}
+    for i = first, math.min(first + 999, #ids) do scored[#scored + 1], scored[#scored + 2] = at, ids[i] end
+    redis.call('ZADD', DONE_INDEX, unpack(scored))
+  end
+  local budget = #ids + 100
+  local victims = {}
+  if p.keep_done then
+    local excess = redis.call('ZCARD', DONE_INDEX) - p.keep_done
+    if excess > 0 then victims = redis.call('ZRANGE', DONE_INDEX, 0, math.min(excess, budget) - 1) end
+  end
+  if p.keep_done_s and #victims < budget then
+    local old = redis.call('ZRANGEBYSCORE', DONE_INDEX, '-inf', '(' .. string.format('%.6f', tonumber(at) - p.keep_done_s),
+      'LIMIT', #victims, budget - #victims)  -- past those already picked: the index is in score order
+    for _, id in ipairs(old) do victims[#victims + 1] = id end
+  end
+  local attempts, seen, gone, keys = 0, {}, {}, {}
+  for _, id in ipairs(victims) do
+    if not seen[id] then
+      seen[id] = true
+      local tkey = task_key(id)
+      local h = redis.call('HMGET', tkey, 'status', 'dependents', 'attempt')
+      if h[1] ~= 'done' then
+        redis.call('ZREM', DONE_INDEX, id)
+      elseif h[2] and still_needed(h[2]) then
+        redis.call('ZADD', DONE_INDEX, at, id)
+      else
+        gone[#gone + 1], keys[#keys + 1] = id, tkey
+        attempts = attempts + (tonumber(h[3]) or 1)
+      end
+    end
+  end
+  for first = 1, #gone, 1000 do  -- one DEL and one ZREM per thousand
+    local last = math.min(first + 999, #gone)
+    redis.call('DEL', unpack(keys, first, last))
+    redis.call('ZREM', DONE_INDEX, unpack(gone, first, last))
+  end
+  local retired = #gone
+  if retired > 0 then
+    redis.call('HINCRBY', STATS, 'retired', retired)
+    redis.call('HINCRBY', STATS, 'retired_attempts', attempts)
+    redis.call('HINCRBY', LEDGER, 'retired', retired)
+    -- Events go with the results they describe: those older than the oldest done task kept
+    -- are trimmed (MINID ~: whole stream nodes only), so the stream's size follows the
+    -- tasks kept, however many ids one 'done' entry lists.
+    local oldest = redis.call('ZRANGE', DONE_INDEX, 0, 0, 'WITHSCORES')
+    if oldest[2] then redis.call('XTRIM', EVENTS, 'MINID', '~', math.floor(tonumber(oldest[2]) * 1000)) end
+  end
+end
+
 if #done > 0 then
   local ids = table.concat(done, ' ')
   redis.call('HINCRBY', STATS, 'done', #done)
-  local entry = redis.call('XADD', EVENTS, '*', 'event', 'done', 'id', ids, 'worker', worker, 'at', now)
+  local entry = append_event('event', 'done', 'id', ids, 'worker', worker, 'at', now)
   redis.call('PUBLISH', PROGRESS, entry .. ' done ' .. ids)
+  retire(done)
 end
 local out = claim(worker, now, lease_ms, count, reuse)
 table.insert(out, 1, rejected)

@@ -1,12 +1,13 @@
 -- snapshot.lua: read, atomically, every structure a task can be in (for the audit).
 --   KEYS[1..7], ARGV[1..2]  as in _lib.lua
--- Returns {queued ids, running ids, scheduled ids, dead ids, stats, last event id}:
+-- Returns {queued ids, running ids, scheduled ids, dead ids, stats, last event id, ledger}:
 -- queued ids are the task ids in the ready list plus the members of each work
 -- package in it; running ids are the members of every live claim (held:<lease>
 -- of each lease in the inflight index); stats is the stats hash as a flat
 -- {field, value, ...} list (total, done, dead, cancelled, waiting, ...); the
 -- last event id is the newest entry of the events stream ('' if none), so the
--- stream can be read up to this same instant. Nothing is written.
+-- stream can be read up to this same instant; the ledger (Keys.ledger) is flat like
+-- stats: what survives of the queue's record if the stats hash is lost. Nothing is written.
 -- At this instant, total = done + dead + cancelled + waiting + queued + running
 -- + scheduled, unless data vanished: every script moves a task between these
 -- in one step.
@@ -24,4 +25,4 @@ for _, lease in ipairs(redis.call('ZRANGE', INFLIGHT, 0, -1)) do
 end
 local last = redis.call('XREVRANGE', EVENTS, '+', '-', 'COUNT', 1)
 return {queued, running, redis.call('ZRANGE', DELAYED, 0, -1), redis.call('LRANGE', DEAD, 0, -1),
-  redis.call('HGETALL', STATS), last[1] and last[1][1] or ''}
+  redis.call('HGETALL', STATS), last[1] and last[1][1] or '', redis.call('HGETALL', LEDGER)}

@@ -4,7 +4,10 @@
 -- The audit's snapshot and its scan of the task hashes are read at different
 -- instants, so a task that moved in between looks out of place. Here each
 -- suspect is checked against its own status at one instant: it is lost only if
---   its hash is missing; or
+--   its hash is missing, and it cannot have been retired: no done task was ever
+--   retired, or it is still in the done index (a retired task leaves the index with
+--   its hash; one that was retired cannot be told by id from one that vanished, so
+--   the audit counts those by the shortfall of hashes against total - retired); or
 --   queued (or no status: an adoptable hand-written hash): neither in the
 --     ready list nor in the package (named by its 'package' field) the ready
 --     list holds; or
@@ -25,11 +28,15 @@ local function in_ready(entry)
   return ready[entry] == true
 end
 local TERMINAL = {done = true, dead = true, cancelled = true}
+local may_be_retired = tonumber(redis.call('HGET', STATS, 'retired') or '0') > 0
+  or tonumber(redis.call('HGET', LEDGER, 'retired') or '0') > 0
 
 local function lost(id)
   local h = redis.call('HMGET', task_key(id), 'status', 'lease', 'package', 'prereqs')
   local status, lease, pid = h[1], h[2], h[3]
-  if status == false and redis.call('EXISTS', task_key(id)) == 0 then return true end
+  if status == false and redis.call('EXISTS', task_key(id)) == 0 then
+    return not may_be_retired or redis.call('ZSCORE', DONE_INDEX, id) ~= false
+  end
   if status == false or status == 'queued' then
     if in_ready(id) then return false end
     return not (pid and in_ready('pkg:' .. pid) and redis.call('LPOS', package_key(pid), id) ~= false)
