@@ -26,6 +26,8 @@ NUMERIC_FLAGS = [
     ("work", "--task-timeout-s"),
     ("listen", "--workers"), ("listen", "--timeout-s"), ("listen", "--every-s"),
     ("reap", "--interval-s"),
+    ("status", "--expected"),
+    *((command, flag) for command in ("run", "generate") for flag in ("--keep-done", "--keep-done-s", "--events-maxlen")),
 ]
 
 

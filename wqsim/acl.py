@@ -73,6 +73,7 @@ COMMANDS: dict[str, tuple[str, ...] | None] = {
     "xadd": ("{key}", "*", "f", "v"),
     "xrange": ("{key}", "-", "+"),
     "xrevrange": ("{key}", "+", "-"),
+    "xtrim": ("{key}", "MAXLEN", "~", "1000"),
     "zadd": ("{key}", "1", "m"),
     "zcard": ("{key}",),
     "zrange": ("{key}", "0", "-1"),

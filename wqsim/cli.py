@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group("retention (the queue's policy; default: the newest 10,000 done tasks, ~100,000 events)")
         g.add_argument("--keep-done", type=_count_or_all, default=argparse.SUPPRESS, metavar="N|all",
                        help="keep the hashes of the newest N done tasks")
-        g.add_argument("--keep-done-s", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+        g.add_argument("--keep-done-s", type=positive_float("keep_done_s"), default=argparse.SUPPRESS, metavar="SECONDS",
                        help="also retire done tasks recorded longer ago than this")
         g.add_argument("--events-maxlen", type=_count_or_all, default=argparse.SUPPRESS, metavar="N|all",
                        help="trim the events stream to about N entries")
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="queue counts, leases in flight, dead letters and the audit (exit 1 if tasks were lost)")
     common(p)
-    p.add_argument("--expected", type=int, default=None, metavar="N",
+    p.add_argument("--expected", type=positive_int("expected"), default=None, metavar="N",
                    help="tasks known to have been enqueued (as generate reported): any Redis has no record of are lost")
 
     p = sub.add_parser("acl", help="print the least-privilege ACL rule for one queue (ACL SETUSER ...)")
