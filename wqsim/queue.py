@@ -160,9 +160,11 @@ class _OwnConnection:
             self.conn = conn
         return self.conn
 
-    def _send(self, args: tuple[object, ...]) -> None:
+    def _send(self, *commands: tuple[object, ...]) -> None:
+        """Write ``commands`` in one system call, so Redis reads them together."""
         conn = self._connection()
-        conn.send_packed_command([_pack(args)] if _pack else conn.pack_command(*args), check_health=False)
+        packed = b"".join(_pack(c) if _pack else b"".join(conn.pack_command(*c)) for c in commands)
+        conn.send_packed_command([packed], check_health=False)
 
     def command(self, *args: object) -> object:
         self.drain()
@@ -195,14 +197,21 @@ class _OwnConnection:
         return self._send_nowait(args, (None, [], []))
 
     def _send_nowait(self, command: tuple[object, ...], script: tuple[str | None, list[str], list[object]]) -> int:
+        return self.send_together([(command, script)])[0]
+
+    def send_together(self, requests: list[tuple[tuple[object, ...], tuple[str | None, list[str], list[object]]]]) -> list[int]:
+        """Send several commands in one write without waiting; returns their tickets."""
         try:
-            self._send(command)
+            self._send(*(command for command, _ in requests))
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             self.close()
             raise
-        self._tickets += 1
-        self.pending.append((self._tickets, *script))
-        return self._tickets
+        tickets = []
+        for _, script in requests:
+            self._tickets += 1
+            self.pending.append((self._tickets, *script))
+            tickets.append(self._tickets)
+        return tickets
 
     def reply(self, ticket: int) -> object:
         """The reply for ``ticket``, reading (in order) every reply sent before it."""
@@ -493,8 +502,11 @@ class Queue:
         if self._own is None:
             self.wait_for_work(timeout_s)
             return self.claim(worker, lease_ms, count)
-        woken = self._own.command_nowait("BLPOP", self.keys.signal, max(timeout_s, 0.001))
-        ticket = self._nowait("claim", [worker, "", lease_ms, count])
+        blpop = ("BLPOP", self.keys.signal, max(timeout_s, 0.001))
+        keys, argv = self.keys.script_keys(), self._argv(worker, "", lease_ms, count)
+        evalsha = ("EVALSHA", scripts_for(self.client)["claim"].sha, len(keys), *keys, *argv)
+        woken, ticket = self._own.send_together([(blpop, (None, [], [])), (evalsha, ("claim", keys, argv))])
+        self._names[ticket] = "claim"
         self._own.reply(woken)
         return self.result(ticket)
 
