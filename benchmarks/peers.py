@@ -152,11 +152,9 @@ class _WorkerProcess:
     def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.argv = argv
         full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_ROOT), full_env.get("PYTHONPATH", "")) if p
-        )
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), full_env.get("PYTHONPATH", "")) if p)
         full_env.update(env or {})
-        self._log = tempfile.NamedTemporaryFile(prefix="wqsim-peer-", suffix=".log", delete=False)
+        self._log = tempfile.NamedTemporaryFile(prefix="wqsim-peer-", suffix=".log", delete=False)  # noqa: SIM115 - lives as long as the peer
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -314,9 +312,7 @@ def rq_throughput(url: str, n: int, queue: str | None = None) -> float:
     try:
         q = rq.Queue(tag, connection=client)
         jobs = [rq.Queue.prepare_data(peer_tasks.mark, (url, start_key), job_id=f"{tag}-start", result_ttl=0)]
-        jobs += [
-            rq.Queue.prepare_data(peer_tasks.noop, job_id=f"{tag}-{i}", result_ttl=0) for i in range(n)
-        ]
+        jobs += [rq.Queue.prepare_data(peer_tasks.noop, job_id=f"{tag}-{i}", result_ttl=0) for i in range(n)]
         jobs.append(rq.Queue.prepare_data(peer_tasks.mark, (url, end_key), job_id=f"{tag}-end", result_ttl=0))
         for i in range(0, len(jobs), 1000):
             q.enqueue_many(jobs[i : i + 1000])
@@ -346,9 +342,23 @@ def _celery_worker(url: str, prefix: str, queue: str) -> _WorkerProcess:
     from benchmarks import peer_celery
 
     argv = [
-        sys.executable, "-m", "celery", "-A", "benchmarks.peer_celery", "worker",
-        "--pool=solo", "--concurrency=1", "-Q", queue, "-n", f"{queue}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "benchmarks.peer_celery",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "WARNING",
     ]
     return _WorkerProcess(argv, {peer_celery.BROKER_ENV: url, peer_celery.PREFIX_ENV: prefix})
 
@@ -380,10 +390,10 @@ def celery_throughput(url: str, n: int, queue: str | None = None, timeout_s: flo
             send(peer_celery.MARK, (url, end_key), queue=tag, producer=producer)
         log.info("celery: %d tasks published on %s; starting the solo worker", n + 2, tag)
         worker = _celery_worker(url, prefix, tag)
-        wait_for("celery: start marker", lambda: client.exists(start_key) == 1,
-                  STARTUP_TIMEOUT_S, worker.alive, worker.tail)
-        wait_for("celery: end marker", lambda: client.exists(end_key) == 1,
-                  timeout_s, worker.alive, worker.tail)
+        wait_for(
+            "celery: start marker", lambda: client.exists(start_key) == 1, STARTUP_TIMEOUT_S, worker.alive, worker.tail
+        )
+        wait_for("celery: end marker", lambda: client.exists(end_key) == 1, timeout_s, worker.alive, worker.tail)
         return _marker_rate(client, n, start_key, end_key)
     finally:
         if worker is not None:
@@ -475,8 +485,13 @@ def huey_throughput(url: str, n: int, name: str | None = None, timeout_s: float 
         with _huey_consumer(huey) as consumer:
             alive = lambda: all(t.is_alive() for _, t in consumer.worker_threads)  # noqa: E731
             wait_for("huey: start marker", lambda: client.exists(start_key) == 1, STARTUP_TIMEOUT_S, alive)
-            wait_for("huey: end marker", lambda: client.exists(end_key) == 1, timeout_s, alive,
-                      lambda: f"{huey.pending_count()} tasks still queued")
+            wait_for(
+                "huey: end marker",
+                lambda: client.exists(end_key) == 1,
+                timeout_s,
+                alive,
+                lambda: f"{huey.pending_count()} tasks still queued",
+            )
         executed = sum(worker.task_count for worker, _ in consumer.worker_threads)
         if executed != n + 2:
             raise PeerError(f"huey: the consumer ran {executed} tasks, expected {n + 2}")
@@ -597,8 +612,19 @@ def _delete_matching(client: redis.Redis, pattern: str) -> None:
 
 def _rq_worker(url: str, queue: str) -> _WorkerProcess:
     argv = [
-        sys.executable, "-m", "rq.cli", "worker", "-u", url, "-w", "rq.worker.SimpleWorker",
-        "-n", f"{queue}-worker", "--logging_level", "WARNING", queue,
+        sys.executable,
+        "-m",
+        "rq.cli",
+        "worker",
+        "-u",
+        url,
+        "-w",
+        "rq.worker.SimpleWorker",
+        "-n",
+        f"{queue}-worker",
+        "--logging_level",
+        "WARNING",
+        queue,
     ]
     return _WorkerProcess(argv)
 
@@ -679,11 +705,11 @@ def latency_samples(
     client = _client(url)
     rq_globals = _rq_existing_globals(client) if system == "rq" else set()
 
-    def collect(enqueue: Callable[[str, float], None], alive: Callable[[], bool],
-                diagnostics: Callable[[], str] = lambda: "") -> list[float]:
+    def collect(
+        enqueue: Callable[[str, float], None], alive: Callable[[], bool], diagnostics: Callable[[], str] = lambda: ""
+    ) -> list[float]:
         enqueue(warm_key, time.time())
-        wait_for(f"{system}: warm-up task", lambda: client.llen(warm_key) >= 1,
-                  STARTUP_TIMEOUT_S, alive, diagnostics)
+        wait_for(f"{system}: warm-up task", lambda: client.llen(warm_key) >= 1, STARTUP_TIMEOUT_S, alive, diagnostics)
         time.sleep(idle_s)
         t0 = time.perf_counter()
         for i in range(count):
@@ -691,16 +717,20 @@ def latency_samples(
             if delay > 0:
                 time.sleep(delay)
             enqueue(out_key, time.time())
-        wait_for(f"{system}: {count} latency samples", lambda: client.llen(out_key) >= count,
-                  timeout_s, alive, lambda: f"{client.llen(out_key)} arrived. {diagnostics()}")
+        wait_for(
+            f"{system}: {count} latency samples",
+            lambda: client.llen(out_key) >= count,
+            timeout_s,
+            alive,
+            lambda: f"{client.llen(out_key)} arrived. {diagnostics()}",
+        )
         return [float(v) for v in client.lrange(out_key, 0, -1)]
 
     try:
         if system == "raw":
             ready = f"{tag}:ready"
             with _RawLatencyWorker(url, ready, f"{tag}:processing") as worker:
-                return collect(lambda key, t: client.lpush(ready, f"{key}|{t!r}"),
-                               worker.alive, worker.diagnostics)
+                return collect(lambda key, t: client.lpush(ready, f"{key}|{t!r}"), worker.alive, worker.diagnostics)
 
         if system == "rq":
             import rq
@@ -709,9 +739,11 @@ def latency_samples(
             job_ids = (f"{tag}-{i}" for i in itertools.count())  # so cleanup finds leftovers by tag
             with _rq_worker(url, tag) as worker:
                 return collect(
-                    lambda key, t: q.enqueue(peer_tasks.record_latency, url, key, t,
-                                             result_ttl=0, job_id=next(job_ids)),
-                    worker.alive, worker.tail,
+                    lambda key, t: q.enqueue(
+                        peer_tasks.record_latency, url, key, t, result_ttl=0, job_id=next(job_ids)
+                    ),
+                    worker.alive,
+                    worker.tail,
                 )
 
         if system == "celery":
@@ -725,7 +757,8 @@ def latency_samples(
                         lambda key, t: app.send_task(
                             peer_celery.RECORD_LATENCY, (url, key, t), queue=tag, producer=producer
                         ),
-                        worker.alive, worker.tail,
+                        worker.alive,
+                        worker.tail,
                     )
             finally:
                 app.close()

@@ -21,6 +21,7 @@ from wqsim import Queue, RedisServer, Retention, WorkerConfig, WorkerPool, conne
 
 CHUNK = 10_000
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1_000_000)
@@ -35,8 +36,10 @@ def main() -> None:
         client = connect(server.url)
         queue = Queue(client, "retention")
         queue.set_retention(Retention.keep_everything() if args.keep_everything else Retention())
-        print(f"redis-server {client.info('server')['redis_version']}, {args.workers} worker processes, "
-              f"batch {args.batch}; retention: {queue.retention().describe()}")
+        print(
+            f"redis-server {client.info('server')['redis_version']}, {args.workers} worker processes, "
+            f"batch {args.batch}; retention: {queue.retention().describe()}"
+        )
         print(f"{'tasks done':>12} {'used_memory':>14} {'keys':>9} {'events':>9} {'done kept':>10} {'elapsed':>9}")
         config = WorkerConfig(batch_size=args.batch, exit_when_drained=False, lease_s=60)
         pool = WorkerPool(server.url, queue.name, [f"r{i}" for i in range(1, args.workers + 1)], config).start()
@@ -44,8 +47,11 @@ def main() -> None:
 
         def report(done: int) -> None:
             used = int(client.info("memory")["used_memory"])
-            print(f"{done:>12,} {used:>14,} {client.dbsize():>9,} {client.xlen(queue.keys.events):>9,} "
-                  f"{client.zcard(queue.keys.done_index):>10,} {time.perf_counter() - started:>8.1f}s", flush=True)
+            print(
+                f"{done:>12,} {used:>14,} {client.dbsize():>9,} {client.xlen(queue.keys.events):>9,} "
+                f"{client.zcard(queue.keys.done_index):>10,} {time.perf_counter() - started:>8.1f}s",
+                flush=True,
+            )
 
         def done() -> int:
             return int(client.hget(queue.keys.stats, "done") or 0)
@@ -68,6 +74,7 @@ def main() -> None:
             pool.join(30)
         rate = args.tasks / (time.perf_counter() - started)
         print(f"{args.tasks:,} tasks at {rate:,.0f} tasks/s; stats: {queue.counters()}")
+
 
 if __name__ == "__main__":
     main()

@@ -56,13 +56,21 @@ def measure(url: str, quick: bool = False, rounds: int = 3) -> dict[str, Any]:
                 for package in (False, True):
                     label = f"{'package' if package else 'batch'} {batch}, {workers} worker{'s' if workers > 1 else ''}"
                     runs.setdefault(("throughput", label), []).append(
-                        wb.throughput(url, _n_for(batch, quick), batch, workers, package))
-        for name, fn in (("huey", peers.huey_throughput), ("celery", peers.celery_throughput), ("rq", peers.rq_throughput)):
+                        wb.throughput(url, _n_for(batch, quick), batch, workers, package)
+                    )
+        for name, fn in (
+            ("huey", peers.huey_throughput),
+            ("celery", peers.celery_throughput),
+            ("rq", peers.rq_throughput),
+        ):
             runs.setdefault(("peers", name), []).append(fn(url, n_peer // (5 if name == "rq" else 1)))
         runs.setdefault(("peers", "raw BLMOVE+LREM"), []).append(peers.raw_throughput(url, _n_for(1, quick), batch=1))
-        runs.setdefault(("peers", "raw batched Lua 100"), []).append(peers.raw_throughput(url, _n_for(100, quick), batch=100))
+        runs.setdefault(("peers", "raw batched Lua 100"), []).append(
+            peers.raw_throughput(url, _n_for(100, quick), batch=100)
+        )
         runs.setdefault(("yardstick", "raw batched 100 + result hash"), []).append(
-            peers.raw_throughput(url, _n_for(100, quick), batch=100, write_results=True))
+            peers.raw_throughput(url, _n_for(100, quick), batch=100, write_results=True)
+        )
     for (section, label), values in runs.items():
         results[section][label] = statistics.median(values)
     results["all_rounds"] = {f"{section}: {label}": values for (section, label), values in runs.items()}
@@ -85,8 +93,9 @@ def measure(url: str, quick: bool = False, rounds: int = 3) -> dict[str, Any]:
     with clients_on_every_cpu():
         for key, batch in (("makespan", 1), ("makespan_batch5", 5)):
             runs_of = [wb.makespan(url, batch=batch) for _ in range(rounds)]
-            results[key] = dict(sorted(runs_of, key=lambda m: m["ratio"])[len(runs_of) // 2],
-                                all_ratios=[m["ratio"] for m in runs_of])
+            results[key] = dict(
+                sorted(runs_of, key=lambda m: m["ratio"])[len(runs_of) // 2], all_ratios=[m["ratio"] for m in runs_of]
+            )
     return results
 
 
@@ -99,7 +108,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
         ("batch 1 / fastest peer", b1 / best_peer, ">= 2", b1 / best_peer >= 2),
         ("batch 1 / raw BLMOVE+LREM", b1 / p["raw BLMOVE+LREM"], ">= 1", b1 >= p["raw BLMOVE+LREM"]),
         ("batch 100 / fastest peer", b100 / best_peer, ">= 15", b100 / best_peer >= 15),
-        ("batch 100 / raw batched Lua 100", b100 / p["raw batched Lua 100"], ">= 0.35", b100 / p["raw batched Lua 100"] >= 0.35),
+        (
+            "batch 100 / raw batched Lua 100",
+            b100 / p["raw batched Lua 100"],
+            ">= 0.35",
+            b100 / p["raw batched Lua 100"] >= 0.35,
+        ),
         ("idle pickup p99 (ms)", r["latency_ms"]["wqsim"]["p99"], "<= 1", r["latency_ms"]["wqsim"]["p99"] <= 1.0),
         ("makespan / ideal", r["makespan"]["ratio"], "<= 1.03", r["makespan"]["ratio"] <= 1.03),
         ("makespan / ideal, batch 5", r["makespan_batch5"]["ratio"], "<= 1.03", r["makespan_batch5"]["ratio"] <= 1.03),
@@ -110,8 +124,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
 def report(r: dict[str, Any]) -> str:
     p = r["peers"]
     best = max(("huey", "celery", "rq"), key=lambda k: p[k])
-    lines = ["", f"No-op throughput (tasks/s, median of {r['rounds']} interleaved rounds); "
-             f"ratio = wqsim / {best} (fastest peer) and / raw loop", ""]
+    lines = [
+        "",
+        f"No-op throughput (tasks/s, median of {r['rounds']} interleaved rounds); "
+        f"ratio = wqsim / {best} (fastest peer) and / raw loop",
+        "",
+    ]
     lines.append(f"{'':38} {'tasks/s':>10} {'/' + best:>9} {'/raw':>8}")
     for label, value in r["throughput"].items():
         raw = p["raw BLMOVE+LREM"] if label.split(",")[0].endswith(" 1") else p["raw batched Lua 100"]
@@ -122,9 +140,12 @@ def report(r: dict[str, Any]) -> str:
         b100 = r["throughput"]["batch 100, 1 worker"]
         lines.append(f"{name:38} {value:>10,.0f}   (wqsim batch 100 is {b100 / value:.2f}x this)")
     n = r["latency_ms"]["wqsim"]["n"]
-    lines += ["", f"Idle pickup latency, enqueue -> start (ms; {n} tasks each, 3 ms apart, 20 ms for rq and celery;",
-              "from the producer's call, except 'in Redis': from the task's enqueued_at, Redis's clock in the script)",
-              f"{'':16} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}"]
+    lines += [
+        "",
+        f"Idle pickup latency, enqueue -> start (ms; {n} tasks each, 3 ms apart, 20 ms for rq and celery;",
+        "from the producer's call, except 'in Redis': from the task's enqueued_at, Redis's clock in the script)",
+        f"{'':16} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}",
+    ]
     for system, q in r["latency_ms"].items():
         lines.append(f"{system:16} {q['p50']:>8.3f} {q['p95']:>8.3f} {q['p99']:>8.3f} {q['max']:>8.3f}")
     m = r["memory"]
@@ -195,13 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         version = redis.Redis.from_url(server.url).info("server")["redis_version"]
         results = measure(server.url, quick=args.quick, rounds=max(args.rounds, 1))
     results["machine"] = {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-        "redis": version, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
-        "wall_s": round(time.time() - started, 1), "quick": args.quick, "pinned": pinned,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "redis": version,
+        "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "quick": args.quick,
+        "pinned": pinned,
     }
-    results["targets"] = [
-        {"what": w, "measured": v, "target": g, "met": m} for w, v, g, m in targets(results)
-    ]
+    results["targets"] = [{"what": w, "measured": v, "target": g, "met": m} for w, v, g, m in targets(results)]
     print(report(results))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

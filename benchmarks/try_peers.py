@@ -46,8 +46,10 @@ def main() -> int:
             samples = peers.latency_samples(system, url, count=300, spacing_s=spacing)
             q = peers.quantiles(samples)
             label = f"{system} @{spacing * 1e3:g} ms"
-            print(f"latency     {label:<18} p50 {q['p50'] * 1e3:7.2f} ms  p99 {q['p99'] * 1e3:7.2f} ms"
-                  f"  (n={len(samples)}, {time.monotonic() - t:4.1f} s)")
+            print(
+                f"latency     {label:<18} p50 {q['p50'] * 1e3:7.2f} ms  p99 {q['p99'] * 1e3:7.2f} ms"
+                f"  (n={len(samples)}, {time.monotonic() - t:4.1f} s)"
+            )
         client = redis.Redis.from_url(url)
         leftover = client.dbsize()
         client.close()

@@ -63,7 +63,9 @@ def enqueue_rate(url: str, n: int) -> float:
         q.purge()
 
 
-def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003, idle_s: float = 0.5) -> dict[str, list[float]]:
+def pickup_latencies(
+    url: str, count: int = 300, spacing_s: float = 0.003, idle_s: float = 0.5
+) -> dict[str, list[float]]:
     """Seconds to handler start for tasks arriving one by one at an idle worker process, measured
     two ways: from the producer's call (``from_call``: the clock read just before ``enqueue``,
     as the peers are measured) and from the task becoming visible in Redis (``from_redis``: the
@@ -75,6 +77,7 @@ def pickup_latencies(url: str, count: int = 300, spacing_s: float = 0.003, idle_
     q = _queue(client, "lat")
     pool = WorkerPool(url, q.name, ["idle"], WorkerConfig(exit_when_drained=False, idle_wait_s=5.0)).start()
     try:
+
         def alive() -> bool:
             return None in pool.exit_codes().values()
 
@@ -132,7 +135,9 @@ def memory_per_task(url: str, n: int = 100_000) -> dict[str, float]:
         q.purge()
 
 
-def makespan(url: str, tasks: int = 200, duration_ms: float = 20.0, workers: int = 4, batch: int = 1) -> dict[str, float]:
+def makespan(
+    url: str, tasks: int = 200, duration_ms: float = 20.0, workers: int = 4, batch: int = 1
+) -> dict[str, float]:
     """The seed-like sleep workload: measured makespan against sum(durations) / workers."""
     client = wqsim.connect(url)
     q = _queue(client, "mk")

@@ -108,4 +108,3 @@ def captured_logger() -> tuple[logging.Logger, ListHandler]:
     handler = ListHandler()
     logger.addHandler(handler)
     return logger, handler
-

@@ -14,12 +14,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
+from helpers import running
 
 from wqsim import (
-    Audit, ChaosConfig, Queue, Reaper, Settlement, Task, WorkerConfig, WorkerPool, audit, connect, generate,
+    Audit,
+    ChaosConfig,
+    Queue,
+    Reaper,
+    Settlement,
+    Task,
+    WorkerConfig,
+    WorkerPool,
+    audit,
+    connect,
+    generate,
 )
-
-from helpers import running, wait_until
 
 
 def t(task_id: str, *depends_on: str) -> Task:
@@ -51,6 +60,7 @@ def scan_wrapped(q: Queue, monkeypatch: pytest.MonkeyPatch, wrap: Callable[[Iter
 
 
 # -- tasks in motion are not lost -------------------------------------------------------
+
 
 def test_tasks_that_move_between_the_snapshot_and_the_scan_are_not_reported_lost(make_queue, monkeypatch):
     q = make_queue()
@@ -94,6 +104,7 @@ def test_scan_returning_a_key_twice_neither_double_counts_nor_hides_a_shortfall(
 
 
 # -- real losses are still reported ---------------------------------------------------------
+
 
 def _queued(q: Queue) -> str:
     return "2"
@@ -149,8 +160,9 @@ def _unpackage(q: Queue) -> str:
     return "3"
 
 
-@pytest.mark.parametrize("remove", [_unclaim, _unschedule, _unbury, _unpackage],
-                         ids=["running", "scheduled", "dead", "package member"])
+@pytest.mark.parametrize(
+    "remove", [_unclaim, _unschedule, _unbury, _unpackage], ids=["running", "scheduled", "dead", "package member"]
+)
 def test_an_id_removed_from_the_structure_its_status_requires_is_reported_lost(make_queue, remove):
     q = make_queue()
     generate(q, 4, package_size=2)
@@ -162,19 +174,36 @@ def test_the_verification_finds_every_task_of_a_consistent_queue_in_its_place(ma
     q = make_queue()
     generate(q, 6, package_size=2)  # packages 1: 1 2, 2: 3 4, 3: 5 6
     claim = q.claim("w", lease_ms=60_000)  # package 1
-    q.settle("w", [Settlement("1", claim.lease, "done", "null", 1.0, 2.0),
-                   Settlement("2", claim.lease, "retry", "boom", 1.0, 2.0)], lease_ms=60_000, backoff_s=60)
+    q.settle(
+        "w",
+        [
+            Settlement("1", claim.lease, "done", "null", 1.0, 2.0),
+            Settlement("2", claim.lease, "retry", "boom", 1.0, 2.0),
+        ],
+        lease_ms=60_000,
+        backoff_s=60,
+    )
     claim = q.claim("w", lease_ms=60_000)  # package 2
     q.settle("w", [Settlement("3", claim.lease, "dead", "boom", 1.0, 2.0)], lease_ms=60_000)
     q.enqueue([t("a"), t("b", "a")])
     statuses = {i: s.value for i, s in q.statuses().items()}
-    assert statuses == {"1": "done", "2": "scheduled", "3": "dead", "4": "running", "5": "queued", "6": "queued",
-                        "a": "queued", "b": "waiting"}
+    assert statuses == {
+        "1": "done",
+        "2": "scheduled",
+        "3": "dead",
+        "4": "running",
+        "5": "queued",
+        "6": "queued",
+        "a": "queued",
+        "b": "waiting",
+    }
     assert q.verify_lost(list(statuses)) == []
     assert q.verify_lost(["nope"]) == ["nope"]  # no hash at all
 
 
-def test_the_event_stream_is_read_in_pages_up_to_the_snapshot_and_tolerates_entries_without_ids(make_queue, monkeypatch):
+def test_the_event_stream_is_read_in_pages_up_to_the_snapshot_and_tolerates_entries_without_ids(
+    make_queue, monkeypatch
+):
     q = make_queue()
     generate(q, 5)
     for _ in range(5):
@@ -195,6 +224,7 @@ def test_a_waiting_task_whose_prerequisites_all_ended_is_reported_stuck(make_que
 
 
 # -- the waiting counter -----------------------------------------------------------------
+
 
 def waiting_statuses(q: Queue) -> int:
     return sum(1 for s in q.statuses().values() if s.value == "waiting")
@@ -235,6 +265,7 @@ def test_the_waiting_counter_stays_exact_through_release_cancellation_and_allow_
 
 
 # -- for real: polled through a chaos run -------------------------------------------------
+
 
 @pytest.mark.real_redis
 @pytest.mark.slow

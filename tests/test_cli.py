@@ -32,7 +32,10 @@ def wqsim(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
         (["run", "--queue", "bad name"], "queue name must be"),
         (["run", "--fail-p", "2"], "fail_p must be a probability"),
         (["run", "--package-size", "0"], "package_size must be an integer >= 1 (got 0)"),
-        (["run", "--lease-s", "1", "--ping-interval-s", "2"], "lease_s must be longer than ping_interval_s (got 1.0 <= 2.0)"),
+        (
+            ["run", "--lease-s", "1", "--ping-interval-s", "2"],
+            "lease_s must be longer than ping_interval_s (got 1.0 <= 2.0)",
+        ),
         (["run", "--kind", "launch_missiles"], "unknown task kind 'launch_missiles' (registered: noop, sleep)"),
         (["run", "--graph", "tree"], "argument --graph: invalid choice: 'tree'"),
         (["work", "--workers", "0"], "workers must be an integer >= 1 (got 0)"),
@@ -84,8 +87,20 @@ def test_run_prints_the_seed_sequence_and_a_summary(redis_url, queue_name):
 
 
 def test_run_with_work_packages_completes_every_task(redis_url, queue_name):
-    proc = wqsim("run", "--tasks", "100", "--package-size", "10", "--workers", "2", "-q",
-                 "--redis-url", redis_url, "--queue", queue_name)
+    proc = wqsim(
+        "run",
+        "--tasks",
+        "100",
+        "--package-size",
+        "10",
+        "--workers",
+        "2",
+        "-q",
+        "--redis-url",
+        redis_url,
+        "--queue",
+        queue_name,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Bundled them into 10 work packages of up to 10" in proc.stderr
     assert "Summary: 100 done, 0 dead, 0 lost, 0 completed twice, 100 executions" in proc.stderr
@@ -93,19 +108,47 @@ def test_run_with_work_packages_completes_every_task(redis_url, queue_name):
 
 @pytest.mark.real_redis
 def test_run_of_1000_tasks_with_3_workers_ends_all_done_none_lost_none_duplicated(redis_url, queue_name):
-    proc = wqsim("run", "--tasks", "1000", "--workers", "3", "--duration-ms", "1", "-q",
-                 "--redis-url", redis_url, "--queue", queue_name)
+    proc = wqsim(
+        "run",
+        "--tasks",
+        "1000",
+        "--workers",
+        "3",
+        "--duration-ms",
+        "1",
+        "-q",
+        "--redis-url",
+        redis_url,
+        "--queue",
+        queue_name,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Summary: 1000 done, 0 dead, 0 lost, 0 completed twice, 1000 executions" in proc.stderr
     assert "picked up" not in proc.stderr  # -q hides per-task lines
 
 
-@pytest.mark.parametrize("graph, tasks, path", [("diamond", 4, 3), ("chain", 30, 30), ("fanout", 30, 3), ("layered", 30, 6)])
+@pytest.mark.parametrize(
+    "graph, tasks, path", [("diamond", 4, 3), ("chain", 30, 30), ("fanout", 30, 3), ("layered", 30, 6)]
+)
 def test_run_graph_ends_with_a_clean_audit_and_prints_makespan_against_the_critical_path(
     redis_url, queue_name, graph, tasks, path
 ):
-    proc = wqsim("run", "--graph", graph, "--tasks", "30", "--workers", "2", "--duration-ms", "5", "-q",
-                 "--redis-url", redis_url, "--queue", queue_name)
+    proc = wqsim(
+        "run",
+        "--graph",
+        graph,
+        "--tasks",
+        "30",
+        "--workers",
+        "2",
+        "--duration-ms",
+        "5",
+        "-q",
+        "--redis-url",
+        redis_url,
+        "--queue",
+        queue_name,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"Created a {graph} graph of {tasks} tasks, critical path {path} tasks" in proc.stderr
     assert f"Summary: {tasks} done, 0 dead, 0 lost, 0 completed twice" in proc.stderr
@@ -113,15 +156,29 @@ def test_run_graph_ends_with_a_clean_audit_and_prints_makespan_against_the_criti
 
 
 def test_run_with_progress_draws_a_bar_fed_by_completion_events(redis_url, queue_name):
-    proc = wqsim("run", "--tasks", "40", "--workers", "2", "--duration-ms", "1", "--progress",
-                 "--redis-url", redis_url, "--queue", queue_name)
+    proc = wqsim(
+        "run",
+        "--tasks",
+        "40",
+        "--workers",
+        "2",
+        "--duration-ms",
+        "1",
+        "--progress",
+        "--redis-url",
+        redis_url,
+        "--queue",
+        queue_name,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"queue {queue_name}: 100%" in proc.stderr and "40/40" in proc.stderr
     assert "picked up" not in proc.stderr  # the bar replaces per-task lines
 
 
 def test_status_and_reap_once_report_on_a_queue(redis_url, queue_name):
-    assert wqsim("run", "--tasks", "3", "--workers", "1", "--redis-url", redis_url, "--queue", queue_name).returncode == 0
+    assert (
+        wqsim("run", "--tasks", "3", "--workers", "1", "--redis-url", redis_url, "--queue", queue_name).returncode == 0
+    )
     status = wqsim("status", "--redis-url", redis_url, "--queue", queue_name)
     assert status.returncode == 0
     assert "ready 0, inflight 0, delayed 0, dead 0" in status.stdout

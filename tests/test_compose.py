@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import wait_until
 
 from wqsim import Queue, audit, connect
 from wqsim.server import free_port
-
-from helpers import wait_until
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -51,8 +50,11 @@ def service_env(name: str, redis_url: str, **extra: str) -> dict[str, str]:
 
 def start(name: str, redis_url: str, *extra_args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        service_command(name) + list(extra_args), env=service_env(name, redis_url),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        service_command(name) + list(extra_args),
+        env=service_env(name, redis_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -66,10 +68,13 @@ def stop(proc: subprocess.Popen[str], timeout_s: float = 30) -> tuple[int, str]:
 
 # -- validation ------------------------------------------------------------------------
 
+
 def test_compose_file_is_valid_against_the_compose_specification():
     proc = subprocess.run(
         [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(ROOT / "compose.yaml")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -81,8 +86,13 @@ def test_docker_compose_config_accepts_the_file_with_and_without_the_cluster_pro
             pytest.fail("docker-compose is missing: .ci/run installs Debian's package")
         pytest.skip("Debian's docker-compose is not installed here (.ci/run installs it in CI)")
     for args in ([], ["--profile", "cluster"]):
-        proc = subprocess.run([docker_compose, "-f", str(ROOT / "compose.yaml"), *args, "config", "-q"],
-                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        proc = subprocess.run(
+            [docker_compose, "-f", str(ROOT / "compose.yaml"), *args, "config", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
         assert proc.returncode == 0, proc.stderr
 
 
@@ -96,18 +106,27 @@ def test_compose_file_has_the_promised_shape():
     for name in ("app", "lab", "generator", "worker", "reaper", "listener"):
         assert SERVICES[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}, name
         assert SERVICES[name]["build"] == "."
-    assert {n for n, s in SERVICES.items() if "cluster" in s.get("profiles", [])} == {"generator", "worker", "reaper", "listener"}
+    assert {n for n, s in SERVICES.items() if "cluster" in s.get("profiles", [])} == {
+        "generator",
+        "worker",
+        "reaper",
+        "listener",
+    }
     lab = SERVICES["lab"]
-    assert lab["environment"]["JUPYTER_TOKEN"] == "${JUPYTER_TOKEN:-}"  # from the environment; empty means random, never none
+    assert (
+        lab["environment"]["JUPYTER_TOKEN"] == "${JUPYTER_TOKEN:-}"
+    )  # from the environment; empty means random, never none
     assert not any("token=" in arg.lower() and arg.endswith("=") for arg in lab["command"])
 
 
 # -- each service's command, run natively ------------------------------------------------
 
+
 @pytest.mark.real_redis
 def test_app_service_runs_the_seed_scenario(redis_url):
-    proc = subprocess.run(service_command("app"), env=service_env("app", redis_url),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        service_command("app"), env=service_env("app", redis_url), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Created 100 work items out of 100" in proc.stderr
     assert "All workers finished." in proc.stderr
@@ -126,8 +145,13 @@ def test_cluster_services_as_separate_processes_with_a_late_worker_and_an_early_
     early, steady = start("worker", redis_url), start("worker", redis_url)
     late = None
     try:
-        generator = subprocess.run(service_command("generator"), env=service_env("generator", redis_url),
-                                   capture_output=True, text=True, timeout=60)
+        generator = subprocess.run(
+            service_command("generator"),
+            env=service_env("generator", redis_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert generator.returncode == 0, generator.stderr
         assert "Created 400 work items out of 400" in generator.stderr
         assert wait_until(lambda: queue.counters().get("done", 0) >= 50, 30)
@@ -165,9 +189,13 @@ def test_a_worker_stopped_by_sigterm_finishes_the_task_in_hand_and_hands_back_th
     from wqsim import generate
 
     generate(queue, 6, duration_ms=400)
-    proc = subprocess.Popen([str(BIN / "wqsim"), "work", "--queue", queue_name, "--workers", "1", "--batch-size", "3"],
-                            env={**os.environ, "REDIS_URL": redis_url}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "wqsim"), "work", "--queue", queue_name, "--workers", "1", "--batch-size", "3"],
+        env={**os.environ, "REDIS_URL": redis_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert wait_until(lambda: any(s.value == "running" for s in queue.statuses().values()), 20)
         time.sleep(0.1)  # mid-task
@@ -192,8 +220,12 @@ def test_lab_service_serves_jupyterlab_that_refuses_requests_without_the_token(t
     command = [re.sub(r"^--ip=0\.0\.0\.0$", "--ip=127.0.0.1", arg) for arg in command]  # no need to listen wider here
     if os.geteuid() == 0:  # the image runs it as a non-root user; this machine's CI runs as root
         command.append("--allow-root")
-    env = {**service_env("lab", "redis://127.0.0.1:1/0"), "JUPYTER_TOKEN": token,
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    env = {
+        **service_env("lab", "redis://127.0.0.1:1/0"),
+        "JUPYTER_TOKEN": token,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+    }
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
 
@@ -207,8 +239,9 @@ def test_lab_service_serves_jupyterlab_that_refuses_requests_without_the_token(t
             return 0
 
     try:
-        answered = wait_until(lambda: status({"Authorization": f"token {token}"}) == 200 or proc.poll() is not None,
-                              60, interval_s=0.2)
+        answered = wait_until(
+            lambda: status({"Authorization": f"token {token}"}) == 200 or proc.poll() is not None, 60, interval_s=0.2
+        )
         assert answered and proc.poll() is None, f"lab never answered: {stop(proc)[1][-3000:]}"
         assert status({}) == 403
         assert status({"Authorization": "token wrong"}) == 403
@@ -233,7 +266,11 @@ def _requirement(text: str) -> tuple[str, list[str], str]:
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted: dict[str, str] = {}
-    for text in project["dependencies"] + project["optional-dependencies"]["test"] + project["optional-dependencies"]["notebook"]:
+    for text in (
+        project["dependencies"]
+        + project["optional-dependencies"]["test"]
+        + project["optional-dependencies"]["notebook"]
+    ):
         name, extras, version = _requirement(text)
         wanted[PYPI_TO_CONDA.get(name, name)] = version
         for extra in extras:

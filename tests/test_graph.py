@@ -12,7 +12,16 @@ import time
 import pytest
 
 from wqsim import (
-    GraphError, Queue, Settlement, Task, audit, bounds, chain, diamond, fanout, layered,
+    GraphError,
+    Queue,
+    Settlement,
+    Task,
+    audit,
+    bounds,
+    chain,
+    diamond,
+    fanout,
+    layered,
 )
 from wqsim.graph import find_cycle, topological_order
 from wqsim.handlers import HandlerRegistry, noop
@@ -42,6 +51,7 @@ def fail_for_good(q: Queue, task_id: str, worker: str = "w") -> None:
 
 
 # -- validation: pure, before anything is written ----------------------------------
+
 
 def test_a_cycle_is_rejected_with_its_path():
     with pytest.raises(GraphError, match=r"dependency cycle: (a -> c -> b -> a|b -> a -> c -> b|c -> b -> a -> c)"):
@@ -99,11 +109,15 @@ def test_critical_path_follows_the_longest_durations():
 
 # -- enqueueing a graph -------------------------------------------------------------
 
-@pytest.mark.parametrize("graph, message", [
-    ([t("a", "b"), t("b", "a")], "cycle"),
-    ([t("a", "a")], "itself"),
-    ([t("a"), t("b", "nope")], "unknown task"),
-])
+
+@pytest.mark.parametrize(
+    "graph, message",
+    [
+        ([t("a", "b"), t("b", "a")], "cycle"),
+        ([t("a", "a")], "itself"),
+        ([t("a"), t("b", "nope")], "unknown task"),
+    ],
+)
 def test_a_rejected_graph_leaves_no_trace_in_redis(make_queue, client, graph, message):
     q = make_queue()
     with pytest.raises(GraphError, match=message):
@@ -139,6 +153,7 @@ def test_graph_tasks_cannot_be_packaged(make_queue):
 
 
 # -- release on completion ----------------------------------------------------------
+
 
 def test_a_dependent_is_queued_only_when_its_last_prerequisite_completes(make_queue):
     q = make_queue()
@@ -197,6 +212,7 @@ def test_redelivery_after_a_lease_expiry_releases_the_dependent_exactly_once(rea
 
 # -- failure policy -----------------------------------------------------------------
 
+
 def test_a_failed_task_cancels_exactly_its_transitive_dependents(make_queue):
     q = make_queue()
     #   a -> b -> c      x (independent)
@@ -247,6 +263,7 @@ def test_a_task_dead_lettered_by_the_reaper_cancels_its_dependents_too(make_queu
 
 # -- result passing through a worker ----------------------------------------------
 
+
 def test_a_handler_receives_its_prerequisites_results_by_id(make_queue, make_worker, queue_name):
     registry = HandlerRegistry()
     registry.register("noop", noop)
@@ -260,11 +277,13 @@ def test_a_handler_receives_its_prerequisites_results_by_id(make_queue, make_wor
         return {"sum": sum(task.inputs.values()), "from": sorted(task.inputs), "errors": task.input_errors}
 
     q = make_queue()
-    q.enqueue([
-        Task(id="one", kind="number", payload={"n": 1}),
-        Task(id="two", kind="number", payload={"n": 2}),
-        Task(id="total", kind="add", depends_on=("one", "two")),
-    ])
+    q.enqueue(
+        [
+            Task(id="one", kind="number", payload={"n": 1}),
+            Task(id="two", kind="number", payload={"n": 2}),
+            Task(id="total", kind="add", depends_on=("one", "two")),
+        ]
+    )
     worker = make_worker()
     worker.registry = registry
     worker.run()

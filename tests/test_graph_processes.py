@@ -11,12 +11,11 @@ import random
 from collections import Counter
 
 import pytest
+from helpers import Killer, running, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wqsim import Queue, Reaper, Task, WorkerConfig, WorkerPool, audit, connect
-
-from helpers import Killer, running, wait_until
 
 pytestmark = pytest.mark.real_redis
 
@@ -26,7 +25,9 @@ pytestmark = pytest.mark.real_redis
 FAILING = {"duration_ms": -1}
 
 
-def random_dag(n: int, edge_p: float, fail_p: float, seed: int, duration_ms: float, fail_from: float = 0.0) -> list[Task]:
+def random_dag(
+    n: int, edge_p: float, fail_p: float, seed: int, duration_ms: float, fail_from: float = 0.0
+) -> list[Task]:
     """Task i may depend on any earlier task (so no cycles), with probability ``edge_p``, at most 4.
     Tasks from the fraction ``fail_from`` of the way on fail, with probability ``fail_p``."""
     rng = random.Random(seed)
@@ -37,7 +38,11 @@ def random_dag(n: int, edge_p: float, fail_p: float, seed: int, duration_ms: flo
         if rng.random() < fail_p and i >= fail_from * n:
             tasks.append(Task(id=f"g{i}", kind="sleep", payload=FAILING, depends_on=prereqs, max_attempts=1))
         else:
-            tasks.append(Task(id=f"g{i}", kind="sleep", payload={"duration_ms": duration_ms}, depends_on=prereqs, max_attempts=20))
+            tasks.append(
+                Task(
+                    id=f"g{i}", kind="sleep", payload={"duration_ms": duration_ms}, depends_on=prereqs, max_attempts=20
+                )
+            )
     return tasks
 
 
@@ -54,7 +59,7 @@ def expected_statuses(tasks: list[Task]) -> dict[str, str]:
 
 def check_graph_run(q: Queue, tasks: list[Task]) -> None:
     fields = ("status", "enqueued_at", "started_at", "finished_at", "cancelled_by", "error")
-    hashes = {q.keys.task_id_of(k): dict(zip(fields, v)) for k, v in q.iter_task_hashes(fields)}
+    hashes = {q.keys.task_id_of(k): dict(zip(fields, v, strict=False)) for k, v in q.iter_task_hashes(fields)}
     expected = expected_statuses(tasks)
     assert {i: h["status"] for i, h in hashes.items()} == expected
     by_id = {t.id: t for t in tasks}
@@ -75,7 +80,9 @@ def check_graph_run(q: Queue, tasks: list[Task]) -> None:
     assert set(done_events) == {i for i, s in expected.items() if s == "done"}
     result = audit(q)
     assert result.clean, result.summary()
-    assert (result.done, result.dead, result.cancelled) == tuple(Counter(expected.values())[s] for s in ("done", "dead", "cancelled"))
+    assert (result.done, result.dead, result.cancelled) == tuple(
+        Counter(expected.values())[s] for s in ("done", "dead", "cancelled")
+    )
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -103,14 +110,18 @@ def test_random_graphs_run_in_dependency_order_each_task_done_once_or_cancelled_
 @pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**16))
-def test_random_graphs_under_the_chaos_killer_lose_duplicate_and_release_early_no_dependent(redis_url, real_client, seed):
+def test_random_graphs_under_the_chaos_killer_lose_duplicate_and_release_early_no_dependent(
+    redis_url, real_client, seed
+):
     q = Queue(real_client, f"graphchaos{seed}")
     try:
         # Failures only in the last quarter, so cancellations cannot end the run before the killer strikes.
         tasks = random_dag(200, edge_p=0.05, fail_p=0.05, seed=seed, duration_ms=10, fail_from=0.75)
         q.enqueue(tasks)
         reaper = Reaper(Queue(connect(redis_url), q.name), interval_s=0.05).start()
-        pool = WorkerPool(redis_url, q.name, ["1", "2", "3"], WorkerConfig(lease_s=0.3, idle_wait_s=0.05), restart_crashed=True)
+        pool = WorkerPool(
+            redis_url, q.name, ["1", "2", "3"], WorkerConfig(lease_s=0.3, idle_wait_s=0.05), restart_crashed=True
+        )
         killer = Killer(pool, Queue(connect(redis_url), q.name), seed)
         with running(pool, reaper):
             killer.start()

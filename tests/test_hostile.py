@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from helpers import done_count, running
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,6 @@ from wqsim import HandlerRegistry, Queue, Status, Task, Worker, WorkerConfig, Wo
 from wqsim.config import Limits
 from wqsim.keys import ID
 from wqsim.task import MalformedTask, inputs_of, parse_payload
-
-from helpers import done_count, running
 
 LIMITS = Limits()
 FIELDS = ("kind", "payload", "max_attempts", "attempt", "timeout_s", "prereqs", "dependents", "result", "error")
@@ -30,26 +29,41 @@ def nested(depth: int) -> bytes:
 
 # Payloads that broke (or could break) decoding, then anything at all.
 NASTY = [
-    b'{"n": ' + b"9" * 5001 + b"}",          # Python's 4300-digit int limit
-    b'{"n": -' + b"1" * 1001 + b"}",         # over Limits.max_int_digits
-    b"[" * 100_000,                          # RecursionError in json.loads
+    b'{"n": ' + b"9" * 5001 + b"}",  # Python's 4300-digit int limit
+    b'{"n": -' + b"1" * 1001 + b"}",  # over Limits.max_int_digits
+    b"[" * 100_000,  # RecursionError in json.loads
     nested(LIMITS.max_depth + 1),
-    nested(LIMITS.max_depth),                # exactly at the limit: valid
-    b'{"s": "\xff\xfe"}',                    # not UTF-8
+    nested(LIMITS.max_depth),  # exactly at the limit: valid
+    b'{"s": "\xff\xfe"}',  # not UTF-8
     b'{"s": "' + b"a" * (LIMITS.max_payload_bytes + 1) + b'"}',
     b'{"s": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}',  # brackets in a string
-    b'"\\' + b'"\\' * 50 + b"[" * 70,          # an unterminated string before brackets
-    b"[]", b"null", b"", b"{", b'{"duration_ms": "5"}', b'{"a": NaN}', b'{"a": 1e999999}',
+    b'"\\' + b'"\\' * 50 + b"[" * 70,  # an unterminated string before brackets
+    b"[]",
+    b"null",
+    b"",
+    b"{",
+    b'{"duration_ms": "5"}',
+    b'{"a": NaN}',
+    b'{"a": 1e999999}',
 ]
-payloads = st.one_of(st.sampled_from(NASTY), st.binary(max_size=64),
-                     st.recursive(st.integers() | st.text(max_size=8) | st.none(),
-                                  lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
-                                  max_leaves=8).map(lambda v: json.dumps({"v": v}).encode()))
+payloads = st.one_of(
+    st.sampled_from(NASTY),
+    st.binary(max_size=64),
+    st.recursive(
+        st.integers() | st.text(max_size=8) | st.none(),
+        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
+        max_leaves=8,
+    ).map(lambda v: json.dumps({"v": v}).encode()),
+)
 values = st.one_of(st.binary(max_size=16), st.sampled_from([b"", b"1", b"3", b"-1", b"nan", b"inf", b"1e400", b"x y"]))
-kinds = st.sampled_from([b"noop", b"flaky", b"echo", b"sleep", b"nope", b"", b"\xff", b"os.system"]) | st.binary(max_size=8)
-ids = st.one_of(st.from_regex(ID, fullmatch=True).filter(lambda s: not s.startswith("pkg")),
-                st.sampled_from(["x x", "a:b", "t#1", "t@p", "pkg:", "pkg:a b", "a\nb", "*", "é", "a" * 129]),
-                st.text(min_size=1, max_size=12).filter(lambda s: not s.startswith("pkg:")))
+kinds = st.sampled_from([b"noop", b"flaky", b"echo", b"sleep", b"nope", b"", b"\xff", b"os.system"]) | st.binary(
+    max_size=8
+)
+ids = st.one_of(
+    st.from_regex(ID, fullmatch=True).filter(lambda s: not s.startswith("pkg")),
+    st.sampled_from(["x x", "a:b", "t#1", "t@p", "pkg:", "pkg:a b", "a\nb", "*", "é", "a" * 129]),
+    st.text(min_size=1, max_size=12).filter(lambda s: not s.startswith("pkg:")),
+)
 
 
 @st.composite
@@ -98,10 +112,12 @@ def write_by_hand(raw: redis.Redis, q: Queue, tasks: list[tuple[str, dict[str, b
         raw.lpush(q.keys.ready, task_id.encode("utf-8", "surrogatepass"))
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(tasks=st.lists(task_hashes(), min_size=1, max_size=6, unique_by=lambda t: t[0]),
-       batch_size=st.integers(1, 4))
+@settings(
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(tasks=st.lists(task_hashes(), min_size=1, max_size=6, unique_by=lambda t: t[0]), batch_size=st.integers(1, 4))
 def test_any_task_hash_ends_done_or_dead_with_a_reason_and_the_worker_lives_on(redis_url, raw, tasks, batch_size):
     # A client per example: each Worker's private connection keeps a slot of its client's pool
     # (redis-py counts connections made with make_connection() until the pool is closed).
@@ -116,7 +132,9 @@ def test_any_task_hash_ends_done_or_dead_with_a_reason_and_the_worker_lives_on(r
 
         assert ("good", {"ok": 1}) in handled
         for task_id, _ in tasks + [("good", {})]:
-            fields = {k.decode(): v.decode(errors="surrogateescape") for k, v in raw.hgetall(q.keys.task(task_id)).items()}
+            fields = {
+                k.decode(): v.decode(errors="surrogateescape") for k, v in raw.hgetall(q.keys.task(task_id)).items()
+            }
             assert fields.get("status") in ("done", "dead"), (task_id, fields)
             if fields["status"] == "dead":
                 assert fields.get("error"), (task_id, fields)
@@ -136,29 +154,36 @@ def test_the_issues_payloads_are_dead_lettered_naming_the_limit_in_a_worker_proc
     """The worker process never dies: no restart, and it keeps its other claims (prefetched and batched)."""
     client = connect(redis_url)
     q = Queue(client, queue_name)
-    write_by_hand(raw, q, [
-        ("big-int", {"kind": b"noop", "payload": b'{"n": ' + b"9" * 5001 + b"}", "max_attempts": b"1"}),
-        ("deep", {"kind": b"noop", "payload": b"[" * 100_000, "max_attempts": b"1"}),
-        ("huge", {"kind": b"noop", "payload": b'{"s":"' + b"a" * 2_000_000 + b'"}'}),
-        ("bytes", {"kind": b"noop", "payload": b'{"s":"\xff"}'}),
-        ("x x", {"kind": b"noop", "payload": b"{}"}),
-        ("bad-result", {"kind": b"noop", "payload": b"{}", "prereqs": b"deep-result"}),
-        ("deep-result", {"kind": b"noop", "payload": b"{}", "status": b"done", "result": b"[" * 5000}),
-    ])
+    write_by_hand(
+        raw,
+        q,
+        [
+            ("big-int", {"kind": b"noop", "payload": b'{"n": ' + b"9" * 5001 + b"}", "max_attempts": b"1"}),
+            ("deep", {"kind": b"noop", "payload": b"[" * 100_000, "max_attempts": b"1"}),
+            ("huge", {"kind": b"noop", "payload": b'{"s":"' + b"a" * 2_000_000 + b'"}'}),
+            ("bytes", {"kind": b"noop", "payload": b'{"s":"\xff"}'}),
+            ("x x", {"kind": b"noop", "payload": b"{}"}),
+            ("bad-result", {"kind": b"noop", "payload": b"{}", "prereqs": b"deep-result"}),
+            ("deep-result", {"kind": b"noop", "payload": b"{}", "status": b"done", "result": b"[" * 5000}),
+        ],
+    )
     q.enqueue([Task(str(i), "noop", {}) for i in range(20)])
     pool = WorkerPool(redis_url, queue_name, ["p1"], WorkerConfig(idle_wait_s=0.05, batch_size=3), mode="process")
     with running(pool):
         assert pool.join(60)
     assert pool.restarts == 0 and pool.exit_codes() == {"p1": 0}
-    errors = {t: client.hget(q.keys.task(t), "error") for t in ("big-int", "deep", "huge", "bytes", "x x", "bad-result")}
+    errors = {
+        t: client.hget(q.keys.task(t), "error") for t in ("big-int", "deep", "huge", "bytes", "x x", "bad-result")
+    }
     assert errors == {
-        "big-int": f"task big-int: payload holds an integer of 5,001 digits, over the limit of 1,000 (Limits.max_int_digits)",
+        "big-int": "task big-int: payload holds an integer of 5,001 digits, "
+        "over the limit of 1,000 (Limits.max_int_digits)",
         "deep": "task deep: payload nests deeper than the limit of 64 (Limits.max_depth)",
         "huge": "task huge: payload is 2,000,008 bytes, over the limit of 1,048,576 (Limits.max_payload_bytes)",
         "bytes": "task bytes: payload is not valid UTF-8 text (byte 6)",
         "x x": "refused: a task id must be 1-128 letters, digits, '_', '.' or '-' (this one was pushed by hand)",
         "bad-result": "task bad-result: the result of prerequisite 'deep-result' nests deeper than the limit of 64 "
-                      "(Limits.max_depth)",
+        "(Limits.max_depth)",
     }
     assert all(client.hget(q.keys.task(str(i)), "status") == "done" for i in range(20))
     a = audit(q)
@@ -167,7 +192,9 @@ def test_the_issues_payloads_are_dead_lettered_naming_the_limit_in_a_worker_proc
 
 def test_a_task_id_with_a_space_written_by_hand_is_never_counted_completed_twice(real_client, raw, queue_name):
     q = Queue(real_client, queue_name)
-    write_by_hand(raw, q, [("x x", {"kind": b"noop", "payload": b"{}"}), ("y y y", {"kind": b"noop", "payload": b"{}"})])
+    write_by_hand(
+        raw, q, [("x x", {"kind": b"noop", "payload": b"{}"}), ("y y y", {"kind": b"noop", "payload": b"{}"})]
+    )
     q.enqueue([Task("x", "noop", {})])
     Worker(real_client, queue_name, "w", WorkerConfig(idle_wait_s=0.02, batch_size=3)).run()
     assert real_client.hmget(q.keys.task("x x"), "status", "attempt") == ["dead", None]  # refused, never run

@@ -16,18 +16,40 @@ from wqsim.generator import GENERATE_CHUNK
 
 # (command, flag) for every numeric option; each rejects negative, NaN and infinite values.
 NUMERIC_FLAGS = [
-    ("run", "--tasks"), ("run", "--workers"), ("run", "--duration-ms"), ("run", "--batch-size"),
-    ("run", "--package-size"), ("run", "--ping-interval-s"), ("run", "--lease-s"), ("run", "--max-attempts"),
-    ("run", "--timeout-s"), ("run", "--task-timeout-s"), ("run", "--fail-p"), ("run", "--hang-p"),
-    ("run", "--crash-p"), ("run", "--straggler-p"),
-    ("generate", "--tasks"), ("generate", "--duration-ms"), ("generate", "--package-size"),
-    ("generate", "--max-attempts"), ("generate", "--task-timeout-s"),
-    ("work", "--workers"), ("work", "--batch-size"), ("work", "--lease-s"), ("work", "--ping-interval-s"),
+    ("run", "--tasks"),
+    ("run", "--workers"),
+    ("run", "--duration-ms"),
+    ("run", "--batch-size"),
+    ("run", "--package-size"),
+    ("run", "--ping-interval-s"),
+    ("run", "--lease-s"),
+    ("run", "--max-attempts"),
+    ("run", "--timeout-s"),
+    ("run", "--task-timeout-s"),
+    ("run", "--fail-p"),
+    ("run", "--hang-p"),
+    ("run", "--crash-p"),
+    ("run", "--straggler-p"),
+    ("generate", "--tasks"),
+    ("generate", "--duration-ms"),
+    ("generate", "--package-size"),
+    ("generate", "--max-attempts"),
+    ("generate", "--task-timeout-s"),
+    ("work", "--workers"),
+    ("work", "--batch-size"),
+    ("work", "--lease-s"),
+    ("work", "--ping-interval-s"),
     ("work", "--task-timeout-s"),
-    ("listen", "--workers"), ("listen", "--timeout-s"), ("listen", "--every-s"),
+    ("listen", "--workers"),
+    ("listen", "--timeout-s"),
+    ("listen", "--every-s"),
     ("reap", "--interval-s"),
     ("status", "--expected"),
-    *((command, flag) for command in ("run", "generate") for flag in ("--keep-done", "--keep-done-s", "--events-maxlen")),
+    *(
+        (command, flag)
+        for command in ("run", "generate")
+        for flag in ("--keep-done", "--keep-done-s", "--events-maxlen")
+    ),
 ]
 
 
@@ -61,8 +83,9 @@ def test_generate_rejects_a_negative_nan_or_infinite_duration_as_a_process_would
     for value in ("-1", "nan", "inf"):
         proc = wqsim("generate", "--duration-ms", value, "--redis-url", "redis://127.0.0.1:1/0")
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr == (f"wqsim: error: argument --duration-ms: duration_ms must be a finite number >= 0 "
-                               f"(got {float(value)!r})\n")
+        assert proc.stderr == (
+            f"wqsim: error: argument --duration-ms: duration_ms must be a finite number >= 0 (got {float(value)!r})\n"
+        )
 
 
 def test_a_zero_duration_and_other_sensible_values_are_accepted():
@@ -103,7 +126,8 @@ def test_a_million_tasks_are_generated_with_flat_memory(redis_url, queue_name):
         from wqsim import Queue, connect, generate
         q = Queue(connect({redis_url!r}), {queue_name!r})
         generate(q, 1_000_000, kind="noop")
-        print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')))  # not ru_maxrss: Linux carries a parent's peak into its children
+        # VmHWM, not ru_maxrss: Linux carries a parent's peak into its children
+        print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

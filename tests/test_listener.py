@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import running, wait_until
 
 from wqsim import Listener, Queue, Reaper, RedisServer, Settlement, Task, WorkerConfig, WorkerPool, connect, generate
 from wqsim.connection import RedisUnavailable
-
-from helpers import running, wait_until
 
 WORKER_IDS = ["1", "2", "3"]
 AOF_ARGS = ("--appendonly", "yes", "--appendfsync", "always")
@@ -26,11 +25,18 @@ WQSIM = str(Path(sys.executable).parent / "wqsim")  # the venv's console script
 
 # -- helpers ----------------------------------------------------------------------
 
+
 def settle_all(q: Queue, outcome: str = "done", count: int = 1, worker: str = "w1") -> list[str]:
     """Claim ``count`` tasks and settle them all with ``outcome`` in one call; returns their ids."""
     claim = q.claim(worker, lease_ms=5000, count=count)
-    q.settle(worker, [Settlement(t.id, claim.lease, outcome, "null" if outcome == "done" else "boom", 1.0, 2.0)
-                      for t in claim.tasks], lease_ms=5000)
+    q.settle(
+        worker,
+        [
+            Settlement(t.id, claim.lease, outcome, "null" if outcome == "done" else "boom", 1.0, 2.0)
+            for t in claim.tasks
+        ],
+        lease_ms=5000,
+    )
     return [t.id for t in claim.tasks]
 
 
@@ -91,8 +97,9 @@ class Output(threading.Thread):
 
 def start_listen(url: str, *args: str) -> tuple[subprocess.Popen, Output]:
     env = {**os.environ, "REDIS_URL": url}
-    proc = subprocess.Popen([WQSIM, "listen", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [WQSIM, "listen", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     output = Output(proc.stdout)
     output.start()
     return proc, output
@@ -119,6 +126,7 @@ def sigkill_and_restart(server: RedisServer, outage_s: float = 2.0) -> RedisServ
 
 
 # -- counting: entry ids, cursors, plain messages -------------------------------------------
+
 
 def test_a_message_at_or_before_the_cursor_is_not_counted_twice(make_queue):
     q = make_queue()
@@ -174,6 +182,7 @@ def test_a_replay_counts_the_dependents_cancelled_by_a_dead_task(make_queue):
     assert listener.progress == {"done": 0, "dead": 1, "cancelled": 1}
     assert seen == [("dead", "a"), ("cancelled", "b")]
 
+
 def test_should_stop_ends_the_wait_early_without_calling_it_a_timeout(make_queue, captured_logger):
     q = make_queue()
     logger, handler = captured_logger
@@ -189,6 +198,7 @@ def test_should_stop_ends_the_wait_early_without_calling_it_a_timeout(make_queue
 
 # -- outages ---------------------------------------------------------------------------
 
+
 @pytest.mark.real_redis
 @pytest.mark.parametrize("client", ["redis-server"], indirect=True)
 def test_events_published_while_the_listener_is_disconnected_are_counted_exactly_once(make_queue, signalled_logger):
@@ -196,14 +206,22 @@ def test_events_published_while_the_listener_is_disconnected_are_counted_exactly
     logger, log = signalled_logger
     generate(q, 8, duration_ms=0, max_attempts=1)
     seen: list[str] = []
-    listener = Listener(q.client, q.name, ["w1", "w2"], logger=logger, reconnect_s=10,
-                        on_progress=lambda status, task_id: seen.append(task_id)).start()
+    listener = Listener(
+        q.client,
+        q.name,
+        ["w1", "w2"],
+        logger=logger,
+        reconnect_s=10,
+        on_progress=lambda status, task_id: seen.append(task_id),
+    ).start()
     outcome: dict[str, object] = {}
     settle_all(q, count=2)  # heard live (buffered until wait() reads it)
 
     q.client.client_kill_filter(_type="pubsub")  # the listener's subscription is gone...
     assert q.client.pubsub_numsub(q.keys.progress_channel, q.keys.finished_channel) == [
-        (q.keys.progress_channel, 0), (q.keys.finished_channel, 0)]
+        (q.keys.progress_channel, 0),
+        (q.keys.finished_channel, 0),
+    ]
     settle_all(q, count=3)  # ...so these messages reach nobody; their stream entries remain
     settle_all(q, "dead")
     q.finish("w1")
@@ -227,7 +245,9 @@ def test_redis_unreachable_for_longer_than_reconnect_s_raises_redis_unavailable(
     try:
         listener = Listener(connect(server.url), queue_name, 1, reconnect_s=0.5).start()
         server.stop()
-        with pytest.raises(RedisUnavailable, match=f"the listener on queue '{queue_name}' could not reach Redis for 0.5 s"):
+        with pytest.raises(
+            RedisUnavailable, match=f"the listener on queue '{queue_name}' could not reach Redis for 0.5 s"
+        ):
             listener.wait(timeout_s=30)
     finally:
         server.stop()
@@ -307,6 +327,7 @@ def test_wqsim_listen_rides_out_a_sigkilled_aof_redis_and_prints_the_exact_final
 
 
 # -- wqsim listen ------------------------------------------------------------------------
+
 
 @pytest.mark.real_redis
 def test_wqsim_listen_prints_its_last_progress_count_soon_after_the_last_event_without_a_new_message(

@@ -6,27 +6,47 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import time  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import time  # noqa: E402
-
 from wqsim import (  # noqa: E402
-    Queue, Settlement, Worker, WorkerConfig, arrivals, bounds, diamond, generate, metrics, plots,
+    Queue,
+    Settlement,
+    Worker,
+    WorkerConfig,
+    arrivals,
+    bounds,
+    diamond,
+    generate,
+    metrics,
+    plots,
 )
 
 
-def synthetic(n: int = 100, workers: int = 2, service_s: float = 0.01, gap_s: float = 0.0) -> "metrics.pd.DataFrame":
+def synthetic(n: int = 100, workers: int = 2, service_s: float = 0.01, gap_s: float = 0.0) -> metrics.pd.DataFrame:
     """n tasks all enqueued at t=1000, run back to back on ``workers`` workers, each taking service_s."""
     rows = []
     for i in range(n):
         worker = str(i % workers + 1)
         slot = i // workers
         start = 1000.0 + slot * (service_s + gap_s)
-        rows.append({"task_id": str(i), "kind": "sleep", "package": "", "attempt": 1, "worker": worker,
-                     "enqueued_at": 1000.0, "started_at": start, "finished_at": start + service_s,
-                     "status": "done", "error": ""})
+        rows.append(
+            {
+                "task_id": str(i),
+                "kind": "sleep",
+                "package": "",
+                "attempt": 1,
+                "worker": worker,
+                "enqueued_at": 1000.0,
+                "started_at": start,
+                "finished_at": start + service_s,
+                "status": "done",
+                "error": "",
+            }
+        )
     return metrics.frame(rows, "synthetic")
 
 
@@ -83,11 +103,21 @@ def test_attempts_reads_retries_and_final_outcomes_from_redis(fake_client):
     q = Queue(fake_client, "m")
     generate(q, 2, duration_ms=0)
     claim = q.claim("w", lease_ms=10_000, count=2)
-    q.settle("w", [Settlement("1", claim.lease, "retry", "boom", 10.0, 11.0),
-                   Settlement("2", claim.lease, "done", "null", 10.0, 12.0)], lease_ms=10_000)
+    q.settle(
+        "w",
+        [
+            Settlement("1", claim.lease, "retry", "boom", 10.0, 11.0),
+            Settlement("2", claim.lease, "done", "null", 10.0, 12.0),
+        ],
+        lease_ms=10_000,
+    )
     Worker(fake_client, "m", "w2", WorkerConfig(idle_wait_s=0.01, backoff_s=0.001)).run()
     df = metrics.attempts(q)
-    assert sorted(zip(df["task_id"], df["attempt"], df["status"])) == [("1", 1, "retry"), ("1", 2, "done"), ("2", 1, "done")]
+    assert sorted(zip(df["task_id"], df["attempt"], df["status"], strict=False)) == [
+        ("1", 1, "retry"),
+        ("1", 2, "done"),
+        ("2", 1, "done"),
+    ]
     retry = df[df["status"] == "retry"].iloc[0]
     assert (retry["started_at"], retry["finished_at"], retry["worker"], retry["error"]) == (10.0, 11.0, "w", "boom")
     assert metrics.executions(df) == {"executions": 3, "completions": 2}
@@ -96,10 +126,20 @@ def test_attempts_reads_retries_and_final_outcomes_from_redis(fake_client):
 def test_every_plot_returns_labelled_axes():
     df = synthetic(n=40, workers=2, service_s=0.01)
     tasks = diamond(prefix="s")
-    graph_df = metrics.frame([
-        {"task_id": t.id, "worker": "1", "attempt": 1, "status": "done", "enqueued_at": 0.0,
-         "started_at": float(i), "finished_at": float(i) + 0.5} for i, t in enumerate(tasks)
-    ])
+    graph_df = metrics.frame(
+        [
+            {
+                "task_id": t.id,
+                "worker": "1",
+                "attempt": 1,
+                "status": "done",
+                "enqueued_at": 0.0,
+                "started_at": float(i),
+                "finished_at": float(i) + 0.5,
+            }
+            for i, t in enumerate(tasks)
+        ]
+    )
     axes = [
         plots.worker_timeline(df),
         plots.dependency_gantt(graph_df, tasks, bounds(tasks, 2)),
@@ -148,7 +188,7 @@ def test_length_sampler_observes_queued_and_running_tasks(fake_client):
         time.sleep(0.05)
     df = sampler.frame()
     assert len(df) >= 2
-    assert set(zip(df["queued"], df["running"], df["in_system"])) == {(3, 2, 5)}
+    assert set(zip(df["queued"], df["running"], df["in_system"], strict=False)) == {(3, 2, 5)}
 
 
 def test_littles_law_from_samples_compares_an_observed_L_with_lambda_times_W():

@@ -68,8 +68,10 @@ def test_cells_hold_no_helper_code_and_draw_seeds_from_the_setup_cell(path):
 
 
 def test_each_notebook_has_a_queue_of_its_own():
-    names = [re.search(r'QUEUE = "([^"]+)"', source(cells(p)[[c["cell_type"] for c in cells(p)].index("code")])).group(1)
-             for p in NOTEBOOKS]
+    names = [
+        re.search(r'QUEUE = "([^"]+)"', source(cells(p)[[c["cell_type"] for c in cells(p)].index("code")])).group(1)
+        for p in NOTEBOOKS
+    ]
     assert len(set(names)) == len(names)
 
 
@@ -86,8 +88,13 @@ def test_each_notebook_is_committed_with_the_outputs_of_a_clean_run(path):
 def test_every_plot_appears_in_some_notebook():
     import wqsim.plots as plots
 
-    public = {name for name in dir(plots) if not name.startswith("_") and callable(getattr(plots, name))
-              and getattr(getattr(plots, name), "__module__", "") == "wqsim.plots"}
+    public = {
+        name
+        for name in dir(plots)
+        if not name.startswith("_")
+        and callable(getattr(plots, name))
+        and getattr(getattr(plots, name), "__module__", "") == "wqsim.plots"
+    }
     used = {name for p in NOTEBOOKS for c in cells(p) for name in re.findall(r"plots\.(\w+)\(", source(c))}
     assert public - used == set()
 
@@ -103,9 +110,26 @@ def test_nbval_fails_a_notebook_whose_checked_output_no_longer_matches(tmp_path,
     broken.write_text(text.replace("sum = 13", "sum = 14"))
     sanitize = notebook.parent / "nbval_sanitize.cfg"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull, "--nbval",
-         "--nbval-current-env", "--nbval-sanitize-with", str(sanitize), str(broken)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "REDIS_URL": redis_url},
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            os.devnull,
+            "--nbval",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(sanitize),
+            str(broken),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "REDIS_URL": redis_url},
     )
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "mismatch 'stdout'" in proc.stdout and "sum = 13" in proc.stdout

@@ -11,10 +11,9 @@ import sys
 import time
 
 import pytest
+from helpers import wait_until
 
 from wqsim import Queue, RedisServer, connect
-
-from helpers import wait_until
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
 
@@ -22,8 +21,9 @@ AOF_ARGS = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 def wqsim_run(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "wqsim", "run", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "wqsim", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def test_wqsim_run_rides_out_a_sigkilled_redis_restarted_2_s_later_and_ends_with_a_clean_audit(tmp_path, queue_name):
@@ -57,8 +57,22 @@ def fault_set(url: str, queue: str) -> set[tuple[str, str, str]]:
 
 
 def test_two_chaos_runs_with_one_seed_inject_the_same_faults(redis_url, queue_name):
-    args = ("--chaos", "--seed", "3", "--tasks", "150", "--workers", "2", "--lease-s", "1",
-            "--queue", queue_name, "--redis-url", redis_url, "-q")
+    args = (
+        "--chaos",
+        "--seed",
+        "3",
+        "--tasks",
+        "150",
+        "--workers",
+        "2",
+        "--lease-s",
+        "1",
+        "--queue",
+        queue_name,
+        "--redis-url",
+        redis_url,
+        "-q",
+    )
     runs = []
     for _ in range(2):
         proc = wqsim_run(*args)

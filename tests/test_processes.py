@@ -18,12 +18,22 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from helpers import Killer, running, shut_down, wait_until
 
 from wqsim import (
-    ChaosConfig, Listener, Queue, Reaper, RedisServer, Settlement, Status, WorkerConfig, WorkerPool, audit, connect, generate,
+    ChaosConfig,
+    Listener,
+    Queue,
+    Reaper,
+    RedisServer,
+    Settlement,
+    Status,
+    WorkerConfig,
+    WorkerPool,
+    audit,
+    connect,
+    generate,
 )
-
-from helpers import Killer, running, shut_down, wait_until
 
 pytestmark = pytest.mark.real_redis
 
@@ -32,6 +42,7 @@ AOF_ARGS = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 # -- helpers ----------------------------------------------------------------------
+
 
 def done_events_per_id(q: Queue) -> Counter[str]:
     """A 'done' entry lists every task one settle call recorded, space-separated."""
@@ -66,6 +77,7 @@ def queue(real_client: redis.Redis, queue_name: str) -> Iterator[Queue]:
 
 # -- 1. the seed scenario with real processes -----------------------------------------
 
+
 def test_three_worker_processes_do_1000_tasks_each_exactly_once_and_each_reports_finished_once(
     redis_url, queue, queue_name
 ):
@@ -87,11 +99,16 @@ def test_three_worker_processes_do_1000_tasks_each_exactly_once_and_each_reports
     result = audit(queue)
     assert result.clean
     assert (result.done, result.lost, result.completed_twice, result.executions, result.completions) == (
-        1000, 0, 0, 1000, 1000,
+        1000,
+        0,
+        0,
+        1000,
+        1000,
     )
 
 
 # -- 2. chaos: SIGKILL a random worker every 100-300 ms -----------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -100,8 +117,14 @@ def test_chaos_killer_loses_no_task_and_completes_none_twice(redis_url, queue, q
     # 2000 x 4 ms of sleeping over 3 workers is at least ~2.7 s, so the killer gets many turns.
     generate(queue, n, duration_ms=4, max_attempts=20)
     reaper = Reaper(Queue(connect(redis_url), queue_name), interval_s=0.05).start()
-    pool = WorkerPool(redis_url, queue_name, WORKER_IDS, WorkerConfig(lease_s=0.3, idle_wait_s=0.05),
-                      mode="process", restart_crashed=True)
+    pool = WorkerPool(
+        redis_url,
+        queue_name,
+        WORKER_IDS,
+        WorkerConfig(lease_s=0.3, idle_wait_s=0.05),
+        mode="process",
+        restart_crashed=True,
+    )
     killer = Killer(pool, Queue(connect(redis_url), queue_name), seed)
     with running(pool, reaper):
         killer.start()
@@ -129,10 +152,9 @@ def test_chaos_killer_loses_no_task_and_completes_none_twice(redis_url, queue, q
 
 # -- 3. Redis stopped and restarted mid-run ---------------------------------------------
 
+
 @pytest.mark.slow
-def test_workers_reconnect_after_an_aof_redis_restart_and_the_run_completes_with_a_clean_audit(
-    tmp_path, queue_name
-):
+def test_workers_reconnect_after_an_aof_redis_restart_and_the_run_completes_with_a_clean_audit(tmp_path, queue_name):
     n = 500
     server = RedisServer(dir=str(tmp_path), extra_args=AOF_ARGS).start()
     restarted: RedisServer | None = None
@@ -183,6 +205,7 @@ def test_workers_reconnect_after_an_aof_redis_restart_and_the_run_completes_with
 
 # -- 4. a worker SIGKILLed while holding a long task -----------------------------------------
 
+
 @pytest.mark.slow
 def test_task_of_a_sigkilled_worker_is_reaped_once_and_completed_by_another_and_the_dead_worker_cannot_record_it(
     redis_url, queue, queue_name
@@ -222,7 +245,9 @@ def test_task_of_a_sigkilled_worker_is_reaped_once_and_completed_by_another_and_
     after = queue.task(task_id)
     assert (after.status, after.worker, after.result) == (Status.DONE, rescuer, task.result)
     assert [(e["event"], e["worker"]) for e in queue.events()] == [
-        ("expired", holder), ("done", rescuer), ("rejected", holder),
+        ("expired", holder),
+        ("done", rescuer),
+        ("rejected", holder),
     ]
     result = audit(queue)
     assert result.clean and (result.done, result.completed_twice, result.expired, result.executions) == (1, 0, 1, 2)
@@ -230,28 +255,48 @@ def test_task_of_a_sigkilled_worker_is_reaped_once_and_completed_by_another_and_
 
 # -- 5. the CLI's own chaos run --------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_cli_chaos_run_exits_0_and_prints_an_audit_with_nothing_lost_or_completed_twice(
-    redis_url, queue, queue_name
-):
+def test_cli_chaos_run_exits_0_and_prints_an_audit_with_nothing_lost_or_completed_twice(redis_url, queue, queue_name):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     proc = subprocess.run(
-        [sys.executable, "-m", "wqsim", "run", "--chaos", "--tasks", "300", "--workers", "3", "--seed", "7",
-         "--redis-url", redis_url, "--queue", queue_name, "-q"],
-        capture_output=True, text=True, timeout=180, env=env,
+        [
+            sys.executable,
+            "-m",
+            "wqsim",
+            "run",
+            "--chaos",
+            "--tasks",
+            "300",
+            "--workers",
+            "3",
+            "--seed",
+            "7",
+            "--redis-url",
+            redis_url,
+            "--queue",
+            queue_name,
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     audit_lines = [line for line in output.splitlines() if "Audit: " in line]
     assert len(audit_lines) == 1, output[-3000:]
-    assert re.search(r"\bgenerated 300, done \d+, dead \d+, cancelled 0, in flight 0, lost 0, completed twice 0,",
-                     audit_lines[0]), audit_lines[0]
+    assert re.search(
+        r"\bgenerated 300, done \d+, dead \d+, cancelled 0, in flight 0, lost 0, completed twice 0,", audit_lines[0]
+    ), audit_lines[0]
     assert "Chaos (seed 7): " in output
     result = audit(queue)  # the CLI's verdict, checked independently
     assert result.clean and (result.generated, result.lost, result.completed_twice) == (300, 0, 0)
 
 
 # -- 6. the pool's own API while its supervisor replaces workers ----------------------------
+
 
 @pytest.mark.slow
 def test_pool_can_be_inspected_and_stopped_while_its_supervisor_replaces_crashed_workers(redis_url, queue, queue_name):
@@ -287,7 +332,9 @@ def test_the_supervisor_sleeps_until_a_worker_exits_rather_than_on_a_timer(redis
 
     waits: list[float | None] = []
     real_wait = wqsim.pool.mp_wait
-    monkeypatch.setattr(wqsim.pool, "mp_wait", lambda objects, timeout=None: (waits.append(timeout), real_wait(objects, timeout))[1])
+    monkeypatch.setattr(
+        wqsim.pool, "mp_wait", lambda objects, timeout=None: (waits.append(timeout), real_wait(objects, timeout))[1]
+    )
     config = WorkerConfig(exit_when_drained=False, idle_wait_s=0.5)
     with running(WorkerPool(redis_url, queue_name, ["serving"], config)) as pool:
         assert wait_until(lambda: len(waits) >= 1, 5)
@@ -312,5 +359,6 @@ def test_workers_that_die_while_the_supervisor_is_busy_replacing_another_are_rep
             pool.kill(worker_id)
             time.sleep(0.002)
         assert wait_until(lambda: len(pool.pids()) == 4 and not set(pool.pids().values()) & set(first.values()), 10), (
-            f"restarts {pool.restarts}, live {pool.pids()}")
+            f"restarts {pool.restarts}, live {pool.pids()}"
+        )
         assert pool.restarts == 4

@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-
 from helpers import done_count
+
 from wqsim import Keys, Queue, Settlement, Status, Task, audit, generate, make_tasks
 
 
@@ -25,7 +25,9 @@ class FakeClock:
 def settle_one(q: Queue, claim, outcome: str = "done", value: str = "null", worker: str = "w1", backoff_s: float = 0.0):
     """Settle the first task of ``claim`` under its lease."""
     task = claim.tasks[0]
-    return q.settle(worker, [Settlement(task.id, claim.lease, outcome, value, 1.0, 2.0)], lease_ms=1000, backoff_s=backoff_s)
+    return q.settle(
+        worker, [Settlement(task.id, claim.lease, outcome, value, 1.0, 2.0)], lease_ms=1000, backoff_s=backoff_s
+    )
 
 
 def test_enqueue_writes_hashes_and_pushes_ids_in_fifo_order(make_queue):
@@ -415,11 +417,13 @@ def test_a_heartbeat_renews_a_workers_claims_made_ahead_before_their_replies_are
     assert q.reap(now=time.time() + 60).returned == 0
 
 
-def test_a_heartbeat_renews_neither_an_earlier_worker_of_the_same_id_nor_a_worker_whose_id_it_prefixes(real_client, queue_name):
+def test_a_heartbeat_renews_neither_an_earlier_worker_of_the_same_id_nor_a_worker_whose_id_it_prefixes(
+    real_client, queue_name
+):
     q = Queue(real_client, queue_name)
     generate(q, 3)
     crashed = q.claim("w1", lease_ms=400)  # left by a worker "w1" that died and was replaced
-    since = q.leases_issued()                 # where the replacement starts
+    since = q.leases_issued()  # where the replacement starts
     other = q.claim("w10", lease_ms=400)
     mine = q.claim("w1", lease_ms=400)
     for _ in range(8):
@@ -446,16 +450,31 @@ def test_a_finished_run_leaves_exactly_the_documented_keys(make_queue, make_work
     generate(q, 3)
     make_worker().run()
     k = q.keys
-    expected = {k.task(i) for i in ("1", "2", "3")} | {k.stats, k.events, k.finishes, k.next_id, k.signal,
-                                                       k.ledger, k.done_index}
+    expected = {k.task(i) for i in ("1", "2", "3")} | {
+        k.stats,
+        k.events,
+        k.finishes,
+        k.next_id,
+        k.signal,
+        k.ledger,
+        k.done_index,
+    }
     # No lease, held set, package or inflight entry outlives its claim.
     assert set(q.client.scan_iter(match=k.pattern)) == expected
 
 
 def test_every_key_of_a_queue_shares_one_cluster_hash_tag():
     k = Keys("demo")
-    names = k.script_keys() + [k.task("7"), k.lease("w#1"), k.held("w#1"), k.package("3"), k.next_id, k.finishes,
-                               k.finished_channel, k.progress_channel]
+    names = k.script_keys() + [
+        k.task("7"),
+        k.lease("w#1"),
+        k.held("w#1"),
+        k.package("3"),
+        k.next_id,
+        k.finishes,
+        k.finished_channel,
+        k.progress_channel,
+    ]
     assert all(name.startswith("wqsim:{demo}:") for name in names)
 
 

@@ -11,11 +11,20 @@ import time
 from dataclasses import replace
 
 import pytest
+from helpers import done_count
 
 from wqsim import (
-    ChaosConfig, HandlerRegistry, Queue, Reaper, Settlement, Status, Worker, WorkerConfig, audit, generate,
+    ChaosConfig,
+    HandlerRegistry,
+    Queue,
+    Reaper,
+    Settlement,
+    Status,
+    Worker,
+    WorkerConfig,
+    audit,
+    generate,
 )
-from helpers import done_count
 from wqsim.chaos import draw
 
 
@@ -23,7 +32,9 @@ def test_chaos_draws_depend_only_on_seed_task_and_attempt():
     chaos = ChaosConfig(seed=5, fail_p=0.5, hang_p=0.5, crash_p=0.5, straggler_p=0.5)
     first = [draw(chaos, str(i), 1) for i in range(50)]
     assert first == [draw(chaos, str(i), 1) for i in range(50)]
-    assert first != [draw(ChaosConfig(seed=6, fail_p=0.5, hang_p=0.5, crash_p=0.5, straggler_p=0.5), str(i), 1) for i in range(50)]
+    assert first != [
+        draw(ChaosConfig(seed=6, fail_p=0.5, hang_p=0.5, crash_p=0.5, straggler_p=0.5), str(i), 1) for i in range(50)
+    ]
     assert 10 < sum(f.fail for f in first) < 40
 
 
@@ -157,9 +168,13 @@ def test_audit_counts_executions_beyond_completions(make_queue):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_embedded_redis_server_dies_with_a_killed_parent():
-    code = "import wqsim, sys; wqsim.connect(); print(wqsim.embedded_server().process.pid, flush=True); sys.stdin.read()"
+    code = (
+        "import wqsim, sys; wqsim.connect(); print(wqsim.embedded_server().process.pid, flush=True); sys.stdin.read()"
+    )
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     child_pid = int(parent.stdout.readline())
     os.kill(child_pid, 0)  # the embedded server is running
     parent.send_signal(signal.SIGKILL)

@@ -154,8 +154,16 @@ def test_a_queue_without_a_policy_applies_the_defaults_and_a_stored_one_reads_ba
     assert q.retention() == policy
 
 
-@pytest.mark.parametrize("bad", [dict(keep_done=-1), dict(events_maxlen=1.5), dict(keep_done_s=float("nan")),
-                                 dict(keep_done_s=-1), dict(keep_done=True)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(keep_done=-1),
+        dict(events_maxlen=1.5),
+        dict(keep_done_s=float("nan")),
+        dict(keep_done_s=-1),
+        dict(keep_done=True),
+    ],
+)
 def test_bad_retention_values_are_refused_naming_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         Retention(**bad)
@@ -163,8 +171,24 @@ def test_bad_retention_values_are_refused_naming_the_field(bad):
 
 def test_wqsim_generate_sets_the_queues_retention_policy(redis_url, queue_name, real_client):
     def generate_cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "wqsim", "generate", "--redis-url", redis_url, "--queue",
-                               queue_name, "--tasks", "2", *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wqsim",
+                "generate",
+                "--redis-url",
+                redis_url,
+                "--queue",
+                queue_name,
+                "--tasks",
+                "2",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     done = generate_cli("--keep-done", "3", "--events-maxlen", "all")
     assert done.returncode == 0, done.stderr

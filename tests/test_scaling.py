@@ -8,10 +8,9 @@ from unittest import mock
 
 import pytest
 import redis
+from helpers import wait_until
 
 from wqsim import Queue, Reaper, Settlement, Status, Task, WorkerConfig, WorkerPool, audit, connect, generate
-
-from helpers import wait_until
 
 
 def commands_sent(client: redis.Redis, action) -> dict[str, int]:
@@ -85,7 +84,6 @@ def test_enqueueing_many_tasks_is_one_round_trip(real_client, queue_name):
     q.allocate_ids(1)  # the id counter is one INCRBY before the enqueue proper
     ids = [str(i) for i in range(2, 12_002)]
     from wqsim import make_tasks
-
     from wqsim.scripts import full_source
 
     tasks = make_tasks(ids, kind="noop")

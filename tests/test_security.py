@@ -37,7 +37,9 @@ def wqsim_cli(*args: str, url: str | None = None, timeout: float = 120) -> subpr
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     if url is not None:
         env["REDIS_URL"] = url
-    return subprocess.run([sys.executable, "-m", "wqsim", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "wqsim", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -45,6 +47,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 # -- the rule ----------------------------------------------------------------------------------
+
 
 def test_the_rule_grants_the_queues_keys_and_channels_and_only_the_listed_commands():
     rule = acl.rule("demo")
@@ -90,6 +93,7 @@ def test_a_script_permission_error_is_mapped_to_the_command_on_its_line():
 
 # -- a server with users -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def acl_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
@@ -104,7 +108,9 @@ def admin(acl_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-def make_user(admin: redis.Redis, name: str, queue: str, without: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> None:
+def make_user(
+    admin: redis.Redis, name: str, queue: str, without: tuple[str, ...] = (), extra: tuple[str, ...] = ()
+) -> None:
     """A user with ``wqsim acl``'s rule for ``queue``, minus the commands ``without``, plus ``extra``."""
     rule = acl.rule(queue).split() + [f"-{c}" for c in without] + list(extra)
     admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">{PASSWORD}", *rule)
@@ -131,13 +137,29 @@ def test_every_cli_command_runs_as_a_user_with_exactly_the_rule(acl_server, admi
 
     # Heartbeats (PEXPIRE) with leases shorter than the tasks; chaos in thread mode ends leases itself.
     ok("run", "--tasks", "12", "--workers", "2", "--duration-ms", "150", "--lease-s", "0.3", "--batch-size", "2", "-q")
-    ok("run", "--tasks", "60", "--workers", "2", "--duration-ms", "5", "--chaos", "--seed", "1", "--mode", "thread", "-q")
+    ok(
+        "run",
+        "--tasks",
+        "60",
+        "--workers",
+        "2",
+        "--duration-ms",
+        "5",
+        "--chaos",
+        "--seed",
+        "1",
+        "--mode",
+        "thread",
+        "-q",
+    )
     ok("run", "--graph", "diamond", "--tasks", "10", "--workers", "2", "-q")
     # Enqueued in several chunks (MULTI/EXEC), as work packages, into a queue purged first.
     ok("generate", "--tasks", "6000", "--kind", "noop", "--package-size", "10", "--fresh")
     listener = subprocess.Popen(
         [sys.executable, "-m", "wqsim", "listen", "--queue", "full", "--workers", "2", "--timeout-s", "120"],
-        env={**os.environ, "REDIS_URL": url}, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "REDIS_URL": url},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert listener.stderr is not None
@@ -170,8 +192,8 @@ def test_a_user_limited_to_another_queues_keys_is_refused_in_one_line(acl_server
         proc = wqsim_cli(*args, url=url)
         assert proc.returncode == 2, f"{command}: {proc.stderr}"
         assert error_lines(proc.stderr) == [
-            f"wqsim: error: Redis user 'wq-other' may not use the keys of queue 'mine' (wqsim:{{mine}}:*); "
-            f"grant them with: wqsim acl --queue mine --user wq-other"
+            "wqsim: error: Redis user 'wq-other' may not use the keys of queue 'mine' (wqsim:{mine}:*); "
+            "grant them with: wqsim acl --queue mine --user wq-other"
         ], f"{command}: {proc.stderr}"
     assert queue_keys(admin, "mine") == []
 
@@ -190,17 +212,31 @@ def test_a_worker_refused_a_key_stops_the_pool_without_restarts(acl_server, admi
 @pytest.mark.parametrize(
     ("missing", "where", "mode"),
     [
-        ("pexpire", "heartbeat.lua", "process"),   # in the watchdog thread, after the first ping
+        ("pexpire", "heartbeat.lua", "process"),  # in the watchdog thread, after the first ping
         ("rpop", "claim.lua through _lib.lua", "process"),  # in the first claim
         ("pexpire", "heartbeat.lua", "thread"),
     ],
 )
-def test_a_command_missing_inside_a_script_stops_work_in_one_line_with_no_restart_loop(acl_server, admin, missing, where, mode):
+def test_a_command_missing_inside_a_script_stops_work_in_one_line_with_no_restart_loop(
+    acl_server, admin, missing, where, mode
+):
     queue = f"miss-{missing}-{mode}"
     wqsim.generate(wqsim.Queue(admin, queue), 4, 400.0)  # written as the admin: work alone is refused
     make_user(admin, f"wq-{missing}", queue, without=(missing,))
-    proc = wqsim_cli("work", "--queue", queue, "--workers", "2", "--once", "--lease-s", "0.3", "--mode", mode,
-                     url=user_url(acl_server, f"wq-{missing}"), timeout=60)
+    proc = wqsim_cli(
+        "work",
+        "--queue",
+        queue,
+        "--workers",
+        "2",
+        "--once",
+        "--lease-s",
+        "0.3",
+        "--mode",
+        mode,
+        url=user_url(acl_server, f"wq-{missing}"),
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert error_lines(proc.stderr) == [
         f"wqsim: error: Redis user 'wq-{missing}' may not run {missing.upper()} (needed by {where}); "
@@ -211,8 +247,21 @@ def test_a_command_missing_inside_a_script_stops_work_in_one_line_with_no_restar
 
 def test_run_stops_in_one_line_when_a_worker_is_refused_a_command(acl_server, admin):
     make_user(admin, "wq-run", "runq", without=("pexpire",))
-    proc = wqsim_cli("run", "--queue", "runq", "--tasks", "6", "--workers", "2", "--duration-ms", "400",
-                     "--lease-s", "0.3", url=user_url(acl_server, "wq-run"), timeout=60)
+    proc = wqsim_cli(
+        "run",
+        "--queue",
+        "runq",
+        "--tasks",
+        "6",
+        "--workers",
+        "2",
+        "--duration-ms",
+        "400",
+        "--lease-s",
+        "0.3",
+        url=user_url(acl_server, "wq-run"),
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert error_lines(proc.stderr) == [
         "wqsim: error: Redis user 'wq-run' may not run PEXPIRE (needed by heartbeat.lua); "
@@ -231,10 +280,13 @@ def test_a_user_who_may_ask_acl_dryrun_is_checked_before_anything_is_written(acl
     assert queue_keys(admin, "dry") == []
     make_user(admin, "wq-dry-ok", "dry", extra=("+acl|whoami", "+acl|dryrun"))
     wqsim.Queue(admin, "dry").purge()
-    assert wqsim_cli("generate", "--queue", "dry", "--tasks", "5", url=user_url(acl_server, "wq-dry-ok")).returncode == 0
+    assert (
+        wqsim_cli("generate", "--queue", "dry", "--tasks", "5", url=user_url(acl_server, "wq-dry-ok")).returncode == 0
+    )
 
 
 # -- TLS ------------------------------------------------------------------------------------------
+
 
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
@@ -247,13 +299,51 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("openssl not on PATH")
     d = tmp_path_factory.mktemp("tls")
     for ca in ("ca", "wrong-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{ca}.key"),
-                 "-out", str(d / f"{ca}.pem"), "-days", "2", "-subj", f"/CN=wqsim test {ca}")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"),
-             "-subj", "/CN=127.0.0.1")
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(d / f"{ca}.key"),
+            "-out",
+            str(d / f"{ca}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=wqsim test {ca}",
+        )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(d / "server.key"),
+        "-out",
+        str(d / "server.csr"),
+        "-subj",
+        "/CN=127.0.0.1",
+    )
     (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-             "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "ext.cnf"))
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(d / "server.csr"),
+        "-CA",
+        str(d / "ca.pem"),
+        "-CAkey",
+        str(d / "ca.key"),
+        "-CAcreateserial",
+        "-out",
+        str(d / "server.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        str(d / "ext.cnf"),
+    )
     return d
 
 
@@ -262,11 +352,34 @@ def tls_port(certificates: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     """A redis-server that speaks TLS only; ready once it logs that it accepts connections."""
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("tls-redis")), "--loglevel", "notice",
-         "--tls-cert-file", str(certificates / "server.pem"), "--tls-key-file", str(certificates / "server.key"),
-         "--tls-ca-cert-file", str(certificates / "ca.pem"), "--tls-auth-clients", "no"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("tls-redis")),
+            "--loglevel",
+            "notice",
+            "--tls-cert-file",
+            str(certificates / "server.pem"),
+            "--tls-key-file",
+            str(certificates / "server.key"),
+            "--tls-ca-cert-file",
+            str(certificates / "ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -301,6 +414,7 @@ def test_a_wrong_ca_fails_in_one_line_naming_tls_verification(tls_port, certific
 
 # -- URLs ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("url", "needle"),
     [
@@ -324,7 +438,13 @@ def test_a_bad_url_is_one_line_and_exit_2_never_a_silent_default(acl_server, url
 
 
 def test_good_urls_pass_the_check():
-    for url in ("redis://h:6379/0", "redis://h", "redis://u:p@h:1/15", "rediss://h:6380/0", "unix:///run/redis.sock?db=2"):
+    for url in (
+        "redis://h:6379/0",
+        "redis://h",
+        "redis://u:p@h:1/15",
+        "rediss://h:6380/0",
+        "unix:///run/redis.sock?db=2",
+    ):
         check_url(url)
 
 

@@ -69,17 +69,17 @@ class ModelTask:
     max_attempts: int
     status: str = "queued"
     attempt: int = 0
-    lease: str | None = None   # the claim holding it while running
-    due: float | None = None   # score in the delayed set
+    lease: str | None = None  # the claim holding it while running
+    due: float | None = None  # score in the delayed set
     completions: int = 0
 
 
 @dataclass
 class ModelLease:
     worker: str
-    deadline: float            # score in the inflight index
+    deadline: float  # score in the inflight index
     held: set[str] = field(default_factory=set)
-    alive: bool = True         # the lease key exists
+    alive: bool = True  # the lease key exists
 
 
 def by_id(task_id: str) -> tuple[int, str]:
@@ -97,7 +97,9 @@ class QueueStateMachine(RuleBasedStateMachine):
         self.tasks: dict[str, ModelTask] = {}
         self.leases: dict[str, ModelLease] = {}  # every lease still in the inflight index
         self.ready: list[str] = []  # same orientation as the Redis list: LPUSH at 0, RPOP from the end
-        self.held: dict[str, dict[str, str]] = {w: {} for w in WORKERS}  # what each worker believes it holds: id -> lease
+        self.held: dict[str, dict[str, str]] = {
+            w: {} for w in WORKERS
+        }  # what each worker believes it holds: id -> lease
         self.issued: list[tuple[str, str]] = []  # every (task id, lease) ever handed out
         self.ever_done: set[str] = set()
         self.stats: Counter[str] = Counter()
@@ -152,7 +154,9 @@ class QueueStateMachine(RuleBasedStateMachine):
         next_due = None if claimed else min((t.due for t in self.in_status("scheduled")), default=None)
         return claimed, lease, drained, next_due
 
-    def model_settle(self, settlements: list[Settlement], backoff: float, claim_next: int) -> tuple[list[str], str | None]:
+    def model_settle(
+        self, settlements: list[Settlement], backoff: float, claim_next: int
+    ) -> tuple[list[str], str | None]:
         now = self.clock.now
         accepted: set[int] = set()
         reuse = None
@@ -403,8 +407,11 @@ class QueueStateMachine(RuleBasedStateMachine):
             if self.all_terminal():
                 break
             for worker in WORKERS:
-                live = sorted((task_id, lease) for task_id, lease in self.held[worker].items()
-                              if lease in self.leases and self.leases[lease].alive and task_id in self.leases[lease].held)
+                live = sorted(
+                    (task_id, lease)
+                    for task_id, lease in self.held[worker].items()
+                    if lease in self.leases and self.leases[lease].alive and task_id in self.leases[lease].held
+                )
                 self.held[worker].clear()
                 if live:
                     self.do_settle(worker, [Settlement(i, lease, "done", "1") for i, lease in live])
@@ -452,14 +459,14 @@ class QueueStateMachine(RuleBasedStateMachine):
         # Lease keys: exactly the claims whose lease has not expired, holding the worker's id.
         lease_keys = sorted(self.client.scan_iter(match=k.prefix + "lease:*"))
         values = self.client.mget(lease_keys) if lease_keys else []
-        leases = dict(zip((key.split(":lease:", 1)[1] for key in lease_keys), values))
+        leases = dict(zip((key.split(":lease:", 1)[1] for key in lease_keys), values, strict=False))
         assert leases == {name: m.worker for name, m in self.leases.items() if m.alive}
 
         # Attempts as the model counts them; running tasks name their claim.
         pipe = self.client.pipeline(transaction=False)
         for task_id in self.tasks:
             pipe.hmget(k.task(task_id), ["attempt", "lease"])
-        for task_id, (attempt, lease) in zip(self.tasks, pipe.execute()):
+        for task_id, (attempt, lease) in zip(self.tasks, pipe.execute(), strict=False):
             t = self.tasks[task_id]
             assert int(attempt or 0) == t.attempt
             if t.status == "running":
@@ -486,7 +493,9 @@ class QueueStateMachine(RuleBasedStateMachine):
         )
         assert a.executions == sum(t.attempt for t in self.tasks.values())
         assert (a.completions, a.rejected, a.expired) == (
-            sum(done_ids.values()), self.events["rejected"], self.stats["expired"],
+            sum(done_ids.values()),
+            self.events["rejected"],
+            self.stats["expired"],
         )
 
         # Once every task is terminal, claim says so (and hands out nothing).

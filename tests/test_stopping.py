@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 from wqsim import Queue, Reaper, Status, audit, connect, generate
 from wqsim.stopping import StopRequest
-
-from helpers import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -61,11 +60,15 @@ def alive(pid: int) -> bool:
 def start_work(redis_url: str, queue: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(BIN / "wqsim"), "work", "--queue", queue, *args],
-        env={**os.environ, "REDIS_URL": redis_url}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "REDIS_URL": redis_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
 # -- the stop request itself ---------------------------------------------------------------
+
 
 def test_a_stop_request_is_raised_by_sigterm_without_an_exception_in_the_main_thread():
     with StopRequest() as stop:
@@ -106,11 +109,11 @@ def test_sigterm_at_30_random_moments_always_stops_wqsim_work_with_exit_0_in_tim
         target = idle_queue if phase == "idle" else queue
         proc = start_work(redis_url, target.name, "--workers", "2", "--batch-size", batch, "-q")
         try:
-            assert wait_until(lambda: catches_sigterm(proc.pid) or proc.poll() is not None, 20)
+            assert wait_until(lambda proc=proc: catches_sigterm(proc.pid) or proc.poll() is not None, 20)
             if phase == "start-up":
                 time.sleep(rng.uniform(0, 0.15))  # while it connects and forks its workers
             elif phase == "idle":
-                assert wait_until(lambda: len(children_of(proc.pid)) == 2, 20)
+                assert wait_until(lambda proc=proc: len(children_of(proc.pid)) == 2, 20)
                 time.sleep(rng.uniform(0.05, 1.2))  # somewhere in an idle worker's blocking wait
             else:
                 running_now = lambda: Status.RUNNING in queue.statuses().values()  # noqa: E731
@@ -141,6 +144,7 @@ def test_sigterm_at_30_random_moments_always_stops_wqsim_work_with_exit_0_in_tim
 
 
 # -- a killed parent --------------------------------------------------------------------------
+
 
 @pytest.mark.real_redis
 @pytest.mark.slow
@@ -192,11 +196,16 @@ def test_a_sigkilled_parent_leaves_no_embedded_redis_directory_behind(tmp_path):
 
 # -- one line for a bad queue name ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["run", "generate", "work", "listen", "reap", "status"])
 def test_every_command_rejects_a_bad_queue_name_with_one_line_and_exit_2(command):
-    proc = subprocess.run([sys.executable, "-m", "wqsim", command, "--queue", "bad queue name"],
-                          capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != "REDIS_URL"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "wqsim", command, "--queue", "bad queue name"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("wqsim: error: queue name must be")
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -15,17 +15,18 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from helpers import wait_until
 
 from wqsim import Queue, Reaper, RedisServer, RunConfig, Worker, WorkerConfig, audit, connect, generate, make_tasks, run
 from wqsim.queue import Claim, EnqueueRefused
 from wqsim.storage import EvictionRisk, check_eviction_policy, eviction_policy
 
-from helpers import wait_until
-
 
 def wqsim(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    return subprocess.run([sys.executable, "-m", "wqsim", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "wqsim", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +37,20 @@ def lru_server() -> Iterator[RedisServer]:
 
 # -- the eviction policy ------------------------------------------------------------------
 
+
 @pytest.mark.real_redis
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru"])
-@pytest.mark.parametrize("command", [
-    ["generate", "--tasks", "3"],
-    ["work", "--once", "--workers", "1"],
-    ["run", "--tasks", "3", "--workers", "1"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["generate", "--tasks", "3"],
+        ["work", "--once", "--workers", "1"],
+        ["run", "--tasks", "3", "--workers", "1"],
+    ],
+)
 def test_generate_work_and_run_refuse_a_redis_that_may_evict_keys_in_one_line_naming_the_fix(
-        lru_server, queue_name, policy, command):
+    lru_server, queue_name, policy, command
+):
     connect(lru_server.url).config_set("maxmemory-policy", policy)
     result = wqsim(*command, "--redis-url", lru_server.url, "--queue", queue_name)
     assert result.returncode == 2
@@ -77,8 +83,9 @@ def test_wqsim_run_refuses_an_evicting_redis_unless_its_config_allows_it(lru_ser
 def test_the_policy_is_read_from_info_when_config_is_denied(lru_server):
     admin = connect(lru_server.url)
     admin.config_set("maxmemory-policy", "allkeys-lru")
-    admin.acl_setuser("no-config", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                      commands=["+@all", "-config"])
+    admin.acl_setuser(
+        "no-config", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-config"]
+    )
     limited = connect(f"redis://no-config:pw@127.0.0.1:{lru_server.port}/0")
     with pytest.raises(redis.exceptions.NoPermissionError):
         limited.config_get("maxmemory-policy")
@@ -93,6 +100,7 @@ def test_a_server_that_answers_neither_config_nor_info_is_accepted_with_a_warnin
 
 
 # -- never existed, or vanished? ------------------------------------------------------------
+
 
 @pytest.mark.real_redis
 def test_after_an_empty_restart_the_expected_count_makes_every_task_lost(tmp_path, queue_name):
@@ -122,8 +130,9 @@ def test_a_stats_hash_lost_beside_its_ledger_is_reported_without_an_expected_cou
     assert a.lost == 5 and set(a.lost_ids) == {"1", "2", "3", "4", "5"}  # queued, but in no ready list
 
 
-def test_a_recreated_stats_hash_is_never_drained_and_the_worker_stops_saying_so(make_queue, client, queue_name,
-                                                                              captured_logger):
+def test_a_recreated_stats_hash_is_never_drained_and_the_worker_stops_saying_so(
+    make_queue, client, queue_name, captured_logger
+):
     q = make_queue()
     generate(q, 5, duration_ms=0)
     q.client.delete(q.keys.stats)  # as an eviction would; the claims' counters recreate it
@@ -151,8 +160,10 @@ def test_a_worker_whose_queue_vanishes_logs_it_once_and_stops(make_queue, client
     thread.join(10)
     assert not thread.is_alive() and result[0].queue_vanished
     lines = [m for m in handler.messages if "vanished" in m]
-    assert lines == [f"Worker w1: queue {queue_name!r} vanished from Redis (its stats hash is gone): "
-                     "at least 3 task(s) lost; stopping"]
+    assert lines == [
+        f"Worker w1: queue {queue_name!r} vanished from Redis (its stats hash is gone): "
+        "at least 3 task(s) lost; stopping"
+    ]
 
 
 def test_a_worker_on_a_queue_not_created_yet_waits_for_a_producer(make_queue, make_worker):
@@ -176,6 +187,7 @@ def test_unfinished_tasks_in_no_structure_are_reported_stranded(make_queue, make
 
 
 # -- memory ------------------------------------------------------------------------------
+
 
 @pytest.mark.real_redis
 def test_an_enqueue_refused_for_memory_says_in_one_line_that_none_was_written(queue_name):
@@ -207,8 +219,25 @@ def test_under_allkeys_lru_evictions_are_reported_and_work_once_does_not_exit_0(
     assert int(client.info("stats")["evicted_keys"]) > 0
     reaper = Reaper(Queue(client, queue_name), interval_s=0.2).start()  # returns claims whose lease key was evicted
     try:
-        result = wqsim("work", "--once", "--allow-eviction", "--mode", "thread", "--workers", "1", "--batch-size", "100",
-                       "--lease-s", "1", "-q", "--redis-url", lru_server.url, "--queue", queue_name, timeout=180)
+        result = wqsim(
+            "work",
+            "--once",
+            "--allow-eviction",
+            "--mode",
+            "thread",
+            "--workers",
+            "1",
+            "--batch-size",
+            "100",
+            "--lease-s",
+            "1",
+            "-q",
+            "--redis-url",
+            lru_server.url,
+            "--queue",
+            queue_name,
+            timeout=180,
+        )
     finally:
         reaper.stop()
     assert result.returncode == 1, result.stderr[-2000:]
@@ -224,8 +253,13 @@ def test_under_allkeys_lru_evictions_are_reported_and_work_once_does_not_exit_0(
 def test_wqsim_work_exits_1_once_its_queue_vanishes_and_no_worker_process_is_replaced(redis_url, queue_name):
     q = Queue(connect(redis_url), queue_name)
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    proc = subprocess.Popen([sys.executable, "-m", "wqsim", "work", "--workers", "1", "--redis-url", redis_url,
-                             "--queue", queue_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wqsim", "work", "--workers", "1", "--redis-url", redis_url, "--queue", queue_name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         generate(q, 3, duration_ms=0)
         assert wait_until(lambda: q.counters().get("done") == 3, 30)

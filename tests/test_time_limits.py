@@ -11,13 +11,22 @@ from __future__ import annotations
 import threading
 
 import pytest
+from helpers import running, wait_until
 
 from wqsim import (
-    HandlerRegistry, Queue, Reaper, Status, Task, Worker, WorkerConfig, WorkerPool, audit, connect, generate,
+    HandlerRegistry,
+    Queue,
+    Reaper,
+    Status,
+    Task,
+    Worker,
+    WorkerConfig,
+    WorkerPool,
+    audit,
+    connect,
+    generate,
 )
 from wqsim.handlers import sleep
-
-from helpers import running, wait_until
 
 
 def test_task_time_limits_must_be_positive_and_finite():
@@ -78,8 +87,9 @@ def test_a_tasks_own_limit_overrides_its_kinds_which_overrides_the_workers(clien
     q = make_queue()
     q.enqueue([Task("own", "block", max_attempts=1, timeout_s=0.1)])
     release = threading.Event()
-    worker = Worker(client, queue_name, "w1", WorkerConfig(idle_wait_s=0.05, task_timeout_s=60),
-                    registry=blocking_registry(release))
+    worker = Worker(
+        client, queue_name, "w1", WorkerConfig(idle_wait_s=0.05, task_timeout_s=60), registry=blocking_registry(release)
+    )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:

@@ -9,7 +9,15 @@ import time
 import pytest
 
 from wqsim import (
-    HandlerRegistry, Listener, Queue, Status, Worker, WorkerConfig, audit, generate, registry,
+    HandlerRegistry,
+    Listener,
+    Queue,
+    Status,
+    Worker,
+    WorkerConfig,
+    audit,
+    generate,
+    registry,
 )
 from wqsim.handlers import noop, sleep
 
@@ -38,7 +46,9 @@ def test_worker_performs_every_task_and_reports_through_its_logger(client, queue
     q.purge()
 
 
-def test_worker_publishes_one_finished_message_when_no_more_work_can_be_had(make_queue, make_worker, client, queue_name):
+def test_worker_publishes_one_finished_message_when_no_more_work_can_be_had(
+    make_queue, make_worker, client, queue_name
+):
     q = make_queue()
     generate(q, 3, duration_ms=0)
     listener = Listener(client, queue_name, ["w1"]).start()
@@ -52,7 +62,9 @@ def test_listener_counts_every_task_of_a_batched_progress_message(make_queue, ma
     q = make_queue()
     generate(q, 25, duration_ms=0)
     seen: list[tuple[str, str]] = []
-    listener = Listener(client, queue_name, ["w1"], on_progress=lambda status, task_id: seen.append((status, task_id))).start()
+    listener = Listener(
+        client, queue_name, ["w1"], on_progress=lambda status, task_id: seen.append((status, task_id))
+    ).start()
     make_worker("w1", batch_size=10).run()
     result = listener.wait(timeout_s=2)
     assert result.progress == {"done": 25, "dead": 0}
@@ -70,6 +82,7 @@ def test_worker_does_not_exit_while_another_worker_still_holds_a_task(make_queue
     time.sleep(0.2)
     assert thread.is_alive()
     from wqsim import Settlement
+
     q.settle("other", [Settlement("1", "other#1", "done", "null")], lease_ms=1000)
     thread.join(5)
     assert not thread.is_alive()
@@ -79,9 +92,13 @@ def test_unknown_kind_and_malformed_hashes_are_dead_lettered_and_the_rest_comple
     q = make_queue()
     generate(q, 10, duration_ms=0)
     k = q.keys
-    q.client.hset(k.task("unknown"), mapping={"id": "unknown", "kind": "launch_missiles", "payload": "{}", "status": "queued"})
+    q.client.hset(
+        k.task("unknown"), mapping={"id": "unknown", "kind": "launch_missiles", "payload": "{}", "status": "queued"}
+    )
     q.client.hset(k.task("nokind"), mapping={"id": "nokind", "payload": "{}"})
-    q.client.hset(k.task("badjson"), mapping={"id": "badjson", "kind": "sleep", "payload": "{not json", "status": "queued"})
+    q.client.hset(
+        k.task("badjson"), mapping={"id": "badjson", "kind": "sleep", "payload": "{not json", "status": "queued"}
+    )
     q.client.lpush(k.ready, "unknown", "nokind", "badjson", "nohash")
     q.client.hincrby(k.stats, "total", 2)  # 'unknown' and 'badjson' were enqueued "properly"; the others are adopted
     make_worker().run()

@@ -131,10 +131,16 @@ def channel_pattern(queue: str) -> str:
 
 def rule(queue: str) -> str:
     """The ACL rule for one queue: its keys, its channels, and exactly the commands wqsim sends."""
-    return " ".join([
-        "resetkeys", f"~{key_pattern(queue)}", "resetchannels", f"&{channel_pattern(queue)}", "-@all",
-        *(f"+{command}" for command in sorted(COMMANDS)),
-    ])
+    return " ".join(
+        [
+            "resetkeys",
+            f"~{key_pattern(queue)}",
+            "resetchannels",
+            f"&{channel_pattern(queue)}",
+            "-@all",
+            *(f"+{command}" for command in sorted(COMMANDS)),
+        ]
+    )
 
 
 def setuser(queue: str, user: str) -> str:
@@ -180,7 +186,8 @@ def _script_by_sha() -> dict[str, str]:
 
 
 _SCRIPT_ERROR = re.compile(
-    r"The user executing the script can't (?P<what>run this command|access at least one of the keys|publish to the channel)"
+    r"The user executing the script can't "
+    r"(?P<what>run this command|access at least one of the keys|publish to the channel)"
     r".*?script: (?P<sha>[0-9a-f]{40}), on @user_script:(?P<line>\d+)",
     re.S,
 )
@@ -227,14 +234,18 @@ def _missing(user: str, queue: str, commands: list[str], where: str | None) -> s
         where = used_by(commands[0])
     needed = f" (needed by {where})" if where else ""
     if commands and not all(c in COMMANDS for c in commands):  # e.g. sent by code newer than the rule
-        return (f"Redis user {user!r} may not run {shown}{needed}, which is not in wqsim's ACL rule either; "
-                f"see: wqsim acl --queue {queue}")
+        return (
+            f"Redis user {user!r} may not run {shown}{needed}, which is not in wqsim's ACL rule either; "
+            f"see: wqsim acl --queue {queue}"
+        )
     return f"Redis user {user!r} may not run {shown}{needed}; add it with: wqsim acl --queue {queue} --user {user}"
 
 
 def _outside(user: str, queue: str, what: str) -> str:
-    return (f"Redis user {user!r} may not use the {what} of queue {queue!r} (wqsim:{{{queue}}}:*); "
-            f"grant them with: wqsim acl --queue {queue} --user {user}")
+    return (
+        f"Redis user {user!r} may not use the {what} of queue {queue!r} (wqsim:{{{queue}}}:*); "
+        f"grant them with: wqsim acl --queue {queue} --user {user}"
+    )
 
 
 def user_of(client: redis.Redis) -> str:
@@ -274,7 +285,7 @@ def check(client: redis.Redis, queue: str, commands: Iterable[str] | None = None
     replies = pipe.execute(raise_on_error=False)
     if any(isinstance(r, Exception) for r in replies):
         return  # ACL DRYRUN unknown (Redis 6) or not granted: cannot ask
-    denied = [(c, r) for c, r in zip(names, replies) if r != "OK"]
+    denied = [(c, r) for c, r in zip(names, replies, strict=False) if r != "OK"]
     if not denied:
         return
     commands_denied = [c for c, r in denied if "command" in r]
@@ -289,6 +300,15 @@ def check(client: redis.Redis, queue: str, commands: Iterable[str] | None = None
 
 
 __all__ = [
-    "COMMANDS", "CONFIG_EXIT_CODE", "LISTEN_COMMANDS", "PYTHON_USES", "PermissionDenied",
-    "check", "explain", "is_permission_error", "rule", "setuser", "used_by",
+    "COMMANDS",
+    "CONFIG_EXIT_CODE",
+    "LISTEN_COMMANDS",
+    "PYTHON_USES",
+    "PermissionDenied",
+    "check",
+    "explain",
+    "is_permission_error",
+    "rule",
+    "setuser",
+    "used_by",
 ]

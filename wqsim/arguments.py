@@ -16,7 +16,9 @@ from .config import check_int_at_least, check_non_negative, check_positive, chec
 T = TypeVar("T")
 
 
-def _converter(name: str, parse: Callable[[str], T], check: Callable[[str, T], object], kind: str) -> Callable[[str], T]:
+def _converter(
+    name: str, parse: Callable[[str], T], check: Callable[[str, T], object], kind: str
+) -> Callable[[str], T]:
     def convert(text: str) -> T:
         try:
             value = parse(text)

@@ -78,7 +78,7 @@ class Audit:
     counts verified losses: ``lost_ids`` names them where an id is known (a hash
     deleted after its task finished may only show as a shortfall of hashes)."""
 
-    generated: int       # tasks the queue has taken in (the 'total' counter)
+    generated: int  # tasks the queue has taken in (the 'total' counter)
     done: int
     dead: int
     cancelled: int
@@ -88,13 +88,13 @@ class Audit:
     waiting: int
     lost: int
     completed_twice: int
-    executions: int      # attempts claimed, summed over tasks
-    completions: int     # done events in the stream
-    rejected: int        # late outcomes refused because the lease had expired
-    expired: int         # leases the reaper found expired
-    retired: int = 0     # done tasks whose hashes the retention policy removed (counted in done)
+    executions: int  # attempts claimed, summed over tasks
+    completions: int  # done events in the stream
+    rejected: int  # late outcomes refused because the lease had expired
+    expired: int  # leases the reaper found expired
+    retired: int = 0  # done tasks whose hashes the retention policy removed (counted in done)
     counters_lost: bool = False  # Redis lost the stats hash (missing, or recreated without its sentinel)
-    vanished: int = 0    # ids claimed whose hash did not exist (deleted or evicted), dead-lettered (in dead)
+    vanished: int = 0  # ids claimed whose hash did not exist (deleted or evicted), dead-lettered (in dead)
     lost_ids: tuple[str, ...] = field(default=(), repr=False)
     twice_ids: tuple[str, ...] = field(default=(), repr=False)
 
@@ -109,8 +109,13 @@ class Audit:
     @property
     def clean(self) -> bool:
         """Nothing lost, nothing completed twice, nothing left unfinished, the record intact."""
-        return (self.lost == 0 and self.completed_twice == 0 and self.in_flight == 0 and self.generated > 0
-                and not self.counters_lost)
+        return (
+            self.lost == 0
+            and self.completed_twice == 0
+            and self.in_flight == 0
+            and self.generated > 0
+            and not self.counters_lost
+        )
 
     @property
     def duplicate_executions(self) -> int:
@@ -120,9 +125,14 @@ class Audit:
     def summary(self) -> str:
         retired = f" ({self.retired} retired)" if self.retired else ""
         hashless = f" ({self.vanished} of them had no hash)" if self.vanished else ""
-        vanished = "; the queue's counters were lost from Redis (stats hash missing or recreated)" if self.counters_lost else ""
+        vanished = (
+            "; the queue's counters were lost from Redis (stats hash missing or recreated)"
+            if self.counters_lost
+            else ""
+        )
         return (
-            f"generated {self.generated}, done {self.done}{retired}, dead {self.dead}{hashless}, cancelled {self.cancelled}, "
+            f"generated {self.generated}, done {self.done}{retired}, dead {self.dead}{hashless}, "
+            f"cancelled {self.cancelled}, "
             f"in flight {self.in_flight}, lost {self.lost}, completed twice {self.completed_twice}, "
             f"executions {self.executions} for {self.completions} completions{vanished}"
         )
@@ -143,8 +153,12 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None, expect
     snap = q.snapshot()  # one atomic read: the headline counts
     c, ledger = snap["counters"], snap["ledger"]
     generated = max(c.get("total", 0), ledger.get("enqueued", 0), expected or 0)
-    seen_in = {"queued": set(snap["queued"]), "running": set(snap["running"]),
-               "scheduled": set(snap["scheduled"]), "dead": set(snap["dead"])}
+    seen_in = {
+        "queued": set(snap["queued"]),
+        "running": set(snap["running"]),
+        "scheduled": set(snap["scheduled"]),
+        "dead": set(snap["dead"]),
+    }
 
     # The event stream up to the snapshot's instant.
     done_events: Counter[str] = Counter()
@@ -168,7 +182,9 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None, expect
         if task_id in status_of:  # SCAN may return a key twice
             continue
         status_of[task_id] = status
-        executions += int(attempt) if attempt and attempt.isascii() and attempt.isdigit() else 0  # a hand-written hash may hold anything
+        executions += (
+            int(attempt) if attempt and attempt.isascii() and attempt.isdigit() else 0
+        )  # a hand-written hash may hold anything
         try:
             st = Status(status) if status else Status.QUEUED  # no status: a hand-written hash, adoptable
         except ValueError:

@@ -47,8 +47,8 @@ from .listener import Listener
 from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
-from .runner import run
 from .retention import Retention
+from .runner import run
 from .stopping import StopRequest
 from .storage import check_eviction_policy
 
@@ -79,38 +79,110 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else an embedded Redis")
 
     def storage(p: argparse.ArgumentParser, retention: bool) -> None:
-        p.add_argument("--allow-eviction", action="store_true",
-                       help="use a Redis whose maxmemory-policy may evict keys (losses are reported, not prevented)")
+        p.add_argument(
+            "--allow-eviction",
+            action="store_true",
+            help="use a Redis whose maxmemory-policy may evict keys (losses are reported, not prevented)",
+        )
         if not retention:
             return
-        g = p.add_argument_group("retention (the queue's policy; default: the newest 10,000 done tasks, ~100,000 events)")
-        g.add_argument("--keep-done", type=_count_or_all, default=argparse.SUPPRESS, metavar="N|all",
-                       help="keep the hashes of the newest N done tasks")
-        g.add_argument("--keep-done-s", type=positive_float("keep_done_s"), default=argparse.SUPPRESS, metavar="SECONDS",
-                       help="also retire done tasks recorded longer ago than this")
-        g.add_argument("--events-maxlen", type=_count_or_all, default=argparse.SUPPRESS, metavar="N|all",
-                       help="trim the events stream to about N entries")
+        g = p.add_argument_group(
+            "retention (the queue's policy; default: the newest 10,000 done tasks, ~100,000 events)"
+        )
+        g.add_argument(
+            "--keep-done",
+            type=_count_or_all,
+            default=argparse.SUPPRESS,
+            metavar="N|all",
+            help="keep the hashes of the newest N done tasks",
+        )
+        g.add_argument(
+            "--keep-done-s",
+            type=positive_float("keep_done_s"),
+            default=argparse.SUPPRESS,
+            metavar="SECONDS",
+            help="also retire done tasks recorded longer ago than this",
+        )
+        g.add_argument(
+            "--events-maxlen",
+            type=_count_or_all,
+            default=argparse.SUPPRESS,
+            metavar="N|all",
+            help="trim the events stream to about N entries",
+        )
 
     p = sub.add_parser("run", help="the seed scenario: generate, work, listen, reap, audit")
     common(p)
     p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
-    p.add_argument("--workers", type=positive_int("workers"), default=default_workers(), help="worker processes (default: cores - 1, at least 1)")
-    p.add_argument("--duration-ms", type=non_negative_float("duration_ms"), default=10.0, help="each sleep task's duration (default: 10)")
+    p.add_argument(
+        "--workers",
+        type=positive_int("workers"),
+        default=default_workers(),
+        help="worker processes (default: cores - 1, at least 1)",
+    )
+    p.add_argument(
+        "--duration-ms",
+        type=non_negative_float("duration_ms"),
+        default=10.0,
+        help="each sleep task's duration (default: 10)",
+    )
     p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
     p.add_argument("--mode", choices=("process", "thread"), default="process")
-    p.add_argument("--batch-size", type=positive_int("batch_size"), default=1, help="tasks claimed per round trip, under one lease (default: 1)")
-    p.add_argument("--package-size", type=positive_int("package_size"), default=None, help="bundle tasks into work packages of this many")
-    p.add_argument("--ping-interval-s", type=positive_float("ping_interval_s"), default=None, help="heartbeat interval (default: lease / 3)")
-    p.add_argument("--lease-s", type=positive_float("lease_s"), default=None, help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)")
-    p.add_argument("--max-attempts", type=positive_int("max_attempts"), default=None, help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)")
-    p.add_argument("--timeout-s", type=positive_float("timeout_s"), default=None, help="listener timeout (default: scaled to the work)")
-    p.add_argument("--task-timeout-s", type=positive_float("task_timeout_s"), default=300.0,
-                   help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int("batch_size"),
+        default=1,
+        help="tasks claimed per round trip, under one lease (default: 1)",
+    )
+    p.add_argument(
+        "--package-size",
+        type=positive_int("package_size"),
+        default=None,
+        help="bundle tasks into work packages of this many",
+    )
+    p.add_argument(
+        "--ping-interval-s",
+        type=positive_float("ping_interval_s"),
+        default=None,
+        help="heartbeat interval (default: lease / 3)",
+    )
+    p.add_argument(
+        "--lease-s",
+        type=positive_float("lease_s"),
+        default=None,
+        help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=positive_int("max_attempts"),
+        default=None,
+        help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)",
+    )
+    p.add_argument(
+        "--timeout-s",
+        type=positive_float("timeout_s"),
+        default=None,
+        help="listener timeout (default: scaled to the work)",
+    )
+    p.add_argument(
+        "--task-timeout-s",
+        type=positive_float("task_timeout_s"),
+        default=300.0,
+        help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
     p.add_argument("--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)")
-    p.add_argument("--graph", choices=("chain", "fanout", "diamond", "layered"), default=None,
-                   help="run an example dependency graph of about --tasks sleep tasks")
-    p.add_argument("--allow-failure", action="store_true", help="with --graph: run dependents of failed tasks instead of cancelling them")
+    p.add_argument(
+        "--graph",
+        choices=("chain", "fanout", "diamond", "layered"),
+        default=None,
+        help="run an example dependency graph of about --tasks sleep tasks",
+    )
+    p.add_argument(
+        "--allow-failure",
+        action="store_true",
+        help="with --graph: run dependents of failed tasks instead of cancelling them",
+    )
     storage(p, retention=True)
     chaos = p.add_argument_group("failure injection (seedable)")
     chaos.add_argument("--chaos", action="store_true", help=f"inject every kind of fault: {CHAOS_PRESET}")
@@ -121,48 +193,105 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="write tasks (or work packages, or a graph) into a queue, then exit")
     common(p)
     p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
-    p.add_argument("--duration-ms", type=non_negative_float("duration_ms"), default=10.0, help="each sleep task's duration (default: 10)")
+    p.add_argument(
+        "--duration-ms",
+        type=non_negative_float("duration_ms"),
+        default=10.0,
+        help="each sleep task's duration (default: 10)",
+    )
     p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
-    p.add_argument("--package-size", type=positive_int("package_size"), default=None, help="bundle tasks into work packages of this many")
-    p.add_argument("--max-attempts", type=positive_int("max_attempts"), default=3, help="attempts before a task is dead-lettered (default: 3)")
-    p.add_argument("--task-timeout-s", type=positive_float("task_timeout_s"), default=None,
-                   help="give every task this time limit of its own (default: the workers' limit applies)")
-    p.add_argument("--graph", choices=("chain", "fanout", "diamond", "layered"), default=None,
-                   help="an example dependency graph of about --tasks sleep tasks")
+    p.add_argument(
+        "--package-size",
+        type=positive_int("package_size"),
+        default=None,
+        help="bundle tasks into work packages of this many",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=positive_int("max_attempts"),
+        default=3,
+        help="attempts before a task is dead-lettered (default: 3)",
+    )
+    p.add_argument(
+        "--task-timeout-s",
+        type=positive_float("task_timeout_s"),
+        default=None,
+        help="give every task this time limit of its own (default: the workers' limit applies)",
+    )
+    p.add_argument(
+        "--graph",
+        choices=("chain", "fanout", "diamond", "layered"),
+        default=None,
+        help="an example dependency graph of about --tasks sleep tasks",
+    )
     p.add_argument("--allow-failure", action="store_true", help="with --graph: dependents of failed tasks run anyway")
     p.add_argument("--seed", type=int, default=0, help="with --graph layered: the random graph's seed")
     p.add_argument("--fresh", action="store_true", help="purge the queue first (its keys only)")
     storage(p, retention=True)
 
-    p = sub.add_parser("work", help="a pool of workers on a queue, until stopped (or, with --once, until it is drained)")
+    p = sub.add_parser(
+        "work", help="a pool of workers on a queue, until stopped (or, with --once, until it is drained)"
+    )
     common(p)
-    p.add_argument("--workers", type=positive_int("workers"), default=default_workers(), help="worker processes (default: cores - 1, at least 1)")
+    p.add_argument(
+        "--workers",
+        type=positive_int("workers"),
+        default=default_workers(),
+        help="worker processes (default: cores - 1, at least 1)",
+    )
     p.add_argument("--id-prefix", default=None, help="worker ids are <prefix><n> (default: <hostname>-<pid>-)")
     p.add_argument("--once", action="store_true", help="exit once every task of the queue is terminal")
-    p.add_argument("--batch-size", type=positive_int("batch_size"), default=1, help="tasks claimed per round trip (default: 1)")
+    p.add_argument(
+        "--batch-size", type=positive_int("batch_size"), default=1, help="tasks claimed per round trip (default: 1)"
+    )
     p.add_argument("--lease-s", type=positive_float("lease_s"), default=30.0, help="lease length (default: 30)")
-    p.add_argument("--ping-interval-s", type=positive_float("ping_interval_s"), default=None, help="heartbeat interval (default: lease / 3)")
+    p.add_argument(
+        "--ping-interval-s",
+        type=positive_float("ping_interval_s"),
+        default=None,
+        help="heartbeat interval (default: lease / 3)",
+    )
     p.add_argument("--mode", choices=("process", "thread"), default="process")
-    p.add_argument("--task-timeout-s", type=positive_float("task_timeout_s"), default=300.0,
-                   help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)")
+    p.add_argument(
+        "--task-timeout-s",
+        type=positive_float("task_timeout_s"),
+        default=300.0,
+        help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
     storage(p, retention=False)
 
     p = sub.add_parser("listen", help="the pub/sub listener: print finished messages and progress")
     common(p)
-    p.add_argument("--workers", type=positive_int("workers"), default=None, help="exit once this many workers have finished (default: listen until stopped)")
-    p.add_argument("--timeout-s", type=positive_float("timeout_s"), default=None, help="give up after this long (exit code 1)")
-    p.add_argument("--every-s", type=positive_float("every_s"), default=1.0, help="print progress at most this often (default: 1)")
+    p.add_argument(
+        "--workers",
+        type=positive_int("workers"),
+        default=None,
+        help="exit once this many workers have finished (default: listen until stopped)",
+    )
+    p.add_argument(
+        "--timeout-s", type=positive_float("timeout_s"), default=None, help="give up after this long (exit code 1)"
+    )
+    p.add_argument(
+        "--every-s", type=positive_float("every_s"), default=1.0, help="print progress at most this often (default: 1)"
+    )
 
     p = sub.add_parser("reap", help="return tasks whose lease expired, in a loop")
     common(p)
     p.add_argument("--interval-s", type=positive_float("interval_s"), default=1.0)
     p.add_argument("--once", action="store_true", help="reap once and exit")
 
-    p = sub.add_parser("status", help="queue counts, leases in flight, dead letters and the audit (exit 1 if tasks were lost)")
+    p = sub.add_parser(
+        "status", help="queue counts, leases in flight, dead letters and the audit (exit 1 if tasks were lost)"
+    )
     common(p)
-    p.add_argument("--expected", type=positive_int("expected"), default=None, metavar="N",
-                   help="tasks known to have been enqueued (as generate reported): any Redis has no record of are lost")
+    p.add_argument(
+        "--expected",
+        type=positive_int("expected"),
+        default=None,
+        metavar="N",
+        help="tasks known to have been enqueued (as generate reported): any Redis has no record of are lost",
+    )
 
     p = sub.add_parser("acl", help="print the least-privilege ACL rule for one queue (ACL SETUSER ...)")
     p.add_argument("--queue", required=True, help="queue name")
@@ -204,8 +333,12 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         chaos_values = {n: (v if v is not None else CHAOS_PRESET[n]) for n, v in chaos_values.items()}
     chaos_on = any(v for v in chaos_values.values())
     lease_s = args.lease_s if args.lease_s is not None else (CHAOS_LEASE_S if chaos_on else 30.0)
-    worker = WorkerConfig(lease_s=lease_s, batch_size=args.batch_size, ping_interval_s=args.ping_interval_s,
-                          task_timeout_s=args.task_timeout_s)
+    worker = WorkerConfig(
+        lease_s=lease_s,
+        batch_size=args.batch_size,
+        ping_interval_s=args.ping_interval_s,
+        task_timeout_s=args.task_timeout_s,
+    )
     # A hang outlasts every lease (the heartbeat stalls with it), so the reaper returns a hung task.
     chaos = ChaosConfig(seed=args.seed, hang_s=2 * lease_s, **{n: v or 0.0 for n, v in chaos_values.items()})
     return RunConfig(
@@ -247,8 +380,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "Chaos (seed %d): %d failures, %d hangs, %d crashes and %d stragglers injected; "
             "%d executions for %d tasks (%d re-executions), %d late results rejected, "
             "%d leases expired, %d worker processes replaced",
-            config.chaos.seed, faults["fail"], faults["hang"], faults["crash"], faults["straggle"],
-            a.executions, a.generated, a.duplicate_executions, a.rejected, a.expired, report.restarts,
+            config.chaos.seed,
+            faults["fail"],
+            faults["hang"],
+            faults["crash"],
+            faults["straggle"],
+            a.executions,
+            a.generated,
+            a.duplicate_executions,
+            a.rejected,
+            a.expired,
+            report.restarts,
         )
     if stop.is_set():
         print(f"wqsim: interrupted by {stop.reason}; workers stopped, nothing in flight was lost", file=sys.stderr)
@@ -279,18 +421,34 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         queue.enqueue(tasks, allow_failure=args.allow_failure)
         log.info("Created a %s graph of %d tasks on queue %r at %s", args.graph, len(tasks), args.queue, redact(url))
         return 0
-    generate(queue, args.tasks, args.duration_ms, args.kind, args.max_attempts, args.package_size,
-             timeout_s=args.task_timeout_s)
+    generate(
+        queue,
+        args.tasks,
+        args.duration_ms,
+        args.kind,
+        args.max_attempts,
+        args.package_size,
+        timeout_s=args.task_timeout_s,
+    )
     total = queue.counters().get("total", 0)
-    log.info("Queue %r at %s now holds %d task(s) (check later with: wqsim status --queue %s --expected %d)",
-             args.queue, redact(url), total, args.queue, total)
+    log.info(
+        "Queue %r at %s now holds %d task(s) (check later with: wqsim status --queue %s --expected %d)",
+        args.queue,
+        redact(url),
+        total,
+        args.queue,
+        total,
+    )
     return 0
 
 
 def _cmd_work(args: argparse.Namespace) -> int:
     config = WorkerConfig(
-        lease_s=args.lease_s, batch_size=args.batch_size, ping_interval_s=args.ping_interval_s,
-        exit_when_drained=args.once, task_timeout_s=args.task_timeout_s,
+        lease_s=args.lease_s,
+        batch_size=args.batch_size,
+        ping_interval_s=args.ping_interval_s,
+        exit_when_drained=args.once,
+        task_timeout_s=args.task_timeout_s,
     )
     if args.quiet:
         logging.getLogger("wqsim.worker").setLevel(logging.WARNING)
@@ -303,8 +461,14 @@ def _cmd_work(args: argparse.Namespace) -> int:
     vanished_before = Queue(client, args.queue).counters().get("vanished", 0)
     with StopRequest() as stop:  # from here on SIGTERM and SIGINT are only recorded, never raised
         pool = WorkerPool(url, args.queue, ids, config, mode=args.mode, on_exit=stop.set)
-        log.info("Working on queue %r at %s with %d worker(s): %s%s", args.queue, redact(url), len(ids),
-                 ", ".join(ids), "; exiting once it is drained" if args.once else "; Ctrl-C or SIGTERM to stop")
+        log.info(
+            "Working on queue %r at %s with %d worker(s): %s%s",
+            args.queue,
+            redact(url),
+            len(ids),
+            ", ".join(ids),
+            "; exiting once it is drained" if args.once else "; Ctrl-C or SIGTERM to stop",
+        )
         pool.start()
         stop.wait()  # a signal, or every worker has exited (--once), or Redis refused a permission
         if pool.refused:
@@ -313,18 +477,26 @@ def _cmd_work(args: argparse.Namespace) -> int:
             log.info("Stopping (%s): workers finish the task in hand and hand back what they hold", stop.reason)
             pool.stop()
             if not pool.join(STOP_GRACE_S):
-                log.error("Workers did not stop within %g s; killing them (the reaper returns their tasks)",
-                          STOP_GRACE_S)
+                log.error(
+                    "Workers did not stop within %g s; killing them (the reaper returns their tasks)", STOP_GRACE_S
+                )
                 pool.terminate()
                 return 1
     if pool.queue_vanished():
-        log.error("Queue %r vanished from Redis while it was worked on: its tasks were lost "
-                  "(wqsim status --expected N counts them)", args.queue)
+        log.error(
+            "Queue %r vanished from Redis while it was worked on: its tasks were lost "
+            "(wqsim status --expected N counts them)",
+            args.queue,
+        )
         return 1
     hashless = Queue(client, args.queue).counters().get("vanished", 0) - vanished_before
     if hashless > 0:
-        log.error("%d task id(s) of queue %r had no hash when claimed (deleted, or evicted by Redis): "
-                  "dead-lettered, their data is lost", hashless, args.queue)
+        log.error(
+            "%d task id(s) of queue %r had no hash when claimed (deleted, or evicted by Redis): "
+            "dead-lettered, their data is lost",
+            hashless,
+            args.queue,
+        )
         return 1
     log.info("All workers stopped")
     return 0
@@ -335,8 +507,12 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     printer = _ProgressPrinter(args.every_s)
     with StopRequest() as stop:
         listener = Listener(_connect(args, url), args.queue, args.workers, on_progress=printer).start()
-        log.info("Listening on queue %r at %s%s", args.queue, redact(url),
-                 f" for {args.workers} worker(s)" if args.workers else "; Ctrl-C or SIGTERM to stop")
+        log.info(
+            "Listening on queue %r at %s%s",
+            args.queue,
+            redact(url),
+            f" for {args.workers} worker(s)" if args.workers else "; Ctrl-C or SIGTERM to stop",
+        )
         result = listener.wait(args.timeout_s, should_stop=stop.is_set, on_idle=printer.flush_if_due)
     printer.flush()
     return 1 if result.timed_out else 0
@@ -417,8 +593,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_acl(args: argparse.Namespace) -> int:
     user = args.user or acl.default_user(args.queue)
     print(acl.setuser(args.queue, user))
-    log.info("Then give %s a password (ACL SETUSER %s >password) and connect with redis://%s:password@host:port/0",
-             user, user, user)
+    log.info(
+        "Then give %s a password (ACL SETUSER %s >password) and connect with redis://%s:password@host:port/0",
+        user,
+        user,
+        user,
+    )
     return 0
 
 
@@ -437,8 +617,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         force=True,
     )
     commands = {
-        "run": _cmd_run, "generate": _cmd_generate, "work": _cmd_work, "listen": _cmd_listen,
-        "reap": _cmd_reap, "status": _cmd_status, "acl": _cmd_acl,
+        "run": _cmd_run,
+        "generate": _cmd_generate,
+        "work": _cmd_work,
+        "listen": _cmd_listen,
+        "reap": _cmd_reap,
+        "status": _cmd_status,
+        "acl": _cmd_acl,
     }
     try:
         Keys(args.queue)  # a bad queue name: one line and exit 2, before anything starts
@@ -466,7 +651,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"wqsim: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-
 
 
 __all__ = ["main", "build_parser"]

@@ -100,10 +100,14 @@ class Limits:
             raise ValueError(f"max_depth must be at most 500 (got {self.max_depth!r})")
         ceiling = sys.get_int_max_str_digits() or 4300
         if self.max_int_digits > ceiling:
-            raise ValueError(f"max_int_digits must be at most {ceiling}, Python's own limit (got {self.max_int_digits!r})")
+            raise ValueError(
+                f"max_int_digits must be at most {ceiling}, Python's own limit (got {self.max_int_digits!r})"
+            )
         if self.max_dependencies > MAX_DEPENDENCIES_HANDED_OVER:
-            raise ValueError(f"max_dependencies must be at most {MAX_DEPENDENCIES_HANDED_OVER:,}, what claim.lua "
-                             f"hands over (got {self.max_dependencies!r})")
+            raise ValueError(
+                f"max_dependencies must be at most {MAX_DEPENDENCIES_HANDED_OVER:,}, what claim.lua "
+                f"hands over (got {self.max_dependencies!r})"
+            )
 
 
 @dataclass(frozen=True)
@@ -169,8 +173,15 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.limits, Limits):
             raise ValueError(f"limits must be a wqsim.config.Limits (got {self.limits!r})")
-        for name in ("lease_s", "backoff_s", "backoff_max_s", "idle_wait_s", "reconnect_s", "flush_interval_s",
-                     "prefetch_below_s"):
+        for name in (
+            "lease_s",
+            "backoff_s",
+            "backoff_max_s",
+            "idle_wait_s",
+            "reconnect_s",
+            "flush_interval_s",
+            "prefetch_below_s",
+        ):
             _positive(name, getattr(self, name))
         _at_least("batch_size", self.batch_size, 1)
         _at_least("prefetch", self.prefetch, 0)
@@ -182,8 +193,7 @@ class WorkerConfig:
             _positive("ping_interval_s", self.ping_interval_s)
             if not self.lease_s > self.ping_interval_s:
                 raise ValueError(
-                    f"lease_s must be longer than ping_interval_s "
-                    f"(got {self.lease_s!r} <= {self.ping_interval_s!r})"
+                    f"lease_s must be longer than ping_interval_s (got {self.lease_s!r} <= {self.ping_interval_s!r})"
                 )
 
     @property
@@ -195,7 +205,9 @@ class WorkerConfig:
         return max(int(self.lease_s * 1000), 1)
 
     def backoff_for(self, attempt: int) -> float:
-        return min(self.backoff_s * 2.0 ** min(max(attempt - 1, 0), 64), self.backoff_max_s)  # attempt may be hand-written
+        return min(
+            self.backoff_s * 2.0 ** min(max(attempt - 1, 0), 64), self.backoff_max_s
+        )  # attempt may be hand-written
 
 
 @dataclass(frozen=True)

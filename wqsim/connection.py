@@ -85,8 +85,9 @@ def connect(
         client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2.0)
         # The first PING goes through a client with a read timeout: a server that never answers
         # is reported, not waited on forever. The client returned has none (BLPOP blocks).
-        probe = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2.0,
-                                     socket_timeout=PROBE_TIMEOUT_S)
+        probe = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=PROBE_TIMEOUT_S
+        )
     except ValueError as exc:
         raise BadRedisUrl(f"bad Redis URL {redact(url)!r}: {exc}") from None
     delay_s = 0.1
@@ -105,7 +106,9 @@ def connect(
                 raise RedisUnavailable(f"the server at {redact(url)} is not Redis: {exc}") from None
             except redis.ResponseError as exc:
                 if "DB index is out of range" in str(exc):
-                    raise BadRedisUrl(f"bad Redis URL {redact(url)!r}: the server has no such database ({exc})") from None
+                    raise BadRedisUrl(
+                        f"bad Redis URL {redact(url)!r}: the server has no such database ({exc})"
+                    ) from None
                 raise
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as exc:
                 tls = _tls_failure(exc)
@@ -129,8 +132,10 @@ def _tls_failure(exc: BaseException) -> str | None:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
-            return (f"TLS verification failed for Redis at {{url}}: {seen.verify_message}; "
-                    "is ssl_ca_certs the CA that signed the server's certificate?")
+            return (
+                f"TLS verification failed for Redis at {{url}}: {seen.verify_message}; "
+                "is ssl_ca_certs the CA that signed the server's certificate?"
+            )
         if isinstance(seen, ssl.SSLError):
             return f"TLS handshake with {{url}} failed: {seen.reason or seen}; is it a TLS port?"
         seen = seen.__cause__ or seen.__context__

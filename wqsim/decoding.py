@@ -46,8 +46,10 @@ def check_utf8(what: str, text: str) -> None:
 
 def check_size(what: str, text: str, limits: Limits) -> None:
     if len(text) > limits.max_payload_bytes or byte_size(text) > limits.max_payload_bytes:
-        raise OverLimit(f"{what} is {byte_size(text):,} bytes, over the limit of "
-                        f"{limits.max_payload_bytes:,} (Limits.max_payload_bytes)")
+        raise OverLimit(
+            f"{what} is {byte_size(text):,} bytes, over the limit of "
+            f"{limits.max_payload_bytes:,} (Limits.max_payload_bytes)"
+        )
 
 
 def nesting_depth(text: str, stop_above: int) -> int:
@@ -81,8 +83,10 @@ def loads(what: str, text: str, limits: Limits) -> Any:
 
     def parse_int(digits: str) -> int:
         if len(digits) - digits.startswith("-") > limits.max_int_digits:
-            raise OverLimit(f"{what} holds an integer of {len(digits) - digits.startswith('-'):,} digits, "
-                            f"over the limit of {limits.max_int_digits:,} (Limits.max_int_digits)")
+            raise OverLimit(
+                f"{what} holds an integer of {len(digits) - digits.startswith('-'):,} digits, "
+                f"over the limit of {limits.max_int_digits:,} (Limits.max_int_digits)"
+            )
         return int(digits)
 
     try:

@@ -82,10 +82,20 @@ def generate(
             packages += len(queue.enqueue(tasks, package_size=package_size))
         except Exception as exc:
             if written:
-                logger.error("Created %d work items out of %d before failing (%s: %s); those %d stay queued, "
-                             "the rest were not written", written, count, type(exc).__name__, exc, written)
-                raise PartialEnqueue(f"generate stopped after {written:,} of {count:,} tasks were written (in whole "
-                                     f"chunks of {chunk:,}): {type(exc).__name__}: {exc}", written) from exc
+                logger.error(
+                    "Created %d work items out of %d before failing (%s: %s); those %d stay queued, "
+                    "the rest were not written",
+                    written,
+                    count,
+                    type(exc).__name__,
+                    exc,
+                    written,
+                )
+                raise PartialEnqueue(
+                    f"generate stopped after {written:,} of {count:,} tasks were written (in whole "
+                    f"chunks of {chunk:,}): {type(exc).__name__}: {exc}",
+                    written,
+                ) from exc
             raise
         written += len(tasks)
         if written < count:

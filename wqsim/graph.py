@@ -70,7 +70,7 @@ def find_cycle(prerequisites: dict[str, list[str]]) -> list[str] | None:
                 colour[path.pop()] = BLACK
                 stack.pop()
             elif colour[nxt] == GREY:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif colour[nxt] == WHITE:
                 colour[nxt] = GREY
                 path.append(nxt)
@@ -103,9 +103,9 @@ def sleep_seconds(task: Task) -> float:
 class Bounds:
     """Lower bounds on a graph's makespan, in seconds, and the path that sets one."""
 
-    critical_path_s: float          # the longest chain: no number of workers beats it
+    critical_path_s: float  # the longest chain: no number of workers beats it
     critical_path: tuple[str, ...]
-    work_s: float                   # the sum of all durations
+    work_s: float  # the sum of all durations
     workers: int
 
     @property
@@ -147,6 +147,7 @@ def bounds(tasks: Sequence[Task], workers: int = 1, duration: Callable[[Task], f
 # Each returns sleep tasks with ids "<prefix>-<n>"; the prefix keeps two graphs
 # apart in one queue (enqueue refuses ids that already exist).
 
+
 def _sleep(task_id: str, duration_ms: float, depends_on: Iterable[str] = (), **kw: object) -> Task:
     return Task(id=task_id, kind="sleep", payload={"duration_ms": duration_ms}, depends_on=tuple(depends_on), **kw)  # type: ignore[arg-type]
 
@@ -161,13 +162,22 @@ def fanout(width: int, duration_ms: float = 10.0, prefix: str = "fan") -> list[T
     """Map-reduce: one split task, ``width`` map tasks that need it, one reduce that needs them all."""
     _check_positive("width", width)
     maps = [_sleep(f"{prefix}-map-{i}", duration_ms, [f"{prefix}-split"]) for i in range(1, width + 1)]
-    return [_sleep(f"{prefix}-split", duration_ms), *maps, _sleep(f"{prefix}-reduce", duration_ms, [m.id for m in maps])]
+    return [
+        _sleep(f"{prefix}-split", duration_ms),
+        *maps,
+        _sleep(f"{prefix}-reduce", duration_ms, [m.id for m in maps]),
+    ]
 
 
 def diamond(duration_ms: float = 10.0, prefix: str = "diamond") -> list[Task]:
     """a -> (b, c) -> d: the smallest graph where a task waits for two parents."""
     a, b, c, d = (f"{prefix}-{x}" for x in "abcd")
-    return [_sleep(a, duration_ms), _sleep(b, duration_ms, [a]), _sleep(c, duration_ms, [a]), _sleep(d, duration_ms, [b, c])]
+    return [
+        _sleep(a, duration_ms),
+        _sleep(b, duration_ms, [a]),
+        _sleep(c, duration_ms, [a]),
+        _sleep(d, duration_ms, [b, c]),
+    ]
 
 
 def layered(
@@ -200,7 +210,12 @@ def layered(
     return tasks
 
 
-GRAPHS: dict[str, Callable[..., list[Task]]] = {"chain": chain, "fanout": fanout, "diamond": diamond, "layered": layered}
+GRAPHS: dict[str, Callable[..., list[Task]]] = {
+    "chain": chain,
+    "fanout": fanout,
+    "diamond": diamond,
+    "layered": layered,
+}
 
 
 def example(name: str, tasks: int = 20, duration_ms: float = 10.0, seed: int = 0) -> list[Task]:
@@ -219,7 +234,9 @@ def example(name: str, tasks: int = 20, duration_ms: float = 10.0, seed: int = 0
     if name == "diamond":
         return diamond(duration_ms)
     width = max(1, round(math.sqrt(tasks)))
-    return layered(layers=max(1, -(-tasks // width)), width=width, duration_ms=(duration_ms / 2, duration_ms * 1.5), seed=seed)
+    return layered(
+        layers=max(1, -(-tasks // width)), width=width, duration_ms=(duration_ms / 2, duration_ms * 1.5), seed=seed
+    )
 
 
 def _check_positive(name: str, value: int) -> None:

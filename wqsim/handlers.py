@@ -68,8 +68,10 @@ def sleep(task: Task) -> dict[str, float]:
     """The seed's example task: sleep for ``duration_ms``."""
     duration_ms = task.payload.get("duration_ms", 0)
     if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)) or not 0 <= duration_ms < math.inf:
-        raise ValueError(f"sleep needs duration_ms to be a finite number of milliseconds >= 0 "
-                         f"(got {_shown(duration_ms)}, {_a(duration_ms)})")
+        raise ValueError(
+            f"sleep needs duration_ms to be a finite number of milliseconds >= 0 "
+            f"(got {_shown(duration_ms)}, {_a(duration_ms)})"
+        )
     time.sleep(duration_ms / 1000)
     return {"slept_ms": duration_ms}
 

@@ -55,7 +55,7 @@ class IdRange(Sequence[str]):
         if isinstance(other, IdRange):
             return self._range == other._range
         if isinstance(other, Sequence) and not isinstance(other, str):
-            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=False))
         return NotImplemented
 
     def __add__(self, other: Sequence[str]) -> list[str]:  # concatenates like the list it stands for
@@ -198,7 +198,7 @@ class Keys:
 
     def task_id_of(self, task_key: str) -> str:
         """The id in a task key: the inverse of ``task()``."""
-        return task_key[len(self.prefix) + len("task:"):]
+        return task_key[len(self.prefix) + len("task:") :]
 
     def lease(self, lease_id: str) -> str:
         """STRING (the worker id) with a TTL: the claim ``lease_id`` is alive while it exists."""

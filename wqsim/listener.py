@@ -24,6 +24,7 @@ the subscription and the listener has caught up: start it first, then the worker
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -44,9 +45,9 @@ EntryId = tuple[int, int]  # a stream entry id "<ms>-<seq>", comparable
 
 ENTRY_ID = re.compile(r"^(\d+)-(\d+)$")
 TERMINAL_EVENTS = frozenset({"done", "dead", "cancelled"})  # the events entries the progress channel announces
-CATCH_UP_PAGE = 1000   # stream entries read per XRANGE while catching up
-POLL_S = 0.25          # longest wait for a message before checking should_stop and the deadline
-IDLE_EVERY_S = 1.0     # on_idle runs at least this often, also while messages keep coming
+CATCH_UP_PAGE = 1000  # stream entries read per XRANGE while catching up
+POLL_S = 0.25  # longest wait for a message before checking should_stop and the deadline
+IDLE_EVERY_S = 1.0  # on_idle runs at least this often, also while messages keep coming
 BACKOFF_S = (0.05, 2.0)
 # Builtin TimeoutError: Redis accepted the connection but never confirmed the subscription.
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, TimeoutError)
@@ -54,11 +55,11 @@ RETRYABLE = (redis.ConnectionError, redis.TimeoutError, TimeoutError)
 
 @dataclass(frozen=True)
 class ListenResult:
-    finished: list[str]       # worker ids, in the order they finished
-    missing: list[str]        # expected worker ids that never reported (on timeout)
+    finished: list[str]  # worker ids, in the order they finished
+    missing: list[str]  # expected worker ids that never reported (on timeout)
     timed_out: bool
     progress: dict[str, int]  # terminal task outcomes seen: {'done': n, 'dead': m}
-    stopped: bool = False     # wait() returned early because should_stop() said so
+    stopped: bool = False  # wait() returned early because should_stop() said so
 
 
 def parse_entry_id(text: str) -> EntryId:
@@ -194,7 +195,9 @@ class Listener:
         Returns True once back, False if ``should_stop()`` or the wait's
         ``deadline`` came first; raises RedisUnavailable after ``reconnect_s``.
         """
-        self.log.warning("Listener lost its Redis connection (%s); reconnecting for up to %g s", error, self.reconnect_s)
+        self.log.warning(
+            "Listener lost its Redis connection (%s); reconnecting for up to %g s", error, self.reconnect_s
+        )
         self._close_pubsub()
         give_up = time.monotonic() + self.reconnect_s
         delay_s = BACKOFF_S[0]
@@ -211,7 +214,8 @@ class Listener:
                 return True
             if time.monotonic() >= give_up:
                 raise RedisUnavailable(
-                    f"the listener on queue {self.keys.queue!r} could not reach Redis for {self.reconnect_s:g} s: {error}"
+                    f"the listener on queue {self.keys.queue!r} could not reach Redis "
+                    f"for {self.reconnect_s:g} s: {error}"
                 )
             delay_s = min(delay_s * 2, BACKOFF_S[1])
 
@@ -301,7 +305,9 @@ class Listener:
         else:
             self.log.info(
                 "Received finished message from worker %s. %d/%d workers finished",
-                worker, len(self.finished), self.expected,
+                worker,
+                len(self.finished),
+                self.expected,
             )
 
     # -- waiting -----------------------------------------------------------------------
@@ -359,7 +365,10 @@ class Listener:
             who = f": {', '.join(missing)}" if missing else ""
             self.log.error(
                 "Listener timed out after %.1f s; %d of %d workers did not finish%s",
-                timeout_s, self.expected - len(self.finished), self.expected, who,
+                timeout_s,
+                self.expected - len(self.finished),
+                self.expected,
+                who,
             )
         elif not short:
             self.log.info("All workers finished.")
@@ -367,10 +376,8 @@ class Listener:
 
     def _close_pubsub(self) -> None:
         if self._pubsub is not None:
-            try:
+            with contextlib.suppress(RETRYABLE):  # closing a dead connection: nothing left to release
                 self._pubsub.close()
-            except RETRYABLE:  # closing a dead connection: nothing left to release
-                pass
             self._pubsub = None
 
     def close(self) -> None:

@@ -20,8 +20,17 @@ import pandas as pd
 from .queue import Queue
 
 COLUMNS = [
-    "queue", "task_id", "kind", "package", "attempt", "worker",
-    "enqueued_at", "started_at", "finished_at", "status", "error",
+    "queue",
+    "task_id",
+    "kind",
+    "package",
+    "attempt",
+    "worker",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "status",
+    "error",
 ]
 _HASH_FIELDS = ("kind", "package", "attempt", "lease", "enqueued_at", "started_at", "finished_at", "status", "error")
 
@@ -37,25 +46,41 @@ def attempts(queue: Queue) -> pd.DataFrame:
     """
     tasks: dict[str, dict[str, str | None]] = {}
     for key, values in queue.iter_task_hashes(_HASH_FIELDS):
-        tasks[queue.keys.task_id_of(key)] = dict(zip(_HASH_FIELDS, values))
+        tasks[queue.keys.task_id_of(key)] = dict(zip(_HASH_FIELDS, values, strict=False))
     rows: list[dict[str, object]] = []
     for task_id, h in tasks.items():
-        rows.append({
-            "task_id": task_id, "kind": h["kind"], "package": h["package"] or "",
-            "attempt": int(h["attempt"] or 0), "worker": (h["lease"] or "").rsplit("#", 1)[0],
-            "enqueued_at": h["enqueued_at"], "started_at": h["started_at"], "finished_at": h["finished_at"],
-            "status": h["status"] or "queued", "error": h["error"] or "",
-        })
+        rows.append(
+            {
+                "task_id": task_id,
+                "kind": h["kind"],
+                "package": h["package"] or "",
+                "attempt": int(h["attempt"] or 0),
+                "worker": (h["lease"] or "").rsplit("#", 1)[0],
+                "enqueued_at": h["enqueued_at"],
+                "started_at": h["started_at"],
+                "finished_at": h["finished_at"],
+                "status": h["status"] or "queued",
+                "error": h["error"] or "",
+            }
+        )
     for event in queue.events():
         if event["event"] not in ("retry", "expired"):
             continue
         h = tasks.get(event["id"], {})
-        rows.append({
-            "task_id": event["id"], "kind": h.get("kind"), "package": h.get("package") or "",
-            "attempt": int(event.get("attempt") or 0), "worker": event.get("worker", ""),
-            "enqueued_at": h.get("enqueued_at"), "started_at": event.get("started") or None,
-            "finished_at": event["at"], "status": event["event"], "error": event.get("detail", ""),
-        })
+        rows.append(
+            {
+                "task_id": event["id"],
+                "kind": h.get("kind"),
+                "package": h.get("package") or "",
+                "attempt": int(event.get("attempt") or 0),
+                "worker": event.get("worker", ""),
+                "enqueued_at": h.get("enqueued_at"),
+                "started_at": event.get("started") or None,
+                "finished_at": event["at"],
+                "status": event["event"],
+                "error": event.get("detail", ""),
+            }
+        )
     return frame(rows, queue.name)
 
 
@@ -102,11 +127,13 @@ def latencies(df: pd.DataFrame) -> pd.DataFrame:
     """Per completed task: queue wait (enqueued -> started), service (started -> finished)
     and end-to-end (enqueued -> finished) time, in seconds."""
     done = completed(df)
-    return pd.DataFrame({
-        "wait": done["started_at"] - done["enqueued_at"],
-        "service": done["finished_at"] - done["started_at"],
-        "end_to_end": done["finished_at"] - done["enqueued_at"],
-    }).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "wait": done["started_at"] - done["enqueued_at"],
+            "service": done["finished_at"] - done["started_at"],
+            "end_to_end": done["finished_at"] - done["enqueued_at"],
+        }
+    ).reset_index(drop=True)
 
 
 def latency_percentiles(df: pd.DataFrame, percentiles: tuple[float, ...] = (50, 95, 99)) -> pd.DataFrame:
@@ -144,10 +171,12 @@ def queue_length(df: pd.DataFrame) -> pd.Series:
     retried task is not counted again while it waits for its retry).
     """
     per_task = df.groupby("task_id").agg(enqueued_at=("enqueued_at", "min"), started_at=("started_at", "min"))
-    changes = pd.concat([
-        pd.Series(1, index=per_task["enqueued_at"].dropna().to_numpy()),
-        pd.Series(-1, index=per_task["started_at"].dropna().to_numpy()),
-    ])
+    changes = pd.concat(
+        [
+            pd.Series(1, index=per_task["enqueued_at"].dropna().to_numpy()),
+            pd.Series(-1, index=per_task["started_at"].dropna().to_numpy()),
+        ]
+    )
     if changes.empty:
         return pd.Series(dtype=float, name="waiting")
     length = changes.groupby(level=0).sum().sort_index().cumsum()
@@ -156,6 +185,7 @@ def queue_length(df: pd.DataFrame) -> pd.Series:
 
 
 # -- queueing theory -----------------------------------------------------------------
+
 
 def erlang_c(arrival_rate: float, service_time_s: float, servers: int) -> float:
     """P(an arrival waits) in an M/M/c queue: the Erlang C formula.
@@ -248,5 +278,9 @@ def littles_law_sampled(df: pd.DataFrame, samples: pd.DataFrame) -> dict[str, fl
     window = samples[(samples["at"] >= start) & (samples["at"] <= end)]
     lam = len(done) / (end - start)
     W = float((done["finished_at"] - done["enqueued_at"]).mean())
-    return {"L_sampled": float(window["in_system"].mean()), "arrival_rate": lam,
-            "mean_time_in_system": W, "L_predicted": lam * W}
+    return {
+        "L_sampled": float(window["in_system"].mean()),
+        "arrival_rate": lam,
+        "mean_time_in_system": W,
+        "L_predicted": lam * W,
+    }

@@ -58,11 +58,25 @@ def worker_timeline(df: pd.DataFrame, ax: Axes | None = None, title: str = "Work
     ran = df.dropna(subset=["started_at", "finished_at"])
     for status, group in ran.groupby("status"):
         y = group["worker"].map(rows)
-        ax.barh(y, group["finished_at"] - group["started_at"], left=group["started_at"] - t0, height=0.7,
-                color=STATUS_COLOURS.get(str(status), "tab:blue"), edgecolor="white", linewidth=0.3)
+        ax.barh(
+            y,
+            group["finished_at"] - group["started_at"],
+            left=group["started_at"] - t0,
+            height=0.7,
+            color=STATUS_COLOURS.get(str(status), "tab:blue"),
+            edgecolor="white",
+            linewidth=0.3,
+        )
     lost = df[(df["status"] == "expired") & df["worker"].isin(rows)]
     if len(lost):
-        ax.scatter(lost["finished_at"] - t0, lost["worker"].map(rows), marker="x", s=60, color=STATUS_COLOURS["expired"], zorder=3)
+        ax.scatter(
+            lost["finished_at"] - t0,
+            lost["worker"].map(rows),
+            marker="x",
+            s=60,
+            color=STATUS_COLOURS["expired"],
+            zorder=3,
+        )
     ax.set_yticks(range(len(workers)), [f"worker {w}" for w in workers])
     ax.invert_yaxis()
     ax.set_xlabel("time since the first task was queued (s)")
@@ -90,23 +104,41 @@ def dependency_gantt(
     rows = {task_id: i for i, task_id in enumerate(order)}
     t0 = float(ran["started_at"].min()) if len(ran) else 0.0
     for status, group in ran.groupby("status"):
-        ax.barh(group.index.map(rows), group["finished_at"] - group["started_at"], left=group["started_at"] - t0,
-                height=0.6, color=STATUS_COLOURS.get(str(status), "tab:blue"))
+        ax.barh(
+            group.index.map(rows),
+            group["finished_at"] - group["started_at"],
+            left=group["started_at"] - t0,
+            height=0.6,
+            color=STATUS_COLOURS.get(str(status), "tab:blue"),
+        )
     for task in tasks:
         if task.id not in ran.index:
             continue
         for prereq in task.depends_on:
             if prereq in ran.index:
-                ax.annotate("", xy=(ran.at[task.id, "started_at"] - t0, rows[task.id]),
-                            xytext=(ran.at[prereq, "finished_at"] - t0, rows[prereq]),
-                            arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 0})
+                ax.annotate(
+                    "",
+                    xy=(ran.at[task.id, "started_at"] - t0, rows[task.id]),
+                    xytext=(ran.at[prereq, "finished_at"] - t0, rows[prereq]),
+                    arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 0},
+                )
     span = metrics.makespan(final.reset_index())
     ax.axvline(span, color="black", lw=1.2, label=f"measured makespan {span:.3f} s")
     if bounds is not None:
-        ax.axvline(bounds.critical_path_s, color="tab:red", ls="--", lw=1.2,
-                   label=f"critical path {bounds.critical_path_s:.3f} s")
-        ax.axvline(bounds.per_worker_s, color="tab:blue", ls=":", lw=1.2,
-                   label=f"work / {bounds.workers} workers {bounds.per_worker_s:.3f} s")
+        ax.axvline(
+            bounds.critical_path_s,
+            color="tab:red",
+            ls="--",
+            lw=1.2,
+            label=f"critical path {bounds.critical_path_s:.3f} s",
+        )
+        ax.axvline(
+            bounds.per_worker_s,
+            color="tab:blue",
+            ls=":",
+            lw=1.2,
+            label=f"work / {bounds.workers} workers {bounds.per_worker_s:.3f} s",
+        )
     ax.set_yticks(range(len(order)), order, fontsize="small" if len(order) < 40 else "xx-small")
     ax.invert_yaxis()
     ax.set_xlabel("time since the first task started (s)")
@@ -173,8 +205,15 @@ def queue_length(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return ax
 
 
-def sweep(results: pd.DataFrame, x: str, y: str = "tasks_per_s", by: str | None = None,
-          ax: Axes | None = None, title: str | None = None, logx: bool = True) -> Axes:
+def sweep(
+    results: pd.DataFrame,
+    x: str,
+    y: str = "tasks_per_s",
+    by: str | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+    logx: bool = True,
+) -> Axes:
     """A parameter sweep: ``y`` against ``x`` (e.g. throughput vs batch size), one line per ``by``."""
     ax = _axes(ax)
     groups = results.groupby(by) if by else [(None, results)]
@@ -194,7 +233,9 @@ def sweep(results: pd.DataFrame, x: str, y: str = "tasks_per_s", by: str | None 
     return ax
 
 
-def wait_vs_theory(df: pd.DataFrame, arrival_rate: float, service_time_s: float, servers: int, ax: Axes | None = None) -> Axes:
+def wait_vs_theory(
+    df: pd.DataFrame, arrival_rate: float, service_time_s: float, servers: int, ax: Axes | None = None
+) -> Axes:
     """Measured queue waits beside the M/M/c (Erlang C) prediction and the M/D/c mean."""
     ax = _axes(ax)
     waits_ms = np.sort(metrics.latencies(df)["wait"].dropna().to_numpy()) * 1000
@@ -202,14 +243,22 @@ def wait_vs_theory(df: pd.DataFrame, arrival_rate: float, service_time_s: float,
         ax.step(waits_ms, np.arange(1, len(waits_ms) + 1) / len(waits_ms), where="post", label="measured")
     top = max(float(waits_ms.max()) if len(waits_ms) else 0.0, 5 * service_time_s * 1000)
     t_ms = np.linspace(0, top, 200)
-    ax.plot(t_ms, metrics.mmc_wait_cdf(t_ms / 1000, arrival_rate, service_time_s, servers), "--",
-            label=f"M/M/{servers} (Erlang C)")
+    ax.plot(
+        t_ms,
+        metrics.mmc_wait_cdf(t_ms / 1000, arrival_rate, service_time_s, servers),
+        "--",
+        label=f"M/M/{servers} (Erlang C)",
+    )
     md = metrics.mdc_mean_wait(arrival_rate, service_time_s, servers) * 1000
     ax.axvline(md, color="tab:green", ls=":", label=f"M/D/{servers} mean wait {md:.1f} ms")
     if len(waits_ms):
-        ax.axvline(float(waits_ms.mean()), color="tab:blue", ls="-.", lw=1, label=f"measured mean {waits_ms.mean():.1f} ms")
+        ax.axvline(
+            float(waits_ms.mean()), color="tab:blue", ls="-.", lw=1, label=f"measured mean {waits_ms.mean():.1f} ms"
+        )
     ax.set_xlabel("queue wait (ms)")
     ax.set_ylabel("P(wait <= t)")
-    ax.set_title(f"Queue wait: measured vs theory ({arrival_rate:g} tasks/s, {service_time_s * 1000:g} ms, {servers} workers)")
+    ax.set_title(
+        f"Queue wait: measured vs theory ({arrival_rate:g} tasks/s, {service_time_s * 1000:g} ms, {servers} workers)"
+    )
     ax.legend(loc="lower right", fontsize="small")
     return ax

@@ -22,6 +22,7 @@ Two rules keep stopping reliable:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
@@ -49,16 +50,19 @@ ORPHAN_EXIT_CODE = 75  # the worker found its parent gone before it could arrang
 
 def _die_with_parent(parent_pid: int) -> None:
     """Have the kernel SIGKILL this process when the thread that forked it ends (Linux)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the worker outlives a killed parent
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the worker outlives a killed parent
-        pass
     if os.getppid() != parent_pid:  # the parent died before the line above took effect
         os._exit(ORPHAN_EXIT_CODE)
 
 
 def _process_main(
-    url: str, queue: str, worker_id: str, config: WorkerConfig, chaos: ChaosConfig, parent_pid: int,
+    url: str,
+    queue: str,
+    worker_id: str,
+    config: WorkerConfig,
+    chaos: ChaosConfig,
+    parent_pid: int,
     refusals: mp.SimpleQueue | None = None,
 ) -> None:
     """Entry point of one worker process: SIGTERM and SIGINT stop it gracefully.
@@ -168,8 +172,9 @@ class WorkerPool:
         try:
             for worker_id in self.ids:
                 worker = Worker(connect(self.url), self.queue_name, worker_id, self.config, chaos=self.chaos)
-                thread = threading.Thread(target=self._run_thread, args=(worker,), name=f"wqsim-worker-{worker_id}",
-                                          daemon=True)
+                thread = threading.Thread(
+                    target=self._run_thread, args=(worker,), name=f"wqsim-worker-{worker_id}", daemon=True
+                )
                 self._workers[worker_id] = worker
                 self._threads[worker_id] = thread
                 thread.start()
@@ -234,10 +239,16 @@ class WorkerPool:
                     del self._live[worker_id]
                     proc.close()
                     if code == CONFIG_EXIT_CODE:
-                        refused.append(self._refusals.get() if not self._refusals.empty() else
-                                       f"worker {worker_id} stopped: Redis refused it a permission")
-                    elif code not in (0, QUEUE_VANISHED_EXIT_CODE) and self.restart_crashed \
-                            and not self._stopping.is_set():
+                        refused.append(
+                            self._refusals.get()
+                            if not self._refusals.empty()
+                            else f"worker {worker_id} stopped: Redis refused it a permission"
+                        )
+                    elif (
+                        code not in (0, QUEUE_VANISHED_EXIT_CODE)
+                        and self.restart_crashed
+                        and not self._stopping.is_set()
+                    ):
                         undecided[worker_id] = code
             if refused:
                 self._refuse(refused[0])  # outside the lock: stop() takes it

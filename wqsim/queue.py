@@ -17,8 +17,8 @@ from typing import Literal, NamedTuple, TypedDict
 
 import redis
 
-from .graph import validate as validate_graph
 from .config import check_time_limit
+from .graph import validate as validate_graph
 from .keys import IdRange, Keys, check_id, parse_lease
 from .retention import Retention
 from .scripts import scripts_for
@@ -32,9 +32,9 @@ class Settlement(NamedTuple):
     """What a worker reports for one claimed task."""
 
     task_id: str
-    lease: str       # the lease id the task was claimed under: the fencing token
+    lease: str  # the lease id the task was claimed under: the fencing token
     outcome: Outcome
-    value: str       # result JSON for 'done', error text otherwise
+    value: str  # result JSON for 'done', error text otherwise
     started_at: float = 0.0
     finished_at: float = 0.0
 
@@ -89,20 +89,20 @@ class Claim:
     drained: bool = False
     next_due: float | None = None  # when the earliest scheduled retry becomes due
     rejected: list[str] = field(default_factory=list)
-    backlog: int = 0               # ready-list entries left after this claim
-    claims_in_flight: int = 0      # leases alive on the queue, this one included (all workers)
+    backlog: int = 0  # ready-list entries left after this claim
+    claims_in_flight: int = 0  # leases alive on the queue, this one included (all workers)
     state: Literal["ok", "missing", "lost", "stranded"] = "ok"
 
 
 class Snapshot(TypedDict):
     """Queue.snapshot(): what lua/snapshot.lua read at one instant."""
 
-    queued: list[str]      # ready list entries, work packages expanded
-    running: list[str]     # held by a lease in the inflight index
-    scheduled: list[str]   # delayed set
-    dead: list[str]        # dead-letter list
+    queued: list[str]  # ready list entries, work packages expanded
+    running: list[str]  # held by a lease in the inflight index
+    scheduled: list[str]  # delayed set
+    dead: list[str]  # dead-letter list
     counters: dict[str, int]  # the stats hash
-    last_event: str        # newest entry id of the events stream, '' if none
+    last_event: str  # newest entry id of the events stream, '' if none
     ledger: dict[str, int]  # Keys.ledger: enqueued and retired, apart from the stats hash
 
 
@@ -199,7 +199,9 @@ class _OwnConnection:
     def _send_nowait(self, command: tuple[object, ...], script: tuple[str | None, list[str], list[object]]) -> int:
         return self.send_together([(command, script)])[0]
 
-    def send_together(self, requests: list[tuple[tuple[object, ...], tuple[str | None, list[str], list[object]]]]) -> list[int]:
+    def send_together(
+        self, requests: list[tuple[tuple[object, ...], tuple[str | None, list[str], list[object]]]]
+    ) -> list[int]:
         """Send several commands in one write without waiting; returns their tickets."""
         try:
             self._send(*(command for command, _ in requests))
@@ -248,12 +250,18 @@ class _OwnConnection:
 def _tolerant(client: redis.Redis) -> redis.Redis:
     """``client``, or one like it on a pool of its own that decodes with surrogateescape."""
     pool = client.connection_pool
-    if not pool.connection_kwargs.get("decode_responses") or pool.connection_kwargs.get("encoding_errors") == "surrogateescape":
+    if (
+        not pool.connection_kwargs.get("decode_responses")
+        or pool.connection_kwargs.get("encoding_errors") == "surrogateescape"
+    ):
         return client
     per_pool = ("maint_notifications_pool_handler", "himport_registry")  # tied to the pool they were made for
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in per_pool}
-    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
-                                                  **{**kwargs, "encoding_errors": "surrogateescape"}))
+    return redis.Redis(
+        connection_pool=type(pool)(
+            connection_class=pool.connection_class, **{**kwargs, "encoding_errors": "surrogateescape"}
+        )
+    )
 
 
 def _readable(conn: redis.connection.AbstractConnection) -> bool:
@@ -382,7 +390,9 @@ class Queue:
         """
         if not tasks:
             return []
-        if package_size is not None and (isinstance(package_size, bool) or not isinstance(package_size, int) or package_size < 1):
+        if package_size is not None and (
+            isinstance(package_size, bool) or not isinstance(package_size, int) or package_size < 1
+        ):
             raise ValueError(f"package_size must be an integer >= 1 (got {package_size!r})")
         is_graph = any(t.depends_on for t in tasks)
         if is_graph and package_size:
@@ -401,7 +411,13 @@ class Queue:
             payload = payloads.get(id(task.payload))
             if payload is None:
                 payload = payloads[id(task.payload)] = to_json(task.payload)
-            flat += (task.id, task.kind, payload, task.max_attempts, "" if task.timeout_s is None else repr(task.timeout_s))
+            flat += (
+                task.id,
+                task.kind,
+                payload,
+                task.max_attempts,
+                "" if task.timeout_s is None else repr(task.timeout_s),
+            )
             if is_graph:
                 fails_ok = task.allow_failure if allow_failure is None else allow_failure
                 flat += (" ".join(task.depends_on), " ".join(dependents[task.id]), int(fails_ok))
@@ -432,9 +448,11 @@ class Queue:
         for _ in range(2):
             pipe = self.client.pipeline(transaction=True)
             for start in range(0, len(flat), width * chunk):
-                part = flat[start:start + width * chunk]
+                part = flat[start : start + width * chunk]
                 check = ids if start == 0 else []
-                pipe.evalsha(script.sha, len(keys), *keys, *head, 1, len(check), *check, width, len(part) // width, *part)
+                pipe.evalsha(
+                    script.sha, len(keys), *keys, *head, 1, len(check), *check, width, len(part) // width, *part
+                )
             pipe.hget(self.keys.stats, "refused")
             pipe.hdel(self.keys.stats, "refused")
             *replies, refused, _ = pipe.execute(raise_on_error=False)
@@ -538,7 +556,9 @@ class Queue:
         self._names[ticket] = name
         return ticket
 
-    def _settle_args(self, worker: str, settlements: Iterable[Settlement], lease_ms: int, claim_next: int, backoff_s: float) -> list[object]:
+    def _settle_args(
+        self, worker: str, settlements: Iterable[Settlement], lease_ms: int, claim_next: int, backoff_s: float
+    ) -> list[object]:
         flat: list[object] = []
         for s in settlements:
             flat += (s.task_id, s.lease, s.outcome, s.value, repr(s.started_at), repr(s.finished_at))
@@ -582,10 +602,19 @@ class Queue:
 
     def record_fault(self, task_id: str, attempt: int, worker: str, faults: str) -> None:
         """Note in the events stream that chaos injected ``faults`` into this attempt."""
-        self.client.xadd(self.keys.events, {
-            "event": "fault", "id": task_id, "attempt": attempt, "worker": worker, "at": repr(self.clock()),
-            "detail": faults,
-        }, maxlen=self.retention().events_maxlen, approximate=True)
+        self.client.xadd(
+            self.keys.events,
+            {
+                "event": "fault",
+                "id": task_id,
+                "attempt": attempt,
+                "worker": worker,
+                "at": repr(self.clock()),
+                "detail": faults,
+            },
+            maxlen=self.retention().events_maxlen,
+            approximate=True,
+        )
 
     def leases_issued(self) -> int:
         """How many leases the queue has issued: every lease made later is numbered above this."""
@@ -602,16 +631,26 @@ class Queue:
         One instant for all of them, so their counts can be compared (see lua/snapshot.lua).
         """
         queued, running, scheduled, dead, stats, last_event, ledger = self._scripts["snapshot"](
-            keys=self.keys.script_keys(), args=self._argv(), client=self.reader)
-        return {"queued": queued, "running": running, "scheduled": scheduled, "dead": dead,
-                "counters": _ints(stats), "last_event": last_event, "ledger": _ints(ledger)}
+            keys=self.keys.script_keys(), args=self._argv(), client=self.reader
+        )
+        return {
+            "queued": queued,
+            "running": running,
+            "scheduled": scheduled,
+            "dead": dead,
+            "counters": _ints(stats),
+            "last_event": last_event,
+            "ledger": _ints(ledger),
+        }
 
     def verify_lost(self, task_ids: Sequence[str]) -> list[str]:
         """Of ``task_ids``, those lost at one instant: out of the structure their status
         requires, hash missing, stuck waiting, or of unknown status (see lua/verify.lua)."""
         if not task_ids:
             return []
-        return list(self._scripts["verify"](keys=self.keys.script_keys(), args=self._argv(*task_ids), client=self.reader))
+        return list(
+            self._scripts["verify"](keys=self.keys.script_keys(), args=self._argv(*task_ids), client=self.reader)
+        )
 
     def wait_for_work(self, timeout_s: float) -> bool:
         """Block until a wake-up signal arrives or ``timeout_s`` passes. No polling loop."""
@@ -634,7 +673,11 @@ class Queue:
         never for a stats hash without its 'created' sentinel (recreated after a loss)."""
         c = self.counters()
         total = c.get("total", 0)
-        return bool(c.get("created")) and total > 0 and c.get("done", 0) + c.get("dead", 0) + c.get("cancelled", 0) >= total
+        return (
+            bool(c.get("created"))
+            and total > 0
+            and c.get("done", 0) + c.get("dead", 0) + c.get("cancelled", 0) >= total
+        )
 
     def lengths(self) -> dict[str, int]:
         k = self.keys
@@ -688,7 +731,7 @@ class Queue:
         pipe = self.reader.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, list(fields))
-        return zip(keys, pipe.execute())
+        return zip(keys, pipe.execute(), strict=False)
 
     def events(self) -> list[dict[str, str]]:
         """The durable record: one entry per attempt outcome, oldest first."""

@@ -64,7 +64,8 @@ class Retention:
         _count("keep_done", self.keep_done)
         _count("events_maxlen", self.events_maxlen)
         if self.keep_done_s is not None and (
-            isinstance(self.keep_done_s, bool) or not isinstance(self.keep_done_s, (int, float))
+            isinstance(self.keep_done_s, bool)
+            or not isinstance(self.keep_done_s, (int, float))
             or not 0 <= self.keep_done_s < math.inf
         ):
             raise ValueError(f"keep_done_s must be a finite number of seconds >= 0, or None (got {self.keep_done_s!r})")
@@ -76,8 +77,14 @@ class Retention:
 
     def to_fields(self) -> dict[str, str]:
         """The policy as Keys.retention stores it ('' turns a bound off)."""
-        return {name: "" if value is None else repr(value) for name, value in
-                (("keep_done", self.keep_done), ("keep_done_s", self.keep_done_s), ("events_maxlen", self.events_maxlen))}
+        return {
+            name: "" if value is None else repr(value)
+            for name, value in (
+                ("keep_done", self.keep_done),
+                ("keep_done_s", self.keep_done_s),
+                ("events_maxlen", self.events_maxlen),
+            )
+        }
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> Retention:

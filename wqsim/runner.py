@@ -20,7 +20,7 @@ from .generator import generate
 from .graph import Bounds
 from .graph import bounds as graph_bounds
 from .graph import example as example_graph
-from .listener import ListenResult, Listener, ProgressCallback
+from .listener import Listener, ListenResult, ProgressCallback
 from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
@@ -34,11 +34,11 @@ class RunReport:
     config: RunConfig
     audit: Audit
     listen: ListenResult
-    wall_s: float        # from the first worker's start to the last finished message
-    restarts: int        # worker processes replaced after dying
-    reaped: int          # tasks the reaper returned to the queue
-    makespan_s: float = 0.0          # first start to last finish, from the task hashes
-    bounds: Bounds | None = None     # for a graph: the critical path and work/workers
+    wall_s: float  # from the first worker's start to the last finished message
+    restarts: int  # worker processes replaced after dying
+    reaped: int  # tasks the reaper returned to the queue
+    makespan_s: float = 0.0  # first start to last finish, from the task hashes
+    bounds: Bounds | None = None  # for a graph: the critical path and work/workers
 
     @property
     def tasks_per_s(self) -> float:
@@ -109,7 +109,12 @@ def run(
     queue.set_retention(cfg.retention)
     logger.info(
         "Work server: %d %s tasks on queue %r at %s, %d worker%s",
-        cfg.tasks, cfg.kind, cfg.queue, redact(url), cfg.workers, "" if cfg.workers == 1 else "s",
+        cfg.tasks,
+        cfg.kind,
+        cfg.queue,
+        redact(url),
+        cfg.workers,
+        "" if cfg.workers == 1 else "s",
     )
     worker_ids = [str(i) for i in range(1, cfg.workers + 1)]
     listener = Listener(connect(url), cfg.queue, worker_ids, logger=logger, on_progress=on_progress).start()
@@ -123,10 +128,13 @@ def run(
         bounds = graph_bounds(tasks, cfg.workers)
         if bar is not None:
             bar.total = len(tasks)
-        logger.info("Created a %s graph of %d tasks, critical path %d tasks", cfg.graph, len(tasks), len(bounds.critical_path))
+        logger.info(
+            "Created a %s graph of %d tasks, critical path %d tasks", cfg.graph, len(tasks), len(bounds.critical_path)
+        )
     else:
-        created = len(generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size,
-                               logger=logger))
+        created = len(
+            generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size, logger=logger)
+        )
     reaper = Reaper(Queue(connect(url), cfg.queue), cfg.reaper_interval_s).start()
     pool = WorkerPool(url, cfg.queue, worker_ids, cfg.worker, cfg.chaos, cfg.mode)
     started = time.perf_counter()

@@ -13,6 +13,7 @@ so worker processes can still connect by URL.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import logging
 import shutil
@@ -41,10 +42,8 @@ def free_port() -> int:
 def _die_with_parent() -> None:
     """Runs in the child between fork and exec: SIGTERM it when its parent dies (Linux only;
     elsewhere the server is stopped by atexit alone)."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 # The janitor: argv = [dir, server pid]. Reads stdin until EOF (the parent is gone), waits for
@@ -67,7 +66,9 @@ def _start_janitor(path: str, server_pid: int) -> subprocess.Popen[bytes]:
     """Start the process that removes ``path`` once this process and the server have exited."""
     return subprocess.Popen(
         [sys.executable, "-S", "-c", _JANITOR, path, str(server_pid)],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C to the terminal's process group must not stop it early
     )
 
@@ -96,8 +97,21 @@ class RedisServer:
         if not self.dir:
             self.dir, self._own_dir = tempfile.mkdtemp(prefix="wqsim-redis-"), True
         args = [
-            path, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-            "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning",
+            path,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--loglevel",
+            "warning",
             *self.extra_args,
         ]
         self.process = subprocess.Popen(
@@ -118,7 +132,9 @@ class RedisServer:
                 except (redis.ConnectionError, redis.BusyLoadingError):
                     if time.monotonic() > deadline:
                         self.stop()
-                        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout_s} s") from None
+                        raise RuntimeError(
+                            f"redis-server on port {self.port} did not answer within {timeout_s} s"
+                        ) from None
                     time.sleep(0.02)
         finally:
             client.close()
@@ -189,4 +205,3 @@ def start_embedded(backend: str = "auto") -> RedisServer | FakeRedisServer:
     server = FakeRedisServer().start()
     log.info("Using embedded fakeredis at %s (no redis-server on PATH)", server.url)
     return server
-

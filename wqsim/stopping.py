@@ -12,6 +12,7 @@ request with ``set()``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -50,10 +51,8 @@ class StopRequest:
     def set(self) -> None:
         """Ask to stop, from any thread."""
         self._requested = True
-        try:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
             os.write(self._write_fd, b"\0")
-        except BlockingIOError:  # the pipe is full of wake-ups already
-            pass
 
     def is_set(self) -> bool:
         return self._requested
@@ -93,13 +92,13 @@ class StopRequest:
             signal.set_wakeup_fd(self._saved_wakeup_fd)
             self._saved_wakeup_fd = None
         for fd in (self._read_fd, self._write_fd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def __enter__(self) -> StopRequest:
         return self.install()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

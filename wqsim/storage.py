@@ -62,7 +62,10 @@ def eviction_policy(client: redis.Redis) -> str | None:
 
 
 def check_eviction_policy(
-    client: redis.Redis, where: str = "Redis", allow_eviction: bool = False, logger: logging.Logger | None = None,
+    client: redis.Redis,
+    where: str = "Redis",
+    allow_eviction: bool = False,
+    logger: logging.Logger | None = None,
 ) -> str | None:
     """Refuse a server that may evict keys, unless ``allow_eviction``; return its policy.
 
@@ -73,14 +76,22 @@ def check_eviction_policy(
     logger = logger or log
     policy = eviction_policy(client)
     if policy is None:
-        logger.warning("Cannot read maxmemory-policy of %s (CONFIG GET and INFO denied or unsupported); "
-                       "if it evicts keys, tasks can be lost (it must be %s)", where, SAFE_POLICY)
+        logger.warning(
+            "Cannot read maxmemory-policy of %s (CONFIG GET and INFO denied or unsupported); "
+            "if it evicts keys, tasks can be lost (it must be %s)",
+            where,
+            SAFE_POLICY,
+        )
         return None
     if policy == SAFE_POLICY:
         return policy
     if allow_eviction:
-        logger.warning("%s has maxmemory-policy %s: it may evict wqsim's keys; losses will be reported, "
-                       "not prevented (allowed by --allow-eviction)", where, policy)
+        logger.warning(
+            "%s has maxmemory-policy %s: it may evict wqsim's keys; losses will be reported, "
+            "not prevented (allowed by --allow-eviction)",
+            where,
+            policy,
+        )
         return policy
     raise EvictionRisk(
         f"{where} has maxmemory-policy {policy}, so it may evict wqsim's keys and lose tasks; "

@@ -17,15 +17,15 @@ from .config import MAX_DEPENDENCIES_HANDED_OVER, Limits
 DEFAULT_LIMITS = Limits()
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Where a task is in its life. ``done``, ``dead`` and ``cancelled`` are terminal."""
 
-    WAITING = "waiting"      # prerequisites unfinished; not in the ready list
-    QUEUED = "queued"        # in the ready list
-    RUNNING = "running"      # claimed under a lease, in the inflight index
+    WAITING = "waiting"  # prerequisites unfinished; not in the ready list
+    QUEUED = "queued"  # in the ready list
+    RUNNING = "running"  # claimed under a lease, in the inflight index
     SCHEDULED = "scheduled"  # failed, waiting in the delayed set for its retry
     DONE = "done"
-    DEAD = "dead"            # in the dead-letter list
+    DEAD = "dead"  # in the dead-letter list
     CANCELLED = "cancelled"
 
     @property
@@ -52,20 +52,20 @@ class Task:
     timeout_s: float | None = None  # time limit of one attempt; None: the kind's or the worker's limit
     status: Status = Status.QUEUED
     attempt: int = 0
-    worker: str = ""         # who ran the latest attempt: the prefix of its lease id
-    lease: str = ""          # the claim this attempt runs under; its id is the fencing token
-    package: str = ""        # the work package the task was bundled into, if any
+    worker: str = ""  # who ran the latest attempt: the prefix of its lease id
+    lease: str = ""  # the claim this attempt runs under; its id is the fencing token
+    package: str = ""  # the work package the task was bundled into, if any
     created_at: float | None = None
     enqueued_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
     result: Any = None
-    error: str = ""          # the last failure, if any (kept when a later attempt succeeds)
+    error: str = ""  # the last failure, if any (kept when a later attempt succeeds)
     # Graphs (the seed's "Sequential Tasks"): see wqsim.graph.
-    depends_on: tuple[str, ...] = ()   # prerequisites: queued once all of them are done
-    dependents: tuple[str, ...] = ()   # the tasks that name this one in depends_on
-    allow_failure: bool = False        # run even if a prerequisite ends dead or cancelled
-    cancelled_by: str = ""             # for a cancelled task: the failed ancestor's id
+    depends_on: tuple[str, ...] = ()  # prerequisites: queued once all of them are done
+    dependents: tuple[str, ...] = ()  # the tasks that name this one in depends_on
+    allow_failure: bool = False  # run even if a prerequisite ends dead or cancelled
+    cancelled_by: str = ""  # for a cancelled task: the failed ancestor's id
     inputs: dict[str, Any] = field(default_factory=dict)  # prerequisites' results, by id (when run)
     input_errors: dict[str, str] = field(default_factory=dict)  # failed prerequisites' errors (allow_failure)
 
@@ -152,7 +152,9 @@ def parse_payload(task_id: str, raw: str | None, limits: Limits = DEFAULT_LIMITS
 
 
 def inputs_of(
-    flat: list[str], limits: Limits = DEFAULT_LIMITS, task_id: str = "?",
+    flat: list[str],
+    limits: Limits = DEFAULT_LIMITS,
+    task_id: str = "?",
 ) -> tuple[tuple[str, ...], dict[str, Any], dict[str, str]]:
     """A graph task's prerequisites as claim.lua reports them ([id, status, value, ...]):
     (ids, results of those done, errors of those that failed). Each result is
@@ -160,8 +162,10 @@ def inputs_of(
     count = len(flat) // 3
     if count > limits.max_dependencies:
         more = "more than " if count > MAX_DEPENDENCIES_HANDED_OVER else ""
-        raise MalformedTask(f"task {task_id}: has {more}{count:,} prerequisites, over the limit of "
-                            f"{limits.max_dependencies:,} (Limits.max_dependencies)")
+        raise MalformedTask(
+            f"task {task_id}: has {more}{count:,} prerequisites, over the limit of "
+            f"{limits.max_dependencies:,} (Limits.max_dependencies)"
+        )
     ids: list[str] = []
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -169,7 +173,9 @@ def inputs_of(
         prereq, status, value = flat[i], flat[i + 1], flat[i + 2]
         ids.append(prereq)
         if status == Status.DONE.value:
-            results[prereq] = _decode(f"task {task_id}: the result of prerequisite {prereq!r}", value, limits) if value else None
+            results[prereq] = (
+                _decode(f"task {task_id}: the result of prerequisite {prereq!r}", value, limits) if value else None
+            )
         else:
             try:
                 decoding.check_utf8(f"task {task_id}: the error of prerequisite {prereq!r}", value)

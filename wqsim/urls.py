@@ -26,7 +26,10 @@ def check_url(url: str) -> None:
     except ValueError as exc:
         raise ValueError(str(exc)) from None
     if parts.scheme not in SCHEMES:
-        raise ValueError(f"the scheme must be one of {', '.join(s + '://' for s in SCHEMES)} (got {parts.scheme + '://' if parts.scheme else 'none'})")
+        raise ValueError(
+            f"the scheme must be one of {', '.join(s + '://' for s in SCHEMES)} "
+            f"(got {parts.scheme + '://' if parts.scheme else 'none'})"
+        )
     options = parse_qs(parts.query)
     if parts.scheme == "unix":
         if not parts.path:

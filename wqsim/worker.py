@@ -19,6 +19,7 @@ claim it already holds while Redis answers. Replies are read in order, later.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -68,8 +69,8 @@ class _InHand(NamedTuple):
     lease: str
     attempt: int
     limit_s: float
-    deadline: float     # time.monotonic() when the limit runs out
-    started_at: float   # the worker's clock, for the attempt's record
+    deadline: float  # time.monotonic() when the limit runs out
+    started_at: float  # the worker's clock, for the attempt's record
 
 
 @dataclass
@@ -151,7 +152,11 @@ class Worker:
             while True:
                 self._note_rejected(claim)
                 if claim.tasks:
-                    while len(ahead) < self._prefetch and self._may_claim_ahead(claim, len(ahead)) and not self._stopping.is_set():
+                    while (
+                        len(ahead) < self._prefetch
+                        and self._may_claim_ahead(claim, len(ahead))
+                        and not self._stopping.is_set()
+                    ):
                         ahead.append(self._send(lambda: self.queue.claim_nowait(self.id, cfg.lease_ms, cfg.batch_size)))
                     began = time.perf_counter()
                     settlements = self._work_on(claim)
@@ -188,8 +193,9 @@ class Worker:
 
     def _send_results_and_ask_for_more(self, settlements: list[Settlement]) -> int | None:
         backoff_s = self._backoff_s(settlements)
-        return self._send(lambda: self.queue.settle_nowait(
-            self.id, settlements, self.config.lease_ms, self._claim_size(), backoff_s))
+        return self._send(
+            lambda: self.queue.settle_nowait(self.id, settlements, self.config.lease_ms, self._claim_size(), backoff_s)
+        )
 
     def _wait_then_claim(self, next_due: float | None) -> Claim:
         """Sleep until woken by a signal, a retry falls due, or idle_wait_s passes; then claim."""
@@ -250,7 +256,10 @@ class Worker:
             lost, exact = max(enqueued - finished, seen), True
         if claim.state == "stranded":
             how = "its unfinished tasks are in no list, claim or retry schedule: their entries were lost"
-            lost, exact = counters.get("total", 0) - sum(counters.get(n, 0) for n in ("done", "dead", "cancelled")), True
+            lost, exact = (
+                counters.get("total", 0) - sum(counters.get(n, 0) for n in ("done", "dead", "cancelled")),
+                True,
+            )
         elif counters:
             how = "its stats hash was recreated after Redis lost it"
         else:
@@ -264,7 +273,9 @@ class Worker:
         try:
             return request()
         except RETRYABLE_REDIS_ERRORS as exc:
-            self.log.warning("Worker %s: Redis unreachable (%s); results in flight are left to the reaper", self.id, exc)
+            self.log.warning(
+                "Worker %s: Redis unreachable (%s); results in flight are left to the reaper", self.id, exc
+            )
             return None
 
     def _collect(self, ticket: int | None) -> Claim:
@@ -274,7 +285,9 @@ class Worker:
         try:
             claim = self.queue.result(ticket)
         except RETRYABLE_REDIS_ERRORS as exc:
-            self.log.warning("Worker %s: Redis unreachable (%s); results in flight are left to the reaper", self.id, exc)
+            self.log.warning(
+                "Worker %s: Redis unreachable (%s); results in flight are left to the reaper", self.id, exc
+            )
             self._flushes.clear()
             return Claim()
         return self._hold(self._with_flush_rejections(claim))
@@ -325,7 +338,9 @@ class Worker:
             self.stats.leases_lost += 1
             self.log.warning(
                 "Worker %s lost lease %s; dropping %d unrecorded result(s), the reaper returns its tasks",
-                self.id, lease, len(pending),
+                self.id,
+                lease,
+                len(pending),
             )
             pending = []
         return pending
@@ -355,10 +370,9 @@ class Worker:
         """Fold in the rejections of flushes whose replies have been read by now."""
         late: list[str] = []
         for ticket in self._flushes:
-            try:
+            # A reply lost with the connection: those tasks' leases expire and the reaper returns them.
+            with contextlib.suppress(*RETRYABLE_REDIS_ERRORS):
                 late += self.queue.result(ticket).rejected
-            except RETRYABLE_REDIS_ERRORS:
-                pass  # lost with the connection: those tasks' leases expire and the reaper returns them
         self._flushes.clear()
         return replace(claim, rejected=late + claim.rejected) if late else claim
 
@@ -367,7 +381,8 @@ class Worker:
             self.stats.rejected += len(claim.rejected)
             self.log.warning(
                 "Worker %s: late result(s) for task(s) %s rejected; the lease had expired",
-                self.id, ", ".join(claim.rejected),
+                self.id,
+                ", ".join(claim.rejected),
             )
 
     def perform(self, claimed: Claimed, lease: str) -> Settlement | None:
@@ -383,8 +398,12 @@ class Worker:
         except (MalformedTask, UnknownKind) as exc:
             return self._refuse(claimed.id, lease, str(exc), started_at)
         except Exception as exc:  # whatever a hostile hash provokes, it costs the task, never the worker
-            return self._refuse(claimed.id, lease, f"task {claimed.id} cannot be decoded: {type(exc).__name__}: "
-                                                   f"{str(exc)[:200]}", started_at)
+            return self._refuse(
+                claimed.id,
+                lease,
+                f"task {claimed.id} cannot be decoded: {type(exc).__name__}: {str(exc)[:200]}",
+                started_at,
+            )
         self.log.info("Worker %s picked up task %s", self.id, task.id)
         limit_s = claimed.timeout_s or self.registry.time_limit(task.kind) or self.config.task_timeout_s
         if limit_s is not None:
@@ -426,8 +445,14 @@ class Worker:
             raise MalformedTask(f"task {claimed.id} is missing field(s): {', '.join(missing)}")
         payload = parse_payload(claimed.id, claimed.payload, limits)
         task = Task(
-            id=claimed.id, kind=claimed.kind, payload=payload, status=Status.RUNNING,  # type: ignore[arg-type]
-            attempt=claimed.attempt, worker=self.id, lease=lease, started_at=started_at,
+            id=claimed.id,
+            kind=claimed.kind,
+            payload=payload,
+            status=Status.RUNNING,  # type: ignore[arg-type]
+            attempt=claimed.attempt,
+            worker=self.id,
+            lease=lease,
+            started_at=started_at,
         )
         if claimed.inputs:
             task.depends_on, task.inputs, task.input_errors = inputs_of(claimed.inputs, limits, claimed.id)
@@ -575,8 +600,12 @@ class Worker:
         self.stats.timed_out += 1
         recorded = "already settled or reaped" if rejected else "recorded as a failed attempt"
         if not self._in_own_process:
-            self.log.error("Worker %s: %s; %s. The thread runs on until the handler returns; its result "
-                           "will be ignored", self.id, message, recorded)
+            self.log.error(
+                "Worker %s: %s; %s. The thread runs on until the handler returns; its result will be ignored",
+                self.id,
+                message,
+                recorded,
+            )
             return
         self.log.error("Worker %s: %s; %s. Ending the worker process", self.id, message, recorded)
         try:
