@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,11 +72,17 @@ class Killer(threading.Thread):
                 if not live:
                     continue
                 victim = self.rng.choice(sorted(live))
-                os.kill(live[victim], signal.SIGKILL)
-                self.kills.append((victim, live[victim]))
+                pid = self.pool.kill(victim)  # under the pool's lock: never a reaped pid reused
+                if pid is not None:
+                    self.kills.append((victim, pid))
         except BaseException as exc:  # surfaced by the test, never swallowed
             self.error = exc
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(10)
+
+    @property
+    def processes_killed(self) -> int:
+        """Distinct processes killed: a victim not yet reaped may be chosen, and killed, again."""
+        return len({pid for _, pid in self.kills})

@@ -9,13 +9,13 @@ audit polled through a chaos run of worker processes).
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from helpers import running
 
+import wqsim.streams
 from wqsim import (
     Audit,
     ChaosConfig,
@@ -209,7 +209,7 @@ def test_the_event_stream_is_read_in_pages_up_to_the_snapshot_and_tolerates_entr
     for _ in range(5):
         settle_next(q)
     q.client.xadd(q.keys.events, {"event": "note"})  # an entry naming no task
-    monkeypatch.setattr(importlib.import_module("wqsim.audit"), "_PAGE", 2)  # (wqsim.audit is also the function)
+    monkeypatch.setattr(wqsim.streams, "PAGE", 2)
     a = audit(q)
     assert (a.done, a.completions, a.completed_twice, a.lost) == (5, 5, 0, 0) and a.clean
 

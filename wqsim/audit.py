@@ -56,6 +56,7 @@ import redis
 
 from .keys import event_ids
 from .queue import Queue
+from .streams import entries
 from .task import Status
 
 # Where the snapshot must have seen a task of each status; None: nowhere in particular.
@@ -69,7 +70,6 @@ _HOME = {
     Status.WAITING: None,
 }
 _TERMINAL = {s.value for s in Status if s.terminal}
-_PAGE = 1000  # events read per XRANGE
 
 
 @dataclass(frozen=True)
@@ -245,16 +245,10 @@ def _retired(q: Queue) -> int:
 
 
 def _events_until(q: Queue, last: str) -> Iterator[dict[str, str]]:
-    """The events stream's entries up to and including entry ``last``, oldest first, in pages."""
-    start = "-"
-    while last:
-        page = q.reader.xrange(q.keys.events, start, last, count=_PAGE)
-        for _, fields in page:
+    """The events stream's entries up to and including entry ``last``, oldest first."""
+    if last:
+        for _, fields in entries(q.reader, q.keys.events, end=last):
             yield fields
-        if len(page) < _PAGE or page[-1][0] == last:
-            return
-        ms, seq = page[-1][0].split("-")
-        start = f"{ms}-{int(seq) + 1}"  # just after the last entry read ('(' needs Redis 6.2)
 
 
 def _id_order(task_id: str) -> tuple[int, str]:

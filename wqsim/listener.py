@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -37,15 +37,12 @@ from redis.retry import Retry
 
 from .connection import RedisUnavailable
 from .keys import Keys, event_ids
+from .streams import ENTRY_ID, EntryId, entries, entry_after, parse_entry_id
 
 log = logging.getLogger("wqsim.listener")
 
 ProgressCallback = Callable[[str, str], None]  # (status, task id)
-EntryId = tuple[int, int]  # a stream entry id "<ms>-<seq>", comparable
-
-ENTRY_ID = re.compile(r"^(\d+)-(\d+)$")
 TERMINAL_EVENTS = frozenset({"done", "dead", "cancelled"})  # the events entries the progress channel announces
-CATCH_UP_PAGE = 1000  # stream entries read per XRANGE while catching up
 POLL_S = 0.25  # longest wait for a message before checking should_stop and the deadline
 IDLE_EVERY_S = 1.0  # on_idle runs at least this often, also while messages keep coming
 BACKOFF_S = (0.05, 2.0)
@@ -60,16 +57,6 @@ class ListenResult:
     timed_out: bool
     progress: dict[str, int]  # terminal task outcomes seen: {'done': n, 'dead': m}
     stopped: bool = False  # wait() returned early because should_stop() said so
-
-
-def parse_entry_id(text: str) -> EntryId:
-    """ "1700000000000-3" -> (1700000000000, 3); "0" -> (0, 0)."""
-    if text == "0":
-        return (0, 0)
-    match = ENTRY_ID.match(text)
-    if match is None:
-        raise ValueError(f"not a stream entry id: {text!r} (expected '<ms>-<seq>', or '0')")
-    return (int(match[1]), int(match[2]))
 
 
 def _split_entry(data: str) -> tuple[EntryId | None, str]:
@@ -179,7 +166,7 @@ class Listener:
         cursors = {}
         for stream in streams:
             last = self._redis.xrevrange(stream, count=1)
-            cursors[stream] = parse_entry_id(last[0][0]) if last else (0, 0)
+            cursors[stream] = parse_entry_id(str(last[0][0])) if last else (0, 0)
         return cursors
 
     def _reconnect(
@@ -257,14 +244,8 @@ class Listener:
     def _entries_after(self, stream: str) -> Iterator[tuple[EntryId, dict[str, str]]]:
         """The entries of ``stream`` after its cursor, oldest first, read in pages."""
         assert self._cursors is not None
-        ms, seq = self._cursors[stream]
-        while True:
-            page = self._redis.xrange(stream, min=f"{ms}-{seq + 1}", max="+", count=CATCH_UP_PAGE)
-            for entry_id, fields in page:
-                ms, seq = parse_entry_id(entry_id)
-                yield (ms, seq), fields
-            if len(page) < CATCH_UP_PAGE:
-                return
+        for entry_id, fields in entries(self._redis, stream, start=entry_after(self._cursors[stream])):
+            yield parse_entry_id(entry_id), fields
 
     def _advance(self, stream: str, entry: EntryId | None) -> bool:
         """True if ``entry`` is new (past the cursor, which moves to it); None (no entry id) is always new."""
@@ -276,7 +257,7 @@ class Listener:
         self._cursors[stream] = entry
         return True
 
-    def _on_message(self, message: dict) -> None:
+    def _on_message(self, message: dict[str, Any]) -> None:
         if message["type"] == "subscribe":
             if message["data"] == 2:  # subscribed again on a new connection: what was missed is in the streams
                 self.log.info("Listener reconnected; caught up %d event(s) from the stream", self._catch_up())
@@ -376,7 +357,7 @@ class Listener:
 
     def _close_pubsub(self) -> None:
         if self._pubsub is not None:
-            with contextlib.suppress(RETRYABLE):  # closing a dead connection: nothing left to release
+            with contextlib.suppress(*RETRYABLE):  # closing a dead connection: nothing left to release
                 self._pubsub.close()
             self._pubsub = None
 

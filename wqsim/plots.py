@@ -100,6 +100,7 @@ def dependency_gantt(
     ran = final.dropna(subset=["started_at", "finished_at"])
     # Rows in the order tasks started (a valid dependency order); those that never ran last.
     started = ran["started_at"].to_dict()
+    finished = ran["finished_at"].to_dict()
     order = sorted(topological_order(tasks), key=lambda i: (i not in started, started.get(i, 0.0)))
     rows = {task_id: i for i, task_id in enumerate(order)}
     t0 = float(ran["started_at"].min()) if len(ran) else 0.0
@@ -118,8 +119,8 @@ def dependency_gantt(
             if prereq in ran.index:
                 ax.annotate(
                     "",
-                    xy=(ran.at[task.id, "started_at"] - t0, rows[task.id]),
-                    xytext=(ran.at[prereq, "finished_at"] - t0, rows[prereq]),
+                    xy=(started[task.id] - t0, rows[task.id]),
+                    xytext=(finished[prereq] - t0, rows[prereq]),
                     arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 0},
                 )
     span = metrics.makespan(final.reset_index())
@@ -219,7 +220,7 @@ def sweep(
     groups = results.groupby(by) if by else [(None, results)]
     for key, group in groups:
         group = group.sort_values(x)
-        ax.plot(group[x], group[y], marker="o", label=f"{by} = {key}" if by else None)
+        ax.plot(group[x], group[y], marker="o", label=f"{by} = {key!s}" if by else None)
     if logx:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 10, 100 rather than 10^0, 10^1, 10^2

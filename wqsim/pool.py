@@ -63,7 +63,7 @@ def _process_main(
     config: WorkerConfig,
     chaos: ChaosConfig,
     parent_pid: int,
-    refusals: mp.SimpleQueue | None = None,
+    refusals: mp.SimpleQueue[str] | None = None,
 ) -> None:
     """Entry point of one worker process: SIGTERM and SIGINT stop it gracefully.
 
@@ -283,15 +283,19 @@ class WorkerPool:
         with self._lock:
             return {wid: p.pid for wid, p in self._live.items() if p.pid is not None}
 
-    def kill(self, worker_id: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to one worker process (the chaos killer uses this).
+    def kill(self, worker_id: str, sig: int = signal.SIGKILL) -> int | None:
+        """Send ``sig`` to one worker process (the chaos killer uses this); returns its pid, or None.
 
         Under the lock, so the process cannot be reaped, and its pid reused, in between.
+        The process may be exiting already (killed before, not yet reaped): the same pid
+        is then returned again.
         """
         with self._lock:
             proc = self._live.get(worker_id)
-            if proc is not None and proc.pid is not None:
-                os.kill(proc.pid, sig)
+            if proc is None or proc.pid is None:
+                return None
+            os.kill(proc.pid, sig)
+            return proc.pid
 
     def stop(self) -> None:
         """Ask every worker to finish the task in hand and exit; no replacement starts after this."""

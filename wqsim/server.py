@@ -36,7 +36,7 @@ _PR_SET_PDEATHSIG = 1
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -81,7 +81,7 @@ class RedisServer:
     binary: str = "redis-server"
     extra_args: tuple[str, ...] = ()
     dir: str = ""
-    process: subprocess.Popen | None = field(default=None, repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
     _janitor: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
