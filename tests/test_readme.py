@@ -525,3 +525,7 @@ def test_the_eviction_fix_is_the_command_shown(fresh_redis):
     assert redis_cli.stdout.strip() == "OK", redis_cli.stderr
     accepted = subprocess.run(generate, env=environment(fresh_redis.url), capture_output=True, text=True)
     assert accepted.returncode == 0, accepted.stderr
+
+
+def test_the_readme_describes_the_seed_in_its_own_words_and_never_links_to_it():
+    assert "../shared" not in README.read_text()
