@@ -605,9 +605,12 @@ def _cmd_acl(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except UsageError as exc:
+        if "required: command" in str(exc):  # no command at all: the help lists them, as argparse's usage would
+            parser.print_help(sys.stderr)
         print(f"wqsim: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
