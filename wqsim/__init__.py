@@ -19,6 +19,7 @@ from .graph import Bounds, GraphError, bounds, chain, diamond, fanout, layered
 from .handlers import HandlerRegistry, UnknownKind, register, registry
 from .keys import Keys
 from .listener import Listener, ListenResult
+from .names import session_queue_name
 from .pool import WorkerPool
 from .queue import Claim, DuplicateTask, Queue, ReapResult, Settlement
 from .reaper import Reaper
@@ -72,6 +73,7 @@ __all__ = [
     "Keys",
     "Listener",
     "ListenResult",
+    "session_queue_name",
     "WorkerPool",
     "Claim",
     "DuplicateTask",
