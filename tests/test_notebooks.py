@@ -67,12 +67,49 @@ def test_cells_hold_no_helper_code_and_draw_seeds_from_the_setup_cell(path):
         assert "SEED = " in code[0], "SEED is defined in the setup cell"
 
 
+def setup_source(path: Path) -> str:
+    return next(source(c) for c in cells(path) if c["cell_type"] == "code")
+
+
 def test_each_notebook_has_a_queue_of_its_own():
-    names = [
-        re.search(r'QUEUE = "([^"]+)"', source(cells(p)[[c["cell_type"] for c in cells(p)].index("code")])).group(1)
-        for p in NOTEBOOKS
-    ]
+    """Its own base name, made unique to the reader and the kernel: two people on one Redis never collide."""
+    names = [re.search(r'QUEUE = wqsim\.session_queue_name\("([^"]+)"\)', setup_source(p)).group(1) for p in NOTEBOOKS]
     assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_queue_a_notebook_uses_on_the_shared_redis_derives_from_its_session_name(path):
+    """No fixed queue names on the notebook's Redis: sub-queues are f"{QUEUE}-...", never a literal."""
+    for text in (source(c) for c in cells(path) if c["cell_type"] == "code"):
+        assert not re.search(r'wqsim\.Queue\(client, "|queue="', text), text
+        for name in re.findall(r'wqsim\.Queue\(client, (f?"[^"]*")', text):
+            assert name.startswith('f"{QUEUE}-'), name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_experiment_that_writes_to_the_notebooks_queue_starts_by_purging_it(path):
+    """Cells tagged ``experiment`` start an experiment and may be re-run at any time: one that
+    writes to ``queue`` (the setup cell's) purges it first, so its counts are of its own records."""
+    code = [c for c in cells(path) if c["cell_type"] == "code"][1:]
+    experiments = [c for c in code if "experiment" in c["metadata"].get("tags", [])]
+    assert experiments, "the notebook tags the cells that start its experiments"
+    block: list[str] = []
+    for cell in code + [None]:
+        if cell is None or "experiment" in cell["metadata"].get("tags", []):
+            if block and re.search(r"queue\.enqueue\(|generate\(queue\b", "\n".join(block)):
+                first = block[0]
+                assert "queue.purge()" in first, first
+                writes = re.search(r"queue\.enqueue\(|generate\(queue\b", first)
+                assert writes is None or first.index("queue.purge()") < writes.start(), first
+            block = []
+        if cell is not None:
+            block.append(source(cell))
+
+
+def test_no_notebook_links_outside_the_repository():
+    for path in NOTEBOOKS:
+        for cell in cells(path):
+            assert "../shared" not in source(cell) and "seed/README" not in source(cell), path.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
