@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import configparser
 import getpass
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +101,11 @@ def test_the_mask_covers_exactly_what_the_session_adds():
 def test_session_queue_name_is_exported_from_wqsim():
     assert wqsim.session_queue_name is session_queue_name
     assert "session_queue_name" in wqsim.__all__
+
+
+def test_nbvals_sanitize_file_masks_the_session_part_with_the_same_pattern():
+    """The notebooks print their queue names; nbval compares outputs with the committed ones only
+    because notebooks/nbval_sanitize.cfg masks what session_queue_name adds, by this very pattern."""
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).parent.parent / "notebooks" / "nbval_sanitize.cfg")
+    assert config["session queue names"]["regex"] == SESSION_SUFFIX.pattern
