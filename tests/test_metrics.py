@@ -176,7 +176,7 @@ def test_arrivals_are_a_seeded_poisson_process_enqueued_on_schedule(fake_client)
     again: list[float] = []
     arrivals(Queue(fake_client, "again"), 50, 100.0, seed=5, clock=lambda: 0.0, sleep=again.append)
     assert again == pytest.approx(list(np.cumsum(slept[:49])))  # the same seed, the same schedule (a frozen clock)
-    with pytest.raises(ValueError, match="rate_per_s must be a positive number"):
+    with pytest.raises(ValueError, match=r"rate_per_s must be a positive, finite number \(got 0\)"):
         arrivals(q, 1, rate_per_s=0)
 
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import check_int_at_least, check_non_negative
+from .config import check_int_at_least, check_non_negative, check_positive
 from .keys import IdRange
 from .queue import Queue
 from .task import Task
@@ -66,8 +66,7 @@ def generate(
     WorkerConfig.task_timeout_s). Returns the new task ids (an IdRange).
     """
     logger = logger or log
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an integer >= 1 (got {count!r})")
+    check_int_at_least("count", count, 1)
     check_non_negative("duration_ms", duration_ms)
     check_int_at_least("chunk", chunk, 1)
     if package_size is not None:
@@ -124,10 +123,9 @@ def arrivals(
     counted from the first (so a slow enqueue does not shift the rest).
     Blocks until the last task is enqueued; returns the ids.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an integer >= 1 (got {count!r})")
-    if isinstance(rate_per_s, bool) or not isinstance(rate_per_s, (int, float)) or not rate_per_s > 0:
-        raise ValueError(f"rate_per_s must be a positive number (got {rate_per_s!r})")
+    check_int_at_least("count", count, 1)
+    check_positive("rate_per_s", rate_per_s)
+    check_non_negative("duration_ms", duration_ms)
     rng = random.Random(seed)
     payload: dict[str, Any] = {"duration_ms": duration_ms} if kind == "sleep" else {}
     ids = queue.allocate_ids(count)
