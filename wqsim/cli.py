@@ -31,6 +31,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import redis
 
@@ -40,8 +41,8 @@ from .audit import audit
 from .chaos import injected
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import BadRedisUrl, RedisUnavailable, connect, redact, resolve_url
-from .generator import generate
-from .graph import example as example_graph
+from .generator import generate, generate_graph
+from .graph import GRAPHS
 from .keys import Keys, check_id
 from .listener import Listener
 from .pool import WorkerPool
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)")
     p.add_argument(
         "--graph",
-        choices=("chain", "fanout", "diamond", "layered"),
+        choices=tuple(GRAPHS),
         default=None,
         help="run an example dependency graph of about --tasks sleep tasks",
     )
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--graph",
-        choices=("chain", "fanout", "diamond", "layered"),
+        choices=tuple(GRAPHS),
         default=None,
         help="an example dependency graph of about --tasks sleep tasks",
     )
@@ -414,11 +415,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if retention is not None:
         queue.set_retention(retention)
     if args.graph:
-        tasks = example_graph(args.graph, args.tasks, args.duration_ms, args.seed)
-        for task in tasks:
-            task.max_attempts = args.max_attempts
-            task.timeout_s = args.task_timeout_s
-        queue.enqueue(tasks, allow_failure=args.allow_failure)
+        tasks = generate_graph(
+            queue,
+            args.graph,
+            args.tasks,
+            args.duration_ms,
+            args.seed,
+            args.max_attempts,
+            args.task_timeout_s,
+            args.allow_failure,
+        )
         log.info("Created a %s graph of %d tasks on queue %r at %s", args.graph, len(tasks), args.queue, redact(url))
         return 0
     generate(
@@ -571,17 +577,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print("  " + ", ".join(f"{k} {v}" for k, v in lengths.items()))
     print("  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none"))
     now = time.time()
-    leases = queue.client.zrange(queue.keys.inflight, 0, 19, withscores=True)
+    # wqsim's clients decode replies (see connection.connect): members are str, scores float.
+    leases = cast("list[tuple[str, float]]", queue.client.zrange(queue.keys.inflight, 0, 19, withscores=True))
     if leases:
         print(f"  leases in flight ({lengths['inflight']}, soonest deadline first):")
         for lease, deadline in leases:
             held = queue.client.scard(queue.keys.held(lease))
             print(f"    {lease}: {held} task(s), deadline in {deadline - now:.1f} s")
-    dead = queue.client.lrange(queue.keys.dead, 0, 9)
+    dead = cast("list[str]", queue.client.lrange(queue.keys.dead, 0, 9))
     if dead:
         print(f"  dead letters ({lengths['dead']}, newest first):")
         for task_id in dead:
-            print(f"    {task_id}: {queue.client.hget(queue.keys.task(task_id), 'error')}")
+            error = cast("str | None", queue.client.hget(queue.keys.task(task_id), "error"))
+            print(f"    {task_id}: {error}")
     result = audit(queue, expected=args.expected)
     print("  audit: " + result.summary())
     if result.lost or result.counters_lost:

@@ -1,4 +1,6 @@
-"""Makes example tasks and enqueues them, as the seed's work server does first."""
+"""Makes example tasks and enqueues them, as the seed's work server does first:
+independent sleep tasks (``generate``), arrivals spread out in time (``arrivals``),
+or an example task graph (``generate_graph``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import check_int_at_least, check_non_negative, check_positive
+from .graph import example
 from .keys import IdRange
 from .queue import Queue
 from .task import Task
@@ -103,6 +106,31 @@ def generate(
     if packages:
         logger.info("Bundled them into %d work packages of up to %d", packages, package_size)
     return ids
+
+
+def generate_graph(
+    queue: Queue,
+    name: str,
+    tasks: int = 20,
+    duration_ms: float = 10.0,
+    seed: int = 0,
+    max_attempts: int = 3,
+    timeout_s: float | None = None,
+    allow_failure: bool = False,
+) -> list[Task]:
+    """Enqueue the example graph ``name`` (see wqsim.graph.example) and return its tasks.
+
+    The graph is written as one atomic unit (Queue.enqueue), so a dependent
+    never waits on a half-written graph; ``allow_failure`` lets dependents of a
+    failed task run instead of being cancelled. ``max_attempts`` and
+    ``timeout_s`` apply to every task, as in ``generate``.
+    """
+    graph = example(name, tasks, duration_ms, seed)
+    for task in graph:
+        task.max_attempts = max_attempts
+        task.timeout_s = timeout_s
+    queue.enqueue(graph, allow_failure=allow_failure)
+    return graph
 
 
 def arrivals(

@@ -91,7 +91,8 @@ def _a(value: object) -> str:
         if math.isnan(value):
             return "not a number"
         return "an infinite number" if math.isinf(value) else "a negative number" if value < 0 else "a number"
-    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
+    names: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def noop(task: Task) -> None:

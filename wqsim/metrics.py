@@ -101,7 +101,10 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def makespan(df: pd.DataFrame) -> float:
-    """Seconds from the first attempt's start to the last attempt's finish."""
+    """Seconds from the first attempt's start to the last attempt's finish (0 if none ran).
+
+    The one definition of a run's makespan: RunReport.makespan_s is this, too.
+    """
     ran = df.dropna(subset=["started_at", "finished_at"])
     return float(ran["finished_at"].max() - ran["started_at"].min()) if len(ran) else 0.0
 
