@@ -67,6 +67,10 @@ def test_self_dependency_and_unknown_prerequisite_are_rejected_naming_the_task()
         topological_order([t("x"), t("x")])
 
 
+def test_topological_order_is_layer_by_layer_and_in_submission_order_within_a_layer():
+    assert topological_order([t("late", "b"), t("b"), t("a"), t("c", "a")]) == ["b", "a", "late", "c"]
+
+
 def test_find_cycle_handles_a_long_chain_without_recursion():
     n = 50_000
     prereqs = {str(i): [str(i - 1)] if i else [] for i in range(n)}
