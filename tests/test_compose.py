@@ -9,6 +9,7 @@ pyproject.toml declares.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import pytest
 import yaml
 from helpers import wait_until
 
-from wqsim import Queue, audit, connect
+from wqsim import Queue, audit, connect, make_tasks
 from wqsim.server import free_port
 
 ROOT = Path(__file__).parent.parent
@@ -210,6 +211,21 @@ def test_a_worker_stopped_by_sigterm_finishes_the_task_in_hand_and_hands_back_th
     result = audit(queue)
     assert result.lost == 0 and result.running == 0 and result.completed_twice == 0
     queue.purge()
+
+
+@pytest.mark.real_redis
+def test_worker_service_imports_the_example_module_and_runs_its_kind(redis_url, queue_name):
+    """The cluster's worker names a handler module with --import: its kind runs in the service."""
+    command = SERVICES["worker"]["command"]
+    assert command[command.index("--import") + 1] == "wqsim.example_tasks"
+    queue = Queue(connect(redis_url), queue_name)
+    ids = queue.allocate_ids(3)
+    queue.enqueue(make_tasks(ids, kind="checksum", payload={"text": "wqsim", "rounds": 2}))
+    worker = start("worker", redis_url, "--once", "--queue", queue_name)  # --once: exits once drained
+    out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, out
+    expected = hashlib.sha256(hashlib.sha256(b"wqsim").digest()).hexdigest()
+    assert [queue.task(i).result for i in ids] == [{"sha256": expected, "rounds": 2}] * 3
 
 
 def test_lab_service_serves_jupyterlab_that_refuses_requests_without_the_token(tmp_path):

@@ -53,3 +53,31 @@ def test_default_pool_is_cores_minus_one_but_at_least_one(monkeypatch):
 def test_backoff_doubles_per_attempt_up_to_the_cap():
     cfg = WorkerConfig(backoff_s=0.1, backoff_max_s=0.5)
     assert [cfg.backoff_for(a) for a in (1, 2, 3, 4)] == [0.1, 0.2, 0.4, 0.5]
+
+
+def _refusals(fake_client):
+    """Every function that takes a number, beside the rule it is held to."""
+    from wqsim import Queue, Reaper, arrivals, bounds, chain, layered
+    from wqsim.graph import example
+    from wqsim.metrics import LengthSampler, erlang_c
+
+    q = Queue(fake_client, "validators")
+    return [
+        (lambda: Reaper(q, interval_s=0), "interval_s must be a positive, finite number (got 0)"),
+        (lambda: LengthSampler(q, every_s=float("nan")), "every_s must be a positive, finite number (got nan)"),
+        (lambda: arrivals(q, 1, rate_per_s=float("inf")), "rate_per_s must be a positive, finite number (got inf)"),
+        (lambda: arrivals(q, True, rate_per_s=1.0), "count must be an integer >= 1 (got True)"),
+        (lambda: chain(0), "length must be an integer >= 1 (got 0)"),
+        (lambda: layered(edge_p=2), "edge_p must be a probability between 0 and 1 (got 2)"),
+        (lambda: bounds(chain(2), workers=0), "workers must be an integer >= 1 (got 0)"),
+        (lambda: example("chain", tasks=1.5), "tasks must be an integer >= 1 (got 1.5)"),  # type: ignore[arg-type]
+        (lambda: erlang_c(1.0, 2.0, servers=0), "servers must be an integer >= 1 (got 0)"),
+        (lambda: ChaosConfig(seed=True), "seed must be an integer (got True)"),
+    ]
+
+
+def test_every_number_is_refused_by_the_one_set_of_rules_in_the_same_words(fake_client):
+    for call, message in _refusals(fake_client):
+        with pytest.raises(ValueError) as caught:
+            call()
+        assert str(caught.value) == message

@@ -67,6 +67,10 @@ def test_self_dependency_and_unknown_prerequisite_are_rejected_naming_the_task()
         topological_order([t("x"), t("x")])
 
 
+def test_topological_order_is_layer_by_layer_and_in_submission_order_within_a_layer():
+    assert topological_order([t("late", "b"), t("b"), t("a"), t("c", "a")]) == ["b", "a", "late", "c"]
+
+
 def test_find_cycle_handles_a_long_chain_without_recursion():
     n = 50_000
     prereqs = {str(i): [str(i - 1)] if i else [] for i in range(n)}
@@ -300,3 +304,25 @@ def test_the_worker_runs_a_graph_in_dependency_order(make_queue, make_worker):
         for p in x.depends_on:
             assert hashes[x.id].started_at >= hashes[p].finished_at
     assert audit(q).clean and audit(q).done == len(tasks)
+
+
+def test_generate_graph_enqueues_an_example_graph_whole_with_the_given_attempts_and_time_limit(fake_client):
+    from wqsim import generate_graph
+
+    q = Queue(fake_client, "gg")
+    tasks = generate_graph(q, "diamond", duration_ms=5, max_attempts=7, timeout_s=9.0, allow_failure=True)
+    assert [t.id for t in tasks] == ["diamond-a", "diamond-b", "diamond-c", "diamond-d"]
+    stored = [q.task(t.id) for t in tasks]
+    assert {(s.max_attempts, s.timeout_s) for s in stored} == {(7, 9.0)}
+    assert q.counters()["total"] == 4 and q.lengths()["ready"] == 1  # only the root is ready
+
+
+def test_the_cli_offers_exactly_the_graphs_graph_module_defines():
+    from wqsim.cli import UsageError, build_parser
+    from wqsim.graph import GRAPHS
+
+    offered = ", ".join(repr(name) for name in GRAPHS)
+    for command in ("run", "generate"):
+        assert [build_parser().parse_args([command, "--graph", name]).graph for name in GRAPHS] == list(GRAPHS)
+        with pytest.raises(UsageError, match=f"invalid choice: 'ring' \\(choose from {offered}\\)"):
+            build_parser().parse_args([command, "--graph", "ring"])

@@ -176,7 +176,7 @@ def test_arrivals_are_a_seeded_poisson_process_enqueued_on_schedule(fake_client)
     again: list[float] = []
     arrivals(Queue(fake_client, "again"), 50, 100.0, seed=5, clock=lambda: 0.0, sleep=again.append)
     assert again == pytest.approx(list(np.cumsum(slept[:49])))  # the same seed, the same schedule (a frozen clock)
-    with pytest.raises(ValueError, match="rate_per_s must be a positive number"):
+    with pytest.raises(ValueError, match=r"rate_per_s must be a positive, finite number \(got 0\)"):
         arrivals(q, 1, rate_per_s=0)
 
 
@@ -199,3 +199,12 @@ def test_littles_law_from_samples_compares_an_observed_L_with_lambda_times_W():
     assert result["L_sampled"] == pytest.approx((100 + 50 + 1) / 3)
     assert result["arrival_rate"] == pytest.approx(100.0)
     assert result["L_predicted"] == pytest.approx(100.0 * 0.505)
+
+
+@pytest.mark.real_redis
+def test_a_runs_reported_makespan_is_metrics_makespan_of_its_attempts(redis_url, queue_name):
+    from wqsim import RunConfig, connect, run
+
+    report = run(RunConfig(queue=queue_name, tasks=12, workers=2, duration_ms=5, mode="thread"), url=redis_url)
+    df = metrics.attempts(Queue(connect(redis_url), queue_name))
+    assert report.makespan_s == metrics.makespan(df) > 0

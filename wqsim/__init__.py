@@ -14,7 +14,7 @@ from .acl import PermissionDenied
 from .audit import Audit, audit
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import BadRedisUrl, RedisUnavailable, connect, embedded_server, resolve_url
-from .generator import arrivals, generate, make_tasks
+from .generator import arrivals, generate, generate_graph, make_tasks
 from .graph import Bounds, GraphError, bounds, chain, diamond, fanout, layered
 from .handlers import HandlerRegistry, UnknownKind, register, registry
 from .keys import Keys
@@ -58,6 +58,7 @@ __all__ = [
     "resolve_url",
     "arrivals",
     "generate",
+    "generate_graph",
     "make_tasks",
     "Bounds",
     "GraphError",

@@ -9,6 +9,10 @@ does: the signal is only recorded (see wqsim.stopping), and the command then
 stops its workers gracefully: each finishes the task in hand and hands back
 what it has not started.
 
+``work``, ``run`` and ``generate`` first import the modules named by
+``$WQSIM_IMPORTS`` (comma-separated) and ``--import MODULE`` (repeatable), so
+they can run (or accept) task kinds those modules register (see wqsim.handlers).
+
 ``acl`` prints the least-privilege ACL rule for a queue (see wqsim.acl).
 
 Exit codes: 0 success (a ``work`` stopped by SIGTERM included); 1 the run
@@ -17,7 +21,7 @@ had to be killed, a queue that vanished from Redis, a ``status`` whose audit
 finds tasks lost), or an enqueue Redis refused for want of memory (nothing was
 written: try again once there is room); 2 bad arguments or configuration (a bad
 Redis URL, a Redis user without a permission wqsim needs, a Redis whose
-maxmemory-policy may evict keys); 3 Redis unreachable, not Redis, or TLS
+maxmemory-policy may evict keys, a module to import that cannot be imported); 3 Redis unreachable, not Redis, or TLS
 verification failed; 130 ``run`` interrupted. Errors are one readable line,
 never a traceback.
 """
@@ -31,6 +35,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import redis
 
@@ -40,8 +45,9 @@ from .audit import audit
 from .chaos import injected
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import BadRedisUrl, RedisUnavailable, connect, redact, resolve_url
-from .generator import generate
-from .graph import example as example_graph
+from .generator import generate, generate_graph
+from .graph import GRAPHS
+from .handlers import IMPORTS_ENV, ImportFailed, UnknownKind, import_modules, modules_to_import, registry
 from .keys import Keys, check_id
 from .listener import Listener
 from .pool import WorkerPool
@@ -59,9 +65,19 @@ CHAOS_PRESET = {"fail_p": 0.05, "hang_p": 0.01, "crash_p": 0.01, "straggler_p": 
 CHAOS_LEASE_S = 0.5
 STOP_GRACE_S = 60.0  # how long stopping workers may take to finish the task in hand before they are killed
 
+# Exit codes (the module docstring says when each is used).
+EXIT_OK = 0
+EXIT_UNCLEAN = 1  # the command ran, but the outcome is not clean
+EXIT_CONFIG = 2  # bad arguments or configuration: nothing was run
+EXIT_UNREACHABLE = 3  # Redis unreachable, not Redis, or TLS verification failed
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
+KIND_HELP = "task kind: sleep, noop, or one an --import module registers (default: sleep)"
+
 
 class UsageError(Exception):
-    """Bad command-line arguments: reported in one line, exit code 2."""
+    """Bad command-line arguments: reported in one line, exit code EXIT_CONFIG."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--queue", default="seed", help="queue name (default: seed)")
         p.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else an embedded Redis")
+
+    def imports(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help=f"import MODULE first, so it can register task kinds (repeatable; adds to ${IMPORTS_ENV}, "
+            "a comma-separated list; the current directory is searched first)",
+        )
 
     def storage(p: argparse.ArgumentParser, retention: bool) -> None:
         p.add_argument(
@@ -113,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the seed scenario: generate, work, listen, reap, audit")
     common(p)
+    imports(p)
     p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
     p.add_argument(
         "--workers",
@@ -126,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="each sleep task's duration (default: 10)",
     )
-    p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
+    p.add_argument("--kind", default="sleep", help=KIND_HELP)
     p.add_argument("--mode", choices=("process", "thread"), default="process")
     p.add_argument(
         "--batch-size",
@@ -174,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)")
     p.add_argument(
         "--graph",
-        choices=("chain", "fanout", "diamond", "layered"),
+        choices=tuple(GRAPHS),
         default=None,
         help="run an example dependency graph of about --tasks sleep tasks",
     )
@@ -192,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write tasks (or work packages, or a graph) into a queue, then exit")
     common(p)
+    imports(p)
     p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
     p.add_argument(
         "--duration-ms",
@@ -199,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="each sleep task's duration (default: 10)",
     )
-    p.add_argument("--kind", default="sleep", help="task kind: sleep or noop (default: sleep)")
+    p.add_argument("--kind", default="sleep", help=KIND_HELP)
     p.add_argument(
         "--package-size",
         type=positive_int("package_size"),
@@ -220,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--graph",
-        choices=("chain", "fanout", "diamond", "layered"),
+        choices=tuple(GRAPHS),
         default=None,
         help="an example dependency graph of about --tasks sleep tasks",
     )
@@ -233,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "work", help="a pool of workers on a queue, until stopped (or, with --once, until it is drained)"
     )
     common(p)
+    imports(p)
     p.add_argument(
         "--workers",
         type=positive_int("workers"),
@@ -361,12 +391,18 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
+def _check_kind(kind: str) -> None:
+    """Refuse, before anything is written, a kind no worker could run: a typo, or a
+    module not imported (here, after --import and $WQSIM_IMPORTS have been)."""
+    try:
+        registry.get(kind)
+    except UnknownKind as exc:
+        raise UnknownKind(f"{exc}; name the module that registers it with --import MODULE or ${IMPORTS_ENV}") from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _run_config(args)
-    if args.kind not in ("sleep", "noop"):
-        from .handlers import registry
-
-        registry.get(args.kind)  # raises UnknownKind with the registered names
+    _check_kind(args.kind)
     _connect(args, resolve_url(args.redis_url))
     if args.quiet or args.progress:
         logging.getLogger("wqsim.worker").setLevel(logging.WARNING)
@@ -394,17 +430,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     if stop.is_set():
         print(f"wqsim: interrupted by {stop.reason}; workers stopped, nothing in flight was lost", file=sys.stderr)
-        return 130
-    return 0 if report.ok else 1
+        return EXIT_INTERRUPTED
+    return EXIT_OK if report.ok else EXIT_UNCLEAN
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     if args.graph and args.package_size:
         raise ValueError("a graph cannot be bundled into work packages (drop --package-size)")
-    if args.kind not in ("sleep", "noop"):
-        from .handlers import registry
-
-        registry.get(args.kind)  # raises UnknownKind with the registered names
+    _check_kind(args.kind)
     url = resolve_url(args.redis_url)
     queue = Queue(_connect(args, url), args.queue)
     check_eviction_policy(queue.client, f"Redis at {redact(url)}", args.allow_eviction)
@@ -414,13 +447,18 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if retention is not None:
         queue.set_retention(retention)
     if args.graph:
-        tasks = example_graph(args.graph, args.tasks, args.duration_ms, args.seed)
-        for task in tasks:
-            task.max_attempts = args.max_attempts
-            task.timeout_s = args.task_timeout_s
-        queue.enqueue(tasks, allow_failure=args.allow_failure)
+        tasks = generate_graph(
+            queue,
+            args.graph,
+            args.tasks,
+            args.duration_ms,
+            args.seed,
+            args.max_attempts,
+            args.task_timeout_s,
+            args.allow_failure,
+        )
         log.info("Created a %s graph of %d tasks on queue %r at %s", args.graph, len(tasks), args.queue, redact(url))
-        return 0
+        return EXIT_OK
     generate(
         queue,
         args.tasks,
@@ -439,7 +477,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         args.queue,
         total,
     )
-    return 0
+    return EXIT_OK
 
 
 def _cmd_work(args: argparse.Namespace) -> int:
@@ -481,14 +519,14 @@ def _cmd_work(args: argparse.Namespace) -> int:
                     "Workers did not stop within %g s; killing them (the reaper returns their tasks)", STOP_GRACE_S
                 )
                 pool.terminate()
-                return 1
+                return EXIT_UNCLEAN
     if pool.queue_vanished():
         log.error(
             "Queue %r vanished from Redis while it was worked on: its tasks were lost "
             "(wqsim status --expected N counts them)",
             args.queue,
         )
-        return 1
+        return EXIT_UNCLEAN
     hashless = Queue(client, args.queue).counters().get("vanished", 0) - vanished_before
     if hashless > 0:
         log.error(
@@ -497,9 +535,9 @@ def _cmd_work(args: argparse.Namespace) -> int:
             hashless,
             args.queue,
         )
-        return 1
+        return EXIT_UNCLEAN
     log.info("All workers stopped")
-    return 0
+    return EXIT_OK
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
@@ -515,7 +553,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         )
         result = listener.wait(args.timeout_s, should_stop=stop.is_set, on_idle=printer.flush_if_due)
     printer.flush()
-    return 1 if result.timed_out else 0
+    return EXIT_UNCLEAN if result.timed_out else EXIT_OK
 
 
 class _ProgressPrinter:
@@ -552,14 +590,14 @@ def _cmd_reap(args: argparse.Namespace) -> int:
     if args.once:
         result = reaper.reap_once()
         log.info("Returned %d task(s), dead-lettered %d", result.returned, result.buried)
-        return 0
+        return EXIT_OK
     log.info("Reaping queue %r every %g s; Ctrl-C or SIGTERM to stop", args.queue, args.interval_s)
     reaper.reap_once()  # here, not in the thread: a refused permission ends the command in one line
     with StopRequest() as stop:
         reaper.start()
         stop.wait()
         reaper.stop()
-    return 0
+    return EXIT_OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -571,23 +609,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print("  " + ", ".join(f"{k} {v}" for k, v in lengths.items()))
     print("  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none"))
     now = time.time()
-    leases = queue.client.zrange(queue.keys.inflight, 0, 19, withscores=True)
+    # wqsim's clients decode replies (see connection.connect): members are str, scores float.
+    leases = cast("list[tuple[str, float]]", queue.client.zrange(queue.keys.inflight, 0, 19, withscores=True))
     if leases:
         print(f"  leases in flight ({lengths['inflight']}, soonest deadline first):")
         for lease, deadline in leases:
             held = queue.client.scard(queue.keys.held(lease))
             print(f"    {lease}: {held} task(s), deadline in {deadline - now:.1f} s")
-    dead = queue.client.lrange(queue.keys.dead, 0, 9)
+    dead = cast("list[str]", queue.client.lrange(queue.keys.dead, 0, 9))
     if dead:
         print(f"  dead letters ({lengths['dead']}, newest first):")
         for task_id in dead:
-            print(f"    {task_id}: {queue.client.hget(queue.keys.task(task_id), 'error')}")
+            error = cast("str | None", queue.client.hget(queue.keys.task(task_id), "error"))
+            print(f"    {task_id}: {error}")
     result = audit(queue, expected=args.expected)
     print("  audit: " + result.summary())
     if result.lost or result.counters_lost:
         print(f"wqsim: {result.lost} task(s) of queue {args.queue!r} lost from Redis", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_UNCLEAN
+    return EXIT_OK
 
 
 def _cmd_acl(args: argparse.Namespace) -> int:
@@ -599,7 +639,7 @@ def _cmd_acl(args: argparse.Namespace) -> int:
         user,
         user,
     )
-    return 0
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -612,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "required: command" in str(exc):  # no command at all: the help lists them, as argparse's usage would
             parser.print_help(sys.stderr)
         print(f"wqsim: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s.%(msecs)03d %(message)s",
@@ -629,31 +669,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "acl": _cmd_acl,
     }
     try:
-        Keys(args.queue)  # a bad queue name: one line and exit 2, before anything starts
+        Keys(args.queue)  # a bad queue name: one line and EXIT_CONFIG, before anything starts
+        if hasattr(args, "imports"):  # before any worker is forked: forked workers inherit the kinds
+            import_modules(modules_to_import(args.imports))
         return commands[args.command](args)
     except (BadRedisUrl, acl.PermissionDenied) as exc:
         print(f"wqsim: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except RedisUnavailable as exc:
         print(f"wqsim: error: {exc}", file=sys.stderr)
-        return 3
-    except (ValueError, LookupError) as exc:
+        return EXIT_UNREACHABLE
+    except (ValueError, LookupError, ImportFailed) as exc:
         if verbose:
             raise
         print(f"wqsim: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         print("wqsim: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if acl.is_permission_error(exc) and not verbose:
             user = acl.user_of_url(resolve_url(args.redis_url))
             print(f"wqsim: error: {acl.explain(exc, args.queue, user)}", file=sys.stderr)
-            return 2
+            return EXIT_CONFIG
         if verbose:
             raise
         print(f"wqsim: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_UNCLEAN
 
 
 __all__ = ["main", "build_parser"]

@@ -24,8 +24,9 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# The one set of numeric rules, shared by the dataclasses below and the CLI's argparse
-# converters (wqsim.arguments), so a setting is held to the same rule wherever it is given.
+# The one set of numeric rules, shared by the dataclasses below, the CLI's argparse
+# converters (wqsim.arguments) and every function that takes a count, a duration or a
+# probability, so a setting is held to the same rule, in the same words, wherever it is given.
 # Each names the field and the value it got; NaN fails every comparison, so it fails each rule.
 def check_positive(name: str, value: float) -> float:
     """A positive, finite number (a duration, an interval, a factor)."""
@@ -41,7 +42,15 @@ def check_non_negative(name: str, value: float) -> float:
     return value
 
 
+def check_int(name: str, value: int) -> int:
+    """An integer, and not a bool (True is an int to Python, never a count or a seed to us)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer (got {value!r})")
+    return value
+
+
 def check_int_at_least(name: str, value: int, low: int) -> int:
+    """An integer >= ``low`` (a count: 1 for tasks and workers, 0 where none is allowed)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
     return value
@@ -58,14 +67,6 @@ def check_probability(name: str, value: float) -> float:
     if not _is_number(value) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a probability between 0 and 1 (got {value!r})")
     return value
-
-
-_positive = check_positive
-_probability = check_probability
-
-
-def _at_least(name: str, value: int, low: int) -> None:
-    check_int_at_least(name, value, low)
 
 
 # claim.lua hands a worker at most this many prerequisites of one task (one more when
@@ -182,15 +183,15 @@ class WorkerConfig:
             "flush_interval_s",
             "prefetch_below_s",
         ):
-            _positive(name, getattr(self, name))
-        _at_least("batch_size", self.batch_size, 1)
-        _at_least("prefetch", self.prefetch, 0)
+            check_positive(name, getattr(self, name))
+        check_int_at_least("batch_size", self.batch_size, 1)
+        check_int_at_least("prefetch", self.prefetch, 0)
         if self.task_timeout_s is not None:
             check_time_limit("task_timeout_s", self.task_timeout_s)
         if self.lease_s < 0.01:
             raise ValueError(f"lease_s must be at least 0.01 s (got {self.lease_s!r})")
         if self.ping_interval_s is not None:
-            _positive("ping_interval_s", self.ping_interval_s)
+            check_positive("ping_interval_s", self.ping_interval_s)
             if not self.lease_s > self.ping_interval_s:
                 raise ValueError(
                     f"lease_s must be longer than ping_interval_s (got {self.lease_s!r} <= {self.ping_interval_s!r})"
@@ -235,11 +236,10 @@ class ChaosConfig:
 
     def __post_init__(self) -> None:
         for name in ("fail_p", "hang_p", "crash_p", "straggler_p"):
-            _probability(name, getattr(self, name))
-        _positive("straggler_factor", self.straggler_factor)
-        _positive("hang_s", self.hang_s)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer (got {self.seed!r})")
+            check_probability(name, getattr(self, name))
+        check_positive("straggler_factor", self.straggler_factor)
+        check_positive("hang_s", self.hang_s)
+        check_int("seed", self.seed)
 
     @property
     def active(self) -> bool:
@@ -289,18 +289,18 @@ class RunConfig:
             raise ValueError("a graph cannot be bundled into work packages (drop package_size)")
 
         Keys(self.queue)  # validates the name
-        _at_least("tasks", self.tasks, 1)
-        _at_least("workers", self.workers, 1)
-        _at_least("max_attempts", self.max_attempts, 1)
+        check_int_at_least("tasks", self.tasks, 1)
+        check_int_at_least("workers", self.workers, 1)
+        check_int_at_least("max_attempts", self.max_attempts, 1)
         if self.package_size is not None:
-            _at_least("package_size", self.package_size, 1)
+            check_int_at_least("package_size", self.package_size, 1)
         check_non_negative("duration_ms", self.duration_ms)
         if self.mode not in ("process", "thread"):
             raise ValueError(f"mode must be 'process' or 'thread' (got {self.mode!r})")
         if self.timeout_s is not None:
-            _positive("timeout_s", self.timeout_s)
+            check_positive("timeout_s", self.timeout_s)
         if self.reap_interval_s is not None:
-            _positive("reap_interval_s", self.reap_interval_s)
+            check_positive("reap_interval_s", self.reap_interval_s)
 
     @property
     def listener_timeout_s(self) -> float:

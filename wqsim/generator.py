@@ -1,4 +1,6 @@
-"""Makes example tasks and enqueues them, as the seed's work server does first."""
+"""Makes example tasks and enqueues them, as the seed's work server does first:
+independent sleep tasks (``generate``), arrivals spread out in time (``arrivals``),
+or an example task graph (``generate_graph``)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import check_int_at_least, check_non_negative
+from .config import check_int_at_least, check_non_negative, check_positive
+from .graph import example
 from .keys import IdRange
 from .queue import Queue
 from .task import Task
@@ -66,8 +69,7 @@ def generate(
     WorkerConfig.task_timeout_s). Returns the new task ids (an IdRange).
     """
     logger = logger or log
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an integer >= 1 (got {count!r})")
+    check_int_at_least("count", count, 1)
     check_non_negative("duration_ms", duration_ms)
     check_int_at_least("chunk", chunk, 1)
     if package_size is not None:
@@ -106,6 +108,31 @@ def generate(
     return ids
 
 
+def generate_graph(
+    queue: Queue,
+    name: str,
+    tasks: int = 20,
+    duration_ms: float = 10.0,
+    seed: int = 0,
+    max_attempts: int = 3,
+    timeout_s: float | None = None,
+    allow_failure: bool = False,
+) -> list[Task]:
+    """Enqueue the example graph ``name`` (see wqsim.graph.example) and return its tasks.
+
+    The graph is written as one atomic unit (Queue.enqueue), so a dependent
+    never waits on a half-written graph; ``allow_failure`` lets dependents of a
+    failed task run instead of being cancelled. ``max_attempts`` and
+    ``timeout_s`` apply to every task, as in ``generate``.
+    """
+    graph = example(name, tasks, duration_ms, seed)
+    for task in graph:
+        task.max_attempts = max_attempts
+        task.timeout_s = timeout_s
+    queue.enqueue(graph, allow_failure=allow_failure)
+    return graph
+
+
 def arrivals(
     queue: Queue,
     count: int,
@@ -124,10 +151,9 @@ def arrivals(
     counted from the first (so a slow enqueue does not shift the rest).
     Blocks until the last task is enqueued; returns the ids.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an integer >= 1 (got {count!r})")
-    if isinstance(rate_per_s, bool) or not isinstance(rate_per_s, (int, float)) or not rate_per_s > 0:
-        raise ValueError(f"rate_per_s must be a positive number (got {rate_per_s!r})")
+    check_int_at_least("count", count, 1)
+    check_positive("rate_per_s", rate_per_s)
+    check_non_negative("duration_ms", duration_ms)
     rng = random.Random(seed)
     payload: dict[str, Any] = {"duration_ms": duration_ms} if kind == "sleep" else {}
     ids = queue.allocate_ids(count)

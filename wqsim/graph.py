@@ -10,12 +10,13 @@ atomically, in the script that records a completion (``lua/_lib.lua``).
 
 from __future__ import annotations
 
+import graphlib
 import math
 import random
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .config import check_int_at_least, check_probability
 from .task import Task
 
 
@@ -44,54 +45,44 @@ def validate(tasks: Sequence[Task]) -> dict[str, list[str]]:
             if task.id in dependents[prereq]:
                 raise GraphError(f"task {task.id} lists prerequisite {prereq} twice")
             dependents[prereq].append(task.id)
-    cycle = find_cycle({t.id: list(t.depends_on) for t in tasks})
+    cycle = find_cycle({t.id: t.depends_on for t in tasks})
     if cycle:
         raise GraphError(f"dependency cycle: {' -> '.join(cycle)}")
     return dependents
 
 
-def find_cycle(prerequisites: dict[str, list[str]]) -> list[str] | None:
+def _sorter(prerequisites: Mapping[str, Iterable[str]]) -> graphlib.TopologicalSorter[str]:
+    """The standard library's topological sorter (Kahn's algorithm) over these edges.
+
+    Every id is added before any edge, so tasks that become ready together come
+    out in submission order, and the order reads layer by layer.
+    """
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for task_id in prerequisites:
+        sorter.add(task_id)
+    for task_id, prereqs in prerequisites.items():
+        sorter.add(task_id, *prereqs)
+    return sorter
+
+
+def find_cycle(prerequisites: Mapping[str, Iterable[str]]) -> list[str] | None:
     """A cycle as a path ``[a, b, ..., a]`` (each depends on the next), or None.
 
-    Iterative depth-first search with three colours, so a 100,000-task chain
-    does not hit Python's recursion limit.
+    graphlib finds it without recursion (a 100,000-task chain is fine) and hands
+    it over in ``CycleError.args[1]`` the other way round: each node a
+    prerequisite of the next. Reversed, it reads as the dependencies do.
     """
-    WHITE, GREY, BLACK = 0, 1, 2
-    colour = dict.fromkeys(prerequisites, WHITE)
-    for root in prerequisites:
-        if colour[root] != WHITE:
-            continue
-        path: list[str] = [root]
-        stack = [iter(prerequisites[root])]
-        colour[root] = GREY
-        while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
-                colour[path.pop()] = BLACK
-                stack.pop()
-            elif colour[nxt] == GREY:
-                return path[path.index(nxt) :] + [nxt]
-            elif colour[nxt] == WHITE:
-                colour[nxt] = GREY
-                path.append(nxt)
-                stack.append(iter(prerequisites[nxt]))
+    try:
+        _sorter(prerequisites).prepare()
+    except graphlib.CycleError as exc:
+        return list(reversed(exc.args[1]))
     return None
 
 
 def topological_order(tasks: Sequence[Task]) -> list[str]:
-    """Task ids, each after all of its prerequisites (Kahn's algorithm; validates first)."""
-    dependents = validate(tasks)
-    waiting = {t.id: len(t.depends_on) for t in tasks}
-    ready = deque(t.id for t in tasks if not t.depends_on)  # FIFO: the order reads layer by layer
-    order: list[str] = []
-    while ready:
-        task_id = ready.popleft()
-        order.append(task_id)
-        for dep in dependents[task_id]:
-            waiting[dep] -= 1
-            if waiting[dep] == 0:
-                ready.append(dep)
-    return order
+    """Task ids, each after all of its prerequisites (validates first)."""
+    validate(tasks)
+    return list(_sorter({t.id: t.depends_on for t in tasks}).static_order())
 
 
 def sleep_seconds(task: Task) -> float:
@@ -120,8 +111,7 @@ class Bounds:
 
 def bounds(tasks: Sequence[Task], workers: int = 1, duration: Callable[[Task], float] = sleep_seconds) -> Bounds:
     """The critical path and the work/workers bound of a graph (durations by ``duration``)."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1 (got {workers})")
+    check_int_at_least("workers", workers, 1)
     by_id = {t.id: t for t in tasks}
     finish: dict[str, float] = {}
     via: dict[str, str | None] = {}
@@ -154,13 +144,13 @@ def _sleep(task_id: str, duration_ms: float, depends_on: Iterable[str] = (), **k
 
 def chain(length: int, duration_ms: float = 10.0, prefix: str = "chain") -> list[Task]:
     """t1 -> t2 -> ... -> tn: each needs the one before. Critical path = all of it."""
-    _check_positive("length", length)
+    check_int_at_least("length", length, 1)
     return [_sleep(f"{prefix}-{i}", duration_ms, [f"{prefix}-{i - 1}"] if i > 1 else []) for i in range(1, length + 1)]
 
 
 def fanout(width: int, duration_ms: float = 10.0, prefix: str = "fan") -> list[Task]:
     """Map-reduce: one split task, ``width`` map tasks that need it, one reduce that needs them all."""
-    _check_positive("width", width)
+    check_int_at_least("width", width, 1)
     maps = [_sleep(f"{prefix}-map-{i}", duration_ms, [f"{prefix}-split"]) for i in range(1, width + 1)]
     return [
         _sleep(f"{prefix}-split", duration_ms),
@@ -191,10 +181,9 @@ def layered(
     """A random layered DAG: each task depends on each task of the layer above with
     probability ``edge_p`` (at least one, so the layers really are layers).
     Durations are uniform in ``duration_ms``; ``seed`` makes it reproducible."""
-    _check_positive("layers", layers)
-    _check_positive("width", width)
-    if not 0.0 <= edge_p <= 1.0:
-        raise ValueError(f"edge_p must be within [0, 1] (got {edge_p})")
+    check_int_at_least("layers", layers, 1)
+    check_int_at_least("width", width, 1)
+    check_probability("edge_p", edge_p)
     rng = random.Random(seed)
     low, high = duration_ms
     tasks: list[Task] = []
@@ -226,7 +215,7 @@ def example(name: str, tasks: int = 20, duration_ms: float = 10.0, seed: int = 0
     """
     if name not in GRAPHS:
         raise ValueError(f"unknown graph {name!r} (choose from {', '.join(GRAPHS)})")
-    _check_positive("tasks", tasks)
+    check_int_at_least("tasks", tasks, 1)
     if name == "chain":
         return chain(tasks, duration_ms)
     if name == "fanout":
@@ -237,8 +226,3 @@ def example(name: str, tasks: int = 20, duration_ms: float = 10.0, seed: int = 0
     return layered(
         layers=max(1, -(-tasks // width)), width=width, duration_ms=(duration_ms / 2, duration_ms * 1.5), seed=seed
     )
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1 (got {value!r})")

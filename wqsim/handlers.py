@@ -2,19 +2,37 @@
 
 Workers only run kinds registered here. A task names its kind as a string, so
 data in Redis selects among known functions and can never smuggle in code.
+
+Your own kinds live in your own module, registered when it is imported::
+
+    import wqsim
+
+    @wqsim.register("resize", timeout_s=60)
+    def resize(task: wqsim.Task) -> dict[str, int]:
+        ...
+
+``wqsim work --import myapp.tasks`` (or ``WQSIM_IMPORTS=myapp.tasks``) imports
+it before forking the workers, which inherit the registry (RQ, Celery's ``-A``,
+arq and Huey load their tasks the same way: by importing the user's module).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
+import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, overload
 
 from .config import check_time_limit
 from .task import Task
 
 Handler = Callable[[Task], Any]
+H = TypeVar("H", bound=Handler)
+
+IMPORTS_ENV = "WQSIM_IMPORTS"  # comma-separated modules to import, before any given by --import
 
 
 class UnknownKind(LookupError):
@@ -28,7 +46,13 @@ class HandlerRegistry:
         self._handlers: dict[str, Handler] = {}
         self._time_limits: dict[str, float] = {}
 
-    def register(self, kind: str, handler: Handler | None = None, timeout_s: float | None = None) -> Any:
+    @overload
+    def register(self, kind: str, handler: H, timeout_s: float | None = None) -> H: ...
+
+    @overload
+    def register(self, kind: str, handler: None = None, timeout_s: float | None = None) -> Callable[[H], H]: ...
+
+    def register(self, kind: str, handler: H | None = None, timeout_s: float | None = None) -> H | Callable[[H], H]:
         """Register ``handler`` for ``kind``; usable as ``@registry.register("kind")``.
 
         ``timeout_s``: the time limit of one attempt of this kind, overriding the
@@ -39,7 +63,7 @@ class HandlerRegistry:
         if timeout_s is not None:
             check_time_limit(f"timeout_s of kind {kind!r}", timeout_s)
 
-        def add(fn: Handler) -> Handler:
+        def add(fn: H) -> H:
             self._handlers[kind] = fn
             if timeout_s is None:
                 self._time_limits.pop(kind, None)
@@ -91,7 +115,8 @@ def _a(value: object) -> str:
         if math.isnan(value):
             return "not a number"
         return "an infinite number" if math.isinf(value) else "a negative number" if value < 0 else "a number"
-    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
+    names: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def noop(task: Task) -> None:
@@ -103,3 +128,36 @@ registry = HandlerRegistry()
 registry.register("sleep", sleep)
 registry.register("noop", noop)
 register = registry.register
+
+
+class ImportFailed(Exception):
+    """A handler module could not be imported; the message is one line naming it and why."""
+
+
+def modules_to_import(given: Iterable[str] = (), environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The modules named by $WQSIM_IMPORTS (comma-separated), then those ``given``, each once.
+
+    The variable suits a container or a shell profile; flags add to it, never replace it.
+    """
+    names = [n.strip() for n in environ.get(IMPORTS_ENV, "").split(",")] + [n.strip() for n in given]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def import_modules(names: Iterable[str]) -> None:
+    """Import each module, so that it registers its kinds on the default registry.
+
+    The current directory goes first on sys.path, as ``python -m`` puts it there,
+    so ``--import myapp.tasks`` finds ./myapp/tasks.py when run from the project
+    (the ``wqsim`` script alone would only see installed packages). Anything the
+    import raises becomes one ImportFailed line: a missing module, a typo in it,
+    or an error in its own top-level code.
+    """
+    names = list(names)
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            why = "; ".join(str(exc).splitlines())  # one line, whatever the exception says
+            raise ImportFailed(f"cannot import {name!r}: {type(exc).__name__}: {why}") from exc

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from .config import check_int_at_least, check_positive
 from .queue import Queue
 
 COLUMNS = [
@@ -100,7 +101,10 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def makespan(df: pd.DataFrame) -> float:
-    """Seconds from the first attempt's start to the last attempt's finish."""
+    """Seconds from the first attempt's start to the last attempt's finish (0 if none ran).
+
+    The one definition of a run's makespan: RunReport.makespan_s is this, too.
+    """
     ran = df.dropna(subset=["started_at", "finished_at"])
     return float(ran["finished_at"].max() - ran["started_at"].min()) if len(ran) else 0.0
 
@@ -194,8 +198,9 @@ def erlang_c(arrival_rate: float, service_time_s: float, servers: int) -> float:
     Computed through the Erlang B recursion, which stays stable for hundreds
     of servers where the textbook factorials overflow.
     """
-    if servers < 1 or arrival_rate <= 0 or service_time_s <= 0:
-        raise ValueError("erlang_c needs servers >= 1 and positive arrival rate and service time")
+    check_positive("arrival_rate", arrival_rate)
+    check_positive("service_time_s", service_time_s)
+    check_int_at_least("servers", servers, 1)
     load = arrival_rate * service_time_s  # offered traffic, in Erlangs
     if load >= servers:
         return 1.0  # unstable: every arrival waits, and the queue grows without bound
@@ -239,10 +244,8 @@ class LengthSampler:
     """
 
     def __init__(self, queue: Queue, every_s: float = 0.01) -> None:
-        if not every_s > 0:
-            raise ValueError(f"every_s must be positive (got {every_s!r})")
         self.queue = queue
-        self.every_s = every_s
+        self.every_s = check_positive("every_s", every_s)
         self.rows: list[tuple[float, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wqsim-length-sampler", daemon=True)

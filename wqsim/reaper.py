@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from .config import check_positive
 from .queue import Queue, ReapResult
 
 log = logging.getLogger("wqsim.reaper")
@@ -17,10 +18,8 @@ log = logging.getLogger("wqsim.reaper")
 
 class Reaper:
     def __init__(self, queue: Queue, interval_s: float = 1.0, logger: logging.Logger | None = None) -> None:
-        if not interval_s > 0:
-            raise ValueError(f"interval_s must be positive (got {interval_s!r})")
         self.queue = queue
-        self.interval_s = interval_s
+        self.interval_s = check_positive("interval_s", interval_s)
         self.log = logger or log
         self.returned = 0
         self.buried = 0

@@ -16,10 +16,9 @@ from .acl import PermissionDenied
 from .audit import Audit, audit
 from .config import RunConfig
 from .connection import connect, redact, resolve_url
-from .generator import generate
+from .generator import generate, generate_graph
 from .graph import Bounds
 from .graph import bounds as graph_bounds
-from .graph import example as example_graph
 from .listener import Listener, ListenResult, ProgressCallback
 from .pool import WorkerPool
 from .queue import Queue
@@ -37,7 +36,7 @@ class RunReport:
     wall_s: float  # from the first worker's start to the last finished message
     restarts: int  # worker processes replaced after dying
     reaped: int  # tasks the reaper returned to the queue
-    makespan_s: float = 0.0  # first start to last finish, from the task hashes
+    makespan_s: float = 0.0  # first start to last finish: wqsim.metrics.makespan of the run's attempts
     bounds: Bounds | None = None  # for a graph: the critical path and work/workers
 
     @property
@@ -93,7 +92,7 @@ def run(
     url = resolve_url(url)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
         bar = tqdm(total=cfg.tasks if not cfg.graph else None, unit="task", desc=f"queue {cfg.queue}")
         inner = on_progress
@@ -120,10 +119,15 @@ def run(
     listener = Listener(connect(url), cfg.queue, worker_ids, logger=logger, on_progress=on_progress).start()
     bounds = None
     if cfg.graph:
-        tasks = example_graph(cfg.graph, cfg.tasks, cfg.duration_ms, cfg.graph_seed)
-        for task in tasks:
-            task.max_attempts = cfg.max_attempts
-        queue.enqueue(tasks, allow_failure=cfg.allow_failure)
+        tasks = generate_graph(
+            queue,
+            cfg.graph,
+            cfg.tasks,
+            cfg.duration_ms,
+            cfg.graph_seed,
+            cfg.max_attempts,
+            allow_failure=cfg.allow_failure,
+        )
         created = len(tasks)
         bounds = graph_bounds(tasks, cfg.workers)
         if bar is not None:
@@ -164,7 +168,7 @@ def run(
     if pool.refused is not None:
         raise PermissionDenied(pool.refused)
     result = audit(queue, expected=created)  # what this run created, even if Redis forgot it
-    report = RunReport(cfg, result, listened, wall_s, pool.restarts, reaper.returned, makespan(queue), bounds)
+    report = RunReport(cfg, result, listened, wall_s, pool.restarts, reaper.returned, _makespan(queue), bounds)
     logger.info(report.summary())
     if bounds is not None:
         logger.info(report.makespan_summary())
@@ -175,11 +179,12 @@ def run(
     return report
 
 
-def makespan(queue: Queue) -> float:
-    """Seconds from the first task's start to the last one's finish (0 if none ran)."""
-    starts, ends = [], []
-    for _, (started, finished) in queue.iter_task_hashes(("started_at", "finished_at")):
-        if started and finished:
-            starts.append(float(started))
-            ends.append(float(finished))
-    return max(ends) - min(starts) if starts else 0.0
+def _makespan(queue: Queue) -> float:
+    """The run's makespan, as wqsim.metrics defines it, from the queue's records.
+
+    metrics (and pandas with it) is imported here, once the run is over, so the
+    CLI and the worker processes it forks start without it.
+    """
+    from . import metrics
+
+    return metrics.makespan(metrics.attempts(queue))
