@@ -305,6 +305,15 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
     ".venv/bin/wqsim": (THIS + "test_wqsim_alone_prints_the_help_and_exits_2",),
     "python -m wqsim": (THIS + "test_wqsim_alone_prints_the_help_and_exits_2",),
     "wqsim": (THIS + "test_wqsim_alone_prints_the_help_and_exits_2",),
+    # Task kinds of your own: tests/test_imports.py runs the wqsim script from a project directory
+    "wqsim work --import myapp.tasks": (
+        "tests/test_imports.py::test_work_with_import_runs_the_modules_kind_imported_once_in_the_parent_before_forking",
+    ),
+    "wqsim run --import myapp.tasks --kind resize": ("tests/test_imports.py::test_import_flags_add_to_wqsim_imports",),
+    "WQSIM_IMPORTS=myapp.tasks,myapp.more wqsim work": (
+        "tests/test_imports.py::test_run_takes_its_kind_from_a_module_named_in_wqsim_imports",
+        "tests/test_imports.py::test_wqsim_imports_is_comma_separated_and_flags_add_to_it_each_module_once",
+    ),
     # Docker Compose: tests/test_compose.py runs each service's command natively
     "docker compose up": (
         "tests/test_compose.py::test_docker_compose_config_accepts_the_file_with_and_without_the_cluster_profile",
@@ -326,7 +335,7 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
     "wqsim generate --queue cluster --tasks 400 --fresh": (
         "tests/test_compose.py::test_cluster_services_as_separate_processes_with_a_late_worker_and_an_early_stop_end_with_a_clean_audit",
     ),
-    "wqsim work --queue cluster --workers 1": (
+    "wqsim work --queue cluster --workers 1 --import wqsim.example_tasks": (
         "tests/test_compose.py::test_cluster_services_as_separate_processes_with_a_late_worker_and_an_early_stop_end_with_a_clean_audit",
     ),
     "wqsim reap --queue cluster": (
