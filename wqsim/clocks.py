@@ -35,7 +35,7 @@ class ServerClock:
     def sync(self, client: redis.Redis) -> float:
         """Measure the offset against Redis's TIME; returns it."""
         before = self.local()
-        seconds, micros = client.time()  # type: ignore[misc]  # redis-py types it as an awaitable too
+        seconds, micros = client.time()
         after = self.local()
         self.offset = seconds + micros / 1e6 - (before + after) / 2
         return self.offset
