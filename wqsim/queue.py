@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal, NamedTuple, TypeVar, cast
 
 import redis
@@ -279,7 +279,7 @@ class Queue:
 
     def set_retention(self, retention: Retention) -> None:
         """Make ``retention`` this queue's policy: every worker's scripts apply it from now on."""
-        self.client.hset(self.keys.retention, mapping=dict(retention.to_fields()))
+        self.client.hset(self.keys.retention, items=[x for pair in retention.to_fields().items() for x in pair])
 
     def retention(self) -> Retention:
         """The policy the scripts apply to this queue (the defaults unless one was set)."""
@@ -354,7 +354,7 @@ class Queue:
     def leases_of(self, worker: str, since: int = 0) -> set[str]:
         """The live leases of ``worker`` numbered above ``since`` (see leases_issued)."""
         out = set()
-        for lease in self.client.zrange(self.keys.inflight, 0, -1):
+        for lease in cast("list[str]", self.client.zrange(self.keys.inflight, 0, -1)):
             owner, number, _ = parse_lease(lease)
             if owner == worker and number > since:
                 out.add(lease)
@@ -422,7 +422,7 @@ class Queue:
 
     # -- inspecting --------------------------------------------------------------
     def counters(self) -> dict[str, int]:
-        raw = self.client.hgetall(self.keys.stats)
+        raw = cast("dict[str, str]", self.client.hgetall(self.keys.stats))
         return {name: int(value) for name, value in raw.items()}
 
     def ledger_enqueued(self) -> int:
@@ -454,7 +454,7 @@ class Queue:
         """The task as its hash holds it. TaskRetired if the hash is gone and done tasks
         have been retired (it most likely was one of them: the retention policy keeps no
         record per retired id), TaskNotFound if there is no such task."""
-        fields = self.client.hgetall(self.keys.task(task_id))
+        fields = cast("dict[str, str]", self.client.hgetall(self.keys.task(task_id)))
         if fields:
             return Task.from_hash(fields)
         pipe = self.client.pipeline(transaction=False)
@@ -477,7 +477,7 @@ class Queue:
             out[self.keys.task_id_of(key)] = Status(fields[0]) if fields[0] else Status.QUEUED
         return out
 
-    def iter_task_hashes(self, fields: Sequence[str], chunk: int = 1000):
+    def iter_task_hashes(self, fields: Sequence[str], chunk: int = 1000) -> Iterator[tuple[str, list[str | None]]]:
         """Yield (key, [values of ``fields``]) for every task hash of this queue."""
         batch: list[str] = []
         for key in self.reader.scan_iter(match=self.keys.task_pattern, count=chunk):
@@ -488,7 +488,7 @@ class Queue:
         if batch:
             yield from self._hmget_all(batch, fields)
 
-    def _hmget_all(self, keys: list[str], fields: Sequence[str]):
+    def _hmget_all(self, keys: list[str], fields: Sequence[str]) -> Iterator[tuple[str, list[str | None]]]:
         pipe = self.reader.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, list(fields))
@@ -496,7 +496,8 @@ class Queue:
 
     def events(self) -> list[dict[str, str]]:
         """The durable record: one entry per attempt outcome, oldest first."""
-        return [dict(fields, entry=entry_id) for entry_id, fields in self.client.xrange(self.keys.events)]
+        entries = cast("list[tuple[str, dict[str, str]]]", self.client.xrange(self.keys.events))
+        return [dict(fields, entry=entry_id) for entry_id, fields in entries]
 
     # -- housekeeping ------------------------------------------------------------
     def purge(self) -> int:

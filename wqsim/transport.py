@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 import redis
-from redis.connection import AbstractConnection
 
 from .replies import Reply
 from .scripts import scripts_for
 
+_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:  # hiredis packs a whole command in C; redis-py's packer encodes argument by argument
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - hiredis is a dependency, but stay correct without it
@@ -79,6 +79,23 @@ class Ticket(Generic[T]):
     def __init__(self, number: int, decode: Callable[[Reply], T]) -> None:
         self.number = number
         self.decode = decode
+
+
+class Wire(Protocol):
+    """The public methods of a redis-py connection that Pipelined uses, and no others
+    (redis-py leaves them unannotated: this is their type here)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]: ...
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]: ...
+
+    def send_packed_command(self, command: list[bytes], check_health: bool = True) -> None: ...
+
+    def read_response(self) -> Any: ...
+
+    def can_read(self, timeout: float = 0) -> bool: ...
+
+    def disconnect(self) -> None: ...
 
 
 class Transport(Protocol):
@@ -133,12 +150,13 @@ class Pooled:
         self._tickets = 0
 
     def call(self, request: Request[T]) -> T:
+        execute: Callable[..., Reply] = self.client.execute_command
         try:
-            reply = self.client.execute_command(*request.command)
+            reply = execute(*request.command)
         except redis.exceptions.NoScriptError:  # first use, or the server restarted
             assert request.script is not None  # only EVALSHA raises it
             self.client.script_load(scripts_for(self.client)[request.script].script)
-            reply = self.client.execute_command(*request.command)
+            reply = execute(*request.command)
         return request.decode(reply)
 
     def send(self, *requests: Request[Any]) -> list[Ticket[Any]]:
@@ -175,13 +193,13 @@ class Pipelined:
         self.check_stale = check_stale
         self.pid = os.getpid()
         self._pool = tolerant(client).connection_pool
-        self.conn: AbstractConnection | None = None
+        self.conn: Wire | None = None
         self._pending: deque[tuple[int, Request[Any]]] = deque()  # sent, reply not read yet
         self._replies: dict[int, Reply | redis.RedisError] = {}  # read, by ticket number
         self._tickets = 0
 
     # -- the connection ---------------------------------------------------------------
-    def _connection(self) -> AbstractConnection:
+    def _connection(self) -> Wire:
         """The connection, taken from the pool on first use with every script loaded.
 
         Loading up front matters for pipelining: a request sent ahead for a
@@ -193,7 +211,7 @@ class Pipelined:
             self._pending.clear()
             self._replies.clear()
         if self.conn is None:
-            conn = self._pool.get_connection()
+            conn = cast(Wire, self._pool.get_connection())
             try:
                 scripts = scripts_for(self.client).values()
                 conn.send_packed_command(conn.pack_commands([("SCRIPT", "LOAD", s.script) for s in scripts]))
@@ -209,18 +227,18 @@ class Pipelined:
         return self.conn
 
     @staticmethod
-    def _stale(conn: AbstractConnection) -> bool:
+    def _stale(conn: Wire) -> bool:
         """An idle connection has nothing to read unless the server closed it."""
         try:
             return conn.can_read(timeout=0)
         except redis.ConnectionError:
             return True
 
-    def _give_back(self, conn: AbstractConnection, broken: bool) -> None:
+    def _give_back(self, conn: Wire, broken: bool) -> None:
         """Return the connection to the pool (its slot is reused), closed if replies are unread."""
         if broken:
             conn.disconnect()
-        self._pool.release(conn)
+        self._pool.release(cast(Any, conn))  # the very object get_connection() gave
 
     def close(self) -> None:
         """Hand the connection back. Replies not yet read are lost: their leases expire and
@@ -234,12 +252,14 @@ class Pipelined:
     # -- sending and reading --------------------------------------------------------------
     def call(self, request: Request[T]) -> T:
         """Send one request and wait for its reply."""
-        return self.reply(self.send(request)[0])
+        ticket: Ticket[T] = self.send(request)[0]
+        return self.reply(ticket)
 
     def send(self, *requests: Request[Any]) -> list[Ticket[Any]]:
         """Send ``requests`` in one write, so Redis reads them together; returns their tickets."""
         conn = self._connection()
-        packed = b"".join(_pack(r.command) if _pack else b"".join(conn.pack_command(*r.command)) for r in requests)
+        pack = _pack
+        packed = b"".join(pack(r.command) if pack else b"".join(conn.pack_command(*r.command)) for r in requests)
         try:
             conn.send_packed_command([packed], check_health=False)
         except CONNECTION_ERRORS:
