@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from wqsim import Queue, Task, Worker, WorkerConfig
+from wqsim import Queue, Settlement, Task, Worker, WorkerConfig
 from wqsim.clocks import ServerClock
 
 
@@ -30,12 +30,27 @@ def test_a_worker_whose_clock_is_5_s_off_still_records_true_queue_waits_and_run_
         assert 0.05 <= ran_s <= elapsed_s  # at least the task's sleep, measured by one clock
 
 
-def test_a_server_clock_measures_its_offset_at_the_midpoint_of_the_round_trip(fake_client):
-    readings = iter([100.0, 100.2])  # the local clock before and after TIME
+def test_a_server_clock_keeps_the_offset_of_its_shortest_round_trip(fake_client):
+    """A stalled TIME round trip (a busy host) would put the midpoint far off: the shortest one is kept."""
+    slow, fast = [100.0, 100.4], [200.0, 200.002]  # the local clock before and after each TIME
+    readings = iter(slow + fast + slow * (ServerClock.SAMPLES - 2))
     clock = ServerClock(lambda: next(readings))
     server_now = float(fake_client.time()[0])
     offset = clock.sync(fake_client)
-    assert offset == pytest.approx(server_now - 100.1, abs=1.5)  # TIME has whole seconds and microseconds
+    assert offset == pytest.approx(server_now - 200.001, abs=1.5)  # the fast sample's midpoint, not 100.2
+
+
+def test_a_settle_never_records_an_attempt_finishing_after_redis_records_it(client, queue_name):
+    """The last guard of causality across clocks: times from a clock that runs ahead are clamped."""
+    q = Queue(client, queue_name)
+    q.enqueue([Task(id="1", kind="noop")])
+    claim = q.claim("w1", lease_ms=5000)
+    ahead = time.time() + 60
+    q.settle("w1", [Settlement("1", claim.lease, "done", "null", ahead - 1, ahead)], lease_ms=5000)
+    now = float(client.time()[0]) + 1
+    task = q.task("1")
+    assert task.started_at is not None and task.finished_at is not None
+    assert task.started_at <= task.finished_at <= now
 
 
 def test_a_worker_measures_its_clock_offset_again_after_a_reconnect(fake_client, queue_name):

@@ -32,9 +32,8 @@ from .graph import validate as validate_graph
 from .keys import IdRange, Keys, check_id, parse_lease
 from .replies import Claim, Claimed, ReapResult, Reply, Snapshot
 from .retention import Retention
-from .scripts import scripts_for
 from .task import Status, Task, to_json
-from .transport import Pipelined, Pooled, Request, Ticket, Transport, plain, script_call, tolerant
+from .transport import Pipelined, Pooled, Request, Ticket, Transport, plain, script_call, tolerant, transaction
 
 __all__ = [
     "Claim",
@@ -233,24 +232,20 @@ class Queue:
             )
             self._refuse(one.refused)
             return one.packages
-        # Several chunks: EVALSHA inside MULTI/EXEC, the script loaded first (a transaction
-        # cannot load it half-way). The first chunk checks every id (see enqueue.lua).
-        self.client.script_load(scripts_for(self.client)["enqueue"].script)
-        pipe = self.client.pipeline(transaction=True)
+        # Several chunks: EVALSHA inside MULTI/EXEC. The first chunk checks every id (see enqueue.lua).
+        requests: list[Request[object]] = []
         for start in range(0, len(flat), width * chunk):
             part = flat[start : start + width * chunk]
             check = ids if start == 0 else []
-            call = self._script(
-                "enqueue", replies.enqueued, size, 1, len(check), *check, width, len(part) // width, *part
+            requests.append(
+                self._script("enqueue", replies.enqueued, size, 1, len(check), *check, width, len(part) // width, *part)
             )
-            pipe.execute_command(*call.command)  # type: ignore[no-untyped-call]
-        pipe.hget(self.keys.stats, "refused")
-        pipe.hdel(self.keys.stats, "refused")
-        *chunks, refused, _ = pipe.execute(raise_on_error=False)
-        for reply in chunks:
+        requests += [plain("HGET", self.keys.stats, "refused"), plain("HDEL", self.keys.stats, "refused")]
+        *chunks, refused, _ = transaction(self.client, requests)
+        for reply in (*chunks, refused):
             if isinstance(reply, Exception):
                 raise reply
-        self._refuse(refused or "")
+        self._refuse(str(refused or ""))
         return [pid for reply in chunks for pid in replies.enqueued(reply).packages]
 
     def _refuse(self, refused: str) -> None:

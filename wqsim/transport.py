@@ -21,6 +21,7 @@ already decoded into a named result.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -137,6 +138,30 @@ def tolerant(client: redis.Redis) -> redis.Redis:
     return found
 
 
+def transaction(client: redis.Redis, requests: list[Request[Any]]) -> list[Reply | redis.RedisError]:
+    """Run ``requests`` in one MULTI/EXEC, one round trip; replies undecoded, errors in place.
+
+    If Redis lacks a script, every EVALSHA of it fails without writing (all of a
+    transaction's calls are of scripts it lacks, or none are): the scripts are
+    loaded and the transaction sent once more.
+    """
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=True)
+        for request in requests:
+            pipe.execute_command(*request.command)  # type: ignore[no-untyped-call]
+        replies: list[Reply | redis.RedisError] = pipe.execute(raise_on_error=False)
+        unrun = {
+            r.script
+            for r, reply in zip(requests, replies, strict=True)
+            if isinstance(reply, redis.exceptions.NoScriptError)
+        }
+        if not unrun or attempt:
+            return replies
+        for name in sorted(n for n in unrun if n is not None):
+            client.script_load(scripts_for(client)[name].script)
+    raise AssertionError("unreachable")
+
+
 class Pooled:
     """Each request runs at once through the client's pool: safe to share between threads.
 
@@ -239,6 +264,12 @@ class Pipelined:
         if broken:
             conn.disconnect()
         self._pool.release(cast(Any, conn))  # the very object get_connection() gave
+
+    def __del__(self) -> None:
+        """A Pipelined dropped without close() (a Queue gone out of scope, a producer thread
+        that ended) still hands its connection back, so the pool's slot is not lost."""
+        with contextlib.suppress(Exception):
+            self.close()
 
     def close(self) -> None:
         """Hand the connection back. Replies not yet read are lost: their leases expire and
