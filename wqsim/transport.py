@@ -100,6 +100,8 @@ class Wire(Protocol):
 
 
 class Transport(Protocol):
+    """What Queue needs of a transport: Pipelined and Pooled both are one."""
+
     def call(self, request: Request[T]) -> T: ...
 
     def send(self, *requests: Request[Any]) -> list[Ticket[Any]]: ...

@@ -123,9 +123,9 @@ class Worker:
         self.log = logger or log
         self.stats = WorkerStats()
         self._in_own_process = in_own_process
+        self._chaos_effects = _ChaosEffects(self)  # what a fault does to this worker (see wqsim.chaos.wrap)
         # A chaos crash or hang must strand only the task it was drawn for, so that one seed
         # injects the same faults on every run: no claims in reserve to take down with it.
-        self._chaos_effects = _ChaosEffects(self)
         self._prefetch = 0 if (self.chaos.crash_p or self.chaos.hang_p) else self.config.prefetch
         self._stopping = threading.Event()
         self._finished = threading.Event()
