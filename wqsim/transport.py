@@ -25,8 +25,7 @@ import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 import redis
@@ -50,9 +49,8 @@ def _as_is(reply: Reply) -> Reply:
     return reply
 
 
-@dataclass(frozen=True)
-class Request(Generic[T]):
-    """One command to send, and how to decode its reply."""
+class Request(NamedTuple, Generic[T]):
+    """One command to send, and how to decode its reply (a tuple: one is made per call)."""
 
     command: tuple[object, ...]
     decode: Callable[[Reply], T]
@@ -210,9 +208,11 @@ class Pipelined:
     connection of its own instead. Errors still surface as redis-py
     exceptions, so callers' reconnect logic is the same for both transports.
 
-    ``check_stale``: before a request on a connection that may have sat idle
-    (a producer's), look whether the server closed it (a restart, an idle
-    timeout) and open a fresh one rather than fail after sending.
+    ``check_stale``, for a producer's connection, which may sit idle and may
+    be inherited by a forked child: before each request, a child opens its
+    own (never writing to its parent's socket), and a connection the server
+    closed meanwhile (a restart, an idle timeout) is replaced rather than
+    failing after sending. A worker's loop, busy and never forked, skips both.
     """
 
     def __init__(self, client: redis.Redis, check_stale: bool = False) -> None:
@@ -233,7 +233,7 @@ class Pipelined:
         script the server lacks fails, and sending it again would put it
         behind requests sent after it (``_read`` copes, but rarely has to).
         """
-        if self.pid != os.getpid():  # a forked child: never touch the parent's socket
+        if self.check_stale and self.pid != os.getpid():  # a forked child: never touch the parent's socket
             self.conn, self.pid = None, os.getpid()
             self._pending.clear()
             self._replies.clear()

@@ -124,6 +124,7 @@ class Worker:
         self.stats = WorkerStats()
         self._in_own_process = in_own_process
         self._chaos_effects = _ChaosEffects(self)  # what a fault does to this worker (see wqsim.chaos.wrap)
+        self._handlers: dict[str, Callable[[Task], object]] = {}  # see _handler
         # A chaos crash or hang must strand only the task it was drawn for, so that one seed
         # injects the same faults on every run: no claims in reserve to take down with it.
         self._prefetch = 0 if (self.chaos.crash_p or self.chaos.hang_p) else self.config.prefetch
@@ -406,7 +407,7 @@ class Worker:
         started_at = self.clock()
         try:
             task = self._decode(claimed, lease, started_at)
-            handler = chaos_mod.wrap(self.registry.get(task.kind), self.chaos, self._chaos_effects)
+            handler = self._handler(task.kind)
         except (MalformedTask, UnknownKind) as exc:
             return self._refuse(claimed.id, lease, str(exc), started_at)
         except Exception as exc:  # whatever a hostile hash provokes, it costs the task, never the worker
@@ -448,6 +449,13 @@ class Worker:
             return Settlement(task.id, lease, "dead", message, started_at, finished_at)
         self.stats.done += 1
         return Settlement(task.id, lease, "done", result_json, started_at, finished_at)
+
+    def _handler(self, kind: str) -> Callable[[Task], object]:
+        """The registry's handler for ``kind`` with chaos wrapped around it, made once per kind."""
+        handler = self._handlers.get(kind)
+        if handler is None:
+            handler = self._handlers[kind] = chaos_mod.wrap(self.registry.get(kind), self.chaos, self._chaos_effects)
+        return handler
 
     def _decode(self, claimed: Claimed, lease: str, started_at: float) -> Task:
         """The claimed task as a Task, read within config.limits; MalformedTask names what is wrong."""

@@ -42,13 +42,10 @@ local function package_key(pid) return PREFIX .. 'package:' .. pid end
 -- A work package in the ready list: PACKAGE_ENTRY_PREFIX .. package id. The prefix comes
 -- from wqsim.keys (scripts.py defines it ahead of this file), the one place it is spelled.
 local function package_entry(pid) return PACKAGE_ENTRY_PREFIX .. pid end
--- The package id of a ready-list entry, or nil for a task id.
-local function entry_package(entry)
-  if string.sub(entry, 1, #PACKAGE_ENTRY_PREFIX) ~= PACKAGE_ENTRY_PREFIX or #entry == #PACKAGE_ENTRY_PREFIX then
-    return nil
-  end
-  return string.sub(entry, #PACKAGE_ENTRY_PREFIX + 1)
-end
+-- The package id of a ready-list entry, or nil for a task id (an anchored pattern: a task
+-- id fails at its first character, which matters when a claim takes many).
+local PACKAGE_ENTRY_PATTERN = '^' .. string.gsub(PACKAGE_ENTRY_PREFIX, '%p', '%%%0') .. '(.+)$'
+local function entry_package(entry) return string.match(entry, PACKAGE_ENTRY_PATTERN) end
 
 -- A lease id "<worker>#<n>[@<package>]" as worker id, lease number (0 if none) and
 -- package id (nil if none): the twin of wqsim.keys.parse_lease.

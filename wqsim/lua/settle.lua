@@ -70,9 +70,10 @@ end
 -- Causality is kept exactly: no attempt is recorded as finishing after Redis records it,
 -- nor as starting after it finished.
 local recorded = n > 0 and server_time() or ''
+local recorded_s = tonumber(recorded)
 local function causal(started_at, finished_at)
   local s, f = tonumber(started_at), tonumber(finished_at)
-  if f and f > tonumber(recorded) then finished_at, f = recorded, tonumber(recorded) end
+  if f and f > recorded_s then finished_at, f = recorded, recorded_s end
   if s and f and s > f then started_at = finished_at end
   return started_at, finished_at
 end
