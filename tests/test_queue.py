@@ -332,16 +332,17 @@ def test_wait_then_claim_without_a_private_connection_waits_then_claims(make_que
     assert [t.id for t in claim.tasks] == ["1"]
 
 
-def test_requests_sent_ahead_keep_their_order_when_the_server_lacks_the_scripts(real_client, queue_name):
-    """A fresh private connection loads every script first; after a SCRIPT FLUSH, requests that
-    failed are sent again in their order, after the replies sent before them are read."""
-    q = Queue(real_client, queue_name, own_connection=True)
+def test_requests_sent_ahead_keep_their_order_when_the_server_lacks_the_scripts(client, queue_name):
+    """On both backends, the same pipelined transport. A fresh private connection loads every
+    script first; after a SCRIPT FLUSH, requests that failed are sent again in their order,
+    after the replies sent before them are read."""
+    q = Queue(client, queue_name, own_connection=True)
     try:
         generate(q, 6)
-        real_client.script_flush()
+        client.script_flush()
         tickets = [q.claim_nowait("w1", lease_ms=5000) for _ in range(3)]
         assert [[t.id for t in q.result(k).tasks] for k in tickets] == [["1"], ["2"], ["3"]]
-        real_client.script_flush()
+        client.script_flush()
         tickets = [q.claim_nowait("w1", lease_ms=5000) for _ in range(3)]
         assert [[t.id for t in q.result(k).tasks] for k in tickets] == [["4"], ["5"], ["6"]]
     finally:
@@ -349,6 +350,8 @@ def test_requests_sent_ahead_keep_their_order_when_the_server_lacks_the_scripts(
 
 
 def test_a_producer_reopens_its_connection_when_the_server_closed_it_while_idle(real_client, queue_name):
+    """Real Redis only: fakeredis's connection cannot tell that it was killed until it next
+    writes (its can_read sees no closed socket), so the check before sending finds nothing."""
     q = Queue(real_client, queue_name)
     generate(q, 1)
     assert real_client.client_kill_filter(_type="normal", skipme=True) >= 1  # as a restart or idle timeout would
@@ -503,3 +506,14 @@ def test_task_ids_that_would_break_key_or_lease_syntax_are_rejected(make_queue, 
     with pytest.raises(ValueError, match="task id must be"):
         q.enqueue(make_tasks([bad]))
     assert q.counters() == {}  # nothing was written
+
+
+def test_package_entries_and_lease_workers_are_spelled_in_wqsim_keys_alone():
+    """The Lua scripts take the package-entry prefix from wqsim.keys; worker_of reads a lease id."""
+    from wqsim.keys import PACKAGE_ENTRY_PREFIX, package_entry, worker_of
+    from wqsim.scripts import SCRIPT_NAMES, full_source, source
+
+    assert package_entry("7") == PACKAGE_ENTRY_PREFIX + "7" == Keys.package_entry("7")
+    assert all(PACKAGE_ENTRY_PREFIX not in source(name) for name in (*SCRIPT_NAMES, "_lib"))
+    assert all(repr(PACKAGE_ENTRY_PREFIX) in full_source(name) for name in SCRIPT_NAMES)
+    assert [worker_of(lease) for lease in ("w1#3", "w1#3@9", "")] == ["w1", "w1", ""]

@@ -196,8 +196,8 @@ def audit(client_or_queue: redis.Redis | Queue, queue: str | None = None, expect
         if st is Status.WAITING:
             waiting[task_id] = (prereqs or "").split()
     # A waiting task is stuck once none of its prerequisites can still finish.
-    for task_id, prereqs in waiting.items():
-        if all(status_of.get(p) in _TERMINAL for p in prereqs):
+    for task_id, needs in waiting.items():
+        if all(status_of.get(p) in _TERMINAL for p in needs):
             suspects[task_id] = None
     # An id the snapshot or the stream knew of, whose hash the scan did not find.
     for task_id in set().union(*seen_in.values(), named) - status_of.keys():

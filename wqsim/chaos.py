@@ -6,19 +6,29 @@ nothing ahead), so one seed injects the same faults on every run: the same
 (task, attempt, fault) triples, hence the same executions, retries, dead
 letters and replaced workers. Each injection is recorded in the events stream
 as a 'fault' entry, so a run can be compared with another.
+
+Chaos wraps a handler (``wrap``): the worker's loop knows nothing of it. What
+a fault does to the worker (record it, end the process, freeze the heartbeat)
+the worker supplies as ``Effects``.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .config import ChaosConfig
 
 if TYPE_CHECKING:
     from .queue import Queue
+    from .task import Task
+
+Handler = Callable[["Task"], object]
 
 
 class InjectedFailure(RuntimeError):
@@ -53,6 +63,52 @@ def draw(chaos: ChaosConfig, task_id: str, attempt: int) -> Faults:
         fail=rng.random() < chaos.fail_p,
         straggle=rng.random() < chaos.straggler_p,
     )
+
+
+class Effects(Protocol):
+    """What a fault does to the worker running the attempt."""
+
+    def record(self, task: Task, faults: Faults) -> None:
+        """Note the faults drawn for this attempt in the events stream."""
+
+    def crash(self, task: Task) -> None:
+        """Die holding the task, as a killed process would; never returns."""
+
+    def frozen(self, task: Task) -> AbstractContextManager[object]:
+        """While inside, the whole worker stalls, its heartbeat included."""
+        ...
+
+
+def wrap(handler: Handler, chaos: ChaosConfig, effects: Effects) -> Handler:
+    """``handler`` with the faults that ``chaos`` draws for each attempt injected around it.
+
+    A crash comes half-way through the task's ``duration_ms``; a hang stalls
+    the worker for ``hang_s`` before the handler runs; a straggler takes
+    ``straggler_factor`` times as long; a failure raises InjectedFailure in
+    place of the handler's result.
+    """
+    if not chaos.active:
+        return handler
+
+    def with_faults(task: Task) -> object:
+        faults = draw(chaos, task.id, task.attempt)
+        if faults:
+            effects.record(task, faults)
+        if faults.crash:
+            time.sleep(float(task.payload.get("duration_ms", 0)) / 2000)
+            effects.crash(task)
+        if faults.hang:
+            with effects.frozen(task):
+                time.sleep(chaos.hang_s)
+        started = time.perf_counter()
+        result = handler(task)
+        if faults.straggle:
+            time.sleep((chaos.straggler_factor - 1) * (time.perf_counter() - started))
+        if faults.fail:
+            raise InjectedFailure(f"injected failure (chaos seed {chaos.seed})")
+        return result
+
+    return with_faults
 
 
 def injected(queue: Queue) -> Counter[str]:

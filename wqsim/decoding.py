@@ -36,7 +36,7 @@ def byte_size(text: str) -> int:
 
 
 def check_utf8(what: str, text: str) -> None:
-    """Refuse text that held bytes which are not UTF-8 (read with surrogateescape, see queue._OwnConnection)."""
+    """Refuse text that held bytes which are not UTF-8 (read with surrogateescape, see transport.tolerant)."""
     if not text.isascii():
         try:
             text.encode("utf-8")

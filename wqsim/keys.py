@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import overload
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Task and worker ids: no ':' (package entries), '#' or '@' (lease ids), no glob characters.
@@ -39,7 +40,13 @@ class IdRange(Sequence[str]):
     def __len__(self) -> int:
         return len(self._range)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
         if isinstance(index, slice):
             part = self._range[index]
             return [str(i) for i in part]
@@ -85,11 +92,31 @@ def event_ids(event: str, ids: str) -> list[str]:
     return ids.split(" ") if event == "done" else [ids]
 
 
+# How a work package appears in the ready list: "pkg:<package id>" (task ids never contain ':').
+# The Lua scripts get this spelling from here (see lua_constants), not a copy of their own.
+PACKAGE_ENTRY_PREFIX = "pkg:"
+
+
+def package_entry(package_id: str) -> str:
+    """The ready-list entry standing for work package ``package_id``."""
+    return PACKAGE_ENTRY_PREFIX + package_id
+
+
 def parse_lease(lease_id: str) -> tuple[str, int, str]:
     """A lease id "<worker>#<n>[@<package>]" as (worker id, lease number, package id or '')."""
     worker, _, rest = lease_id.partition("#")
     number, _, package = rest.partition("@")
     return worker, int(number) if number.isdigit() else 0, package
+
+
+def worker_of(lease_id: str) -> str:
+    """The worker a lease id names ('' for no lease). Lua's twin: lease_parts() in lua/_lib.lua."""
+    return parse_lease(lease_id)[0]
+
+
+def lua_constants() -> str:
+    """Lua text defining the spellings above for the scripts (scripts.py puts it first)."""
+    return f"local PACKAGE_ENTRY_PREFIX = {PACKAGE_ENTRY_PREFIX!r}\n"
 
 
 @dataclass(frozen=True)
@@ -214,8 +241,8 @@ class Keys:
 
     @staticmethod
     def package_entry(package_id: str) -> str:
-        """How a package appears in the ready list (task ids never contain ':')."""
-        return f"pkg:{package_id}"
+        """How a package appears in the ready list: see package_entry()."""
+        return package_entry(package_id)
 
     @property
     def pattern(self) -> str:

@@ -3,28 +3,54 @@
 Each state change is one Lua script call (see ``lua/``), so it is atomic and
 costs one round trip. ``settle`` records outcomes and claims the next tasks in
 the same call: a busy worker talks to Redis once per task, not twice.
+
+``Queue`` is the typed domain API. How a call reaches Redis is
+wqsim.transport's business (pipelined down a private connection, or through
+the pool); what a script answers is decoded in wqsim.replies.
+
+Time: the scripts stamp the moments a task becomes ready (``enqueued_at``)
+and is recorded finished by a settle with Redis's own clock (``TIME``). Every
+other time a Queue sends (lease deadlines, retry due times, a reap's "now", an
+attempt's ``started_at``/``finished_at``) is read from its ``clock``. Give it a
+wqsim.clocks.ServerClock (the Worker does) and those are Redis's time base
+too, so times written from different hosts can be compared.
 """
 
 from __future__ import annotations
 
-import os
-import select
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, TypedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Literal, NamedTuple, TypeVar, cast
 
 import redis
 
+from . import replies
+from .clocks import Clock
 from .config import check_time_limit
 from .graph import validate as validate_graph
 from .keys import IdRange, Keys, check_id, parse_lease
+from .replies import Claim, Claimed, ReapResult, Reply, Snapshot
 from .retention import Retention
-from .scripts import scripts_for
 from .task import Status, Task, to_json
+from .transport import Pipelined, Pooled, Request, Ticket, Transport, plain, script_call, tolerant, transaction
 
-Clock = Callable[[], float]
+__all__ = [
+    "Claim",
+    "Claimed",
+    "Clock",
+    "DuplicateTask",
+    "EnqueueRefused",
+    "Outcome",
+    "Queue",
+    "ReapResult",
+    "Settlement",
+    "Snapshot",
+    "TaskNotFound",
+    "TaskRetired",
+]
+
+T = TypeVar("T")
 Outcome = Literal["done", "retry", "dead", "release"]
 
 
@@ -60,242 +86,22 @@ class TaskRetired(TaskNotFound):
     """The task's hash is gone because the retention policy retired it after it was done."""
 
 
-class Claimed(NamedTuple):
-    """One task as claim.lua hands it over; kind or payload is None in a malformed hash."""
-
-    id: str
-    kind: str | None
-    payload: str | None
-    attempt: int
-    inputs: Sequence[str] = ()  # a graph task's prerequisites, flat: [id, status, result JSON or error, ...]
-    timeout_s: float | None = None  # the task's own time limit, if it has one
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The reply to a claim: tasks now leased to the caller, and what to do if none.
-
-    ``state`` says whether Redis still holds the queue's record (checked only when
-    nothing was claimed, see drain_state() in lua/_lib.lua): 'ok'; 'missing', no
-    stats hash and nothing saying there ever was one (a queue not created yet);
-    'lost', the stats hash is gone while the ledger remains, or was recreated
-    without its sentinel (Redis lost it: a restart without persistence, or eviction);
-    'stranded', tasks are unfinished yet in no list, claim or retry schedule (their
-    entries were lost, e.g. the ready list was evicted): nothing will finish them.
-    """
-
-    lease: str | None = None
-    tasks: list[Claimed] = field(default_factory=list)
-    drained: bool = False
-    next_due: float | None = None  # when the earliest scheduled retry becomes due
-    rejected: list[str] = field(default_factory=list)
-    backlog: int = 0  # ready-list entries left after this claim
-    claims_in_flight: int = 0  # leases alive on the queue, this one included (all workers)
-    state: Literal["ok", "missing", "lost", "stranded"] = "ok"
-
-
-class Snapshot(TypedDict):
-    """Queue.snapshot(): what lua/snapshot.lua read at one instant."""
-
-    queued: list[str]  # ready list entries, work packages expanded
-    running: list[str]  # held by a lease in the inflight index
-    scheduled: list[str]  # delayed set
-    dead: list[str]  # dead-letter list
-    counters: dict[str, int]  # the stats hash
-    last_event: str  # newest entry id of the events stream, '' if none
-    ledger: dict[str, int]  # Keys.ledger: enqueued and retired, apart from the stats hash
-
-
-@dataclass(frozen=True)
-class ReapResult:
-    returned: int
-    buried: int
-
-
-try:  # hiredis packs a whole command in C; redis-py's packer encodes argument by argument
-    from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover - hiredis is a dependency, but stay correct without it
-    _pack = None
-
-
-class _OwnConnection:
-    """A connection that one thread keeps for itself, for a worker's hot path.
-
-    Going through ``redis.Redis.execute_command`` costs about as much client
-    time as a loopback round trip (pool checkout, retries, instrumentation);
-    a worker that talks to Redis once per task sends its claims and settles
-    straight down a connection of its own instead. Errors still surface as
-    redis-py exceptions, so the worker's reconnect logic is unchanged.
-    """
-
-    def __init__(self, client: redis.Redis, check_stale: bool = False) -> None:
-        self.client = client
-        self.check_stale = check_stale  # for a connection that may sit idle: see command()
-        self.pid = os.getpid()
-        self.conn: redis.connection.AbstractConnection | None = None
-        self.pending: list[tuple[int, str | None, list[str], list[object]]] = []  # sent, reply not read yet
-        self.replies: dict[int, object] = {}  # replies read, by ticket
-        self._tickets = 0
-
-    def _connection(self) -> redis.connection.AbstractConnection:
-        """The connection, opened on first use with every script loaded.
-
-        Loading up front matters for pipelining: a request sent ahead for a
-        script the server lacks fails, and sending it again would put it
-        behind requests sent after it.
-        """
-        if self.conn is None:
-            conn = self.client.connection_pool.make_connection()
-            if conn.encoder.decode_responses:
-                # Task fields are anyone's bytes: a reply holding bytes that are not UTF-8 must
-                # still be read whole (the worker then refuses that task; see wqsim.decoding),
-                # never fail half-read with the claim already made. Set before it connects,
-                # so the parser (hiredis or not) picks it up.
-                enc = conn.encoder
-                conn.encoder = type(enc)(enc.encoding, "surrogateescape", enc.decode_responses)
-            scripts = scripts_for(self.client).values()
-            conn.send_packed_command(conn.pack_commands([("SCRIPT", "LOAD", s.script) for s in scripts]))
-            for _ in scripts:
-                conn.read_response()
-            self.conn = conn
-        return self.conn
-
-    def _send(self, *commands: tuple[object, ...]) -> None:
-        """Write ``commands`` in one system call, so Redis reads them together."""
-        conn = self._connection()
-        packed = b"".join(_pack(c) if _pack else b"".join(conn.pack_command(*c)) for c in commands)
-        conn.send_packed_command([packed], check_health=False)
-
-    def command(self, *args: object) -> object:
-        self.drain()
-        if self.check_stale and self.conn is not None and _readable(self.conn):
-            # An idle connection has nothing to read unless the server closed it (a restart,
-            # an idle timeout): then open a fresh one rather than fail after sending.
-            self.close()
-        try:
-            self._send(args)
-            return self._connection().read_response()
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            self.close()
-            raise
-
-    def evalsha(self, name: str, keys: list[str], args: list[object]) -> object:
-        script = scripts_for(self.client)[name]
-        try:
-            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:  # first use, or the server restarted
-            self.command("SCRIPT", "LOAD", script.script)
-            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-    def evalsha_nowait(self, name: str, keys: list[str], args: list[object]) -> int:
-        """Send without waiting for the reply; returns a ticket for ``reply``."""
-        script = scripts_for(self.client)[name]
-        return self._send_nowait(("EVALSHA", script.sha, len(keys), *keys, *args), (name, keys, args))
-
-    def command_nowait(self, *args: object) -> int:
-        """Send a plain command without waiting for the reply; returns a ticket for ``reply``."""
-        return self._send_nowait(args, (None, [], []))
-
-    def _send_nowait(self, command: tuple[object, ...], script: tuple[str | None, list[str], list[object]]) -> int:
-        return self.send_together([(command, script)])[0]
-
-    def send_together(
-        self, requests: list[tuple[tuple[object, ...], tuple[str | None, list[str], list[object]]]]
-    ) -> list[int]:
-        """Send several commands in one write without waiting; returns their tickets."""
-        try:
-            self._send(*(command for command, _ in requests))
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            self.close()
-            raise
-        tickets = []
-        for _, script in requests:
-            self._tickets += 1
-            self.pending.append((self._tickets, *script))
-            tickets.append(self._tickets)
-        return tickets
-
-    def reply(self, ticket: int) -> object:
-        """The reply for ``ticket``, reading (in order) every reply sent before it."""
-        self.drain(until=ticket)
-        if ticket not in self.replies:
-            raise redis.ConnectionError("the connection was reset before this reply was read")
-        return self.replies.pop(ticket)
-
-    def drain(self, until: int | None = None) -> None:
-        """Read the replies of commands sent without waiting (all, or up to ``until``)."""
-        unrun: list[tuple[int, str, list[str], list[object]]] = []
-        while self.pending and (until is None or self.pending[0][0] <= until):
-            ticket, name, keys, args = self.pending.pop(0)
-            try:
-                self.replies[ticket] = self._connection().read_response()
-            except redis.exceptions.NoScriptError:  # SCRIPT FLUSH since connecting: it did not run
-                assert name is not None  # only EVALSHA raises it
-                unrun.append((ticket, name, keys, args))
-                until = None  # nor, most likely, did those sent after it: read them all first
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                self.close()  # what was in flight is lost; leases expire and the reaper returns the tasks
-                raise
-        for ticket, name, keys, args in unrun:  # then send them again, in their order
-            self.replies[ticket] = self.evalsha(name, keys, args)
-
-    def close(self) -> None:
-        self.pending.clear()
-        self.replies.clear()
-        if self.conn is not None:
-            self.conn.disconnect()
-            self.conn = None
-
-
-def _tolerant(client: redis.Redis) -> redis.Redis:
-    """``client``, or one like it on a pool of its own that decodes with surrogateescape."""
-    pool = client.connection_pool
-    if (
-        not pool.connection_kwargs.get("decode_responses")
-        or pool.connection_kwargs.get("encoding_errors") == "surrogateescape"
-    ):
-        return client
-    per_pool = ("maint_notifications_pool_handler", "himport_registry")  # tied to the pool they were made for
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in per_pool}
-    return redis.Redis(
-        connection_pool=type(pool)(
-            connection_class=pool.connection_class, **{**kwargs, "encoding_errors": "surrogateescape"}
-        )
-    )
-
-
-def _readable(conn: redis.connection.AbstractConnection) -> bool:
-    """One poll of the socket (redis-py's can_read costs several system calls)."""
-    sock = getattr(conn, "_sock", None)
-    return sock is not None and bool(select.select([sock], [], [], 0)[0])
-
-
-def _real_sockets(client: redis.Redis) -> bool:
-    """False for an in-process FakeRedis: its connection runs pipelined commands out of
-    order (seen with fakeredis 2.41), so it takes the ordinary path. fakeredis served
-    over TCP (the embedded fallback) is a real socket and keeps the order."""
-    return not client.connection_pool.connection_class.__module__.startswith("fakeredis")
-
-
 class Queue:
     """One named queue on one Redis client.
 
     ``own_connection=True`` sends claim and settle down a private connection
-    (see _OwnConnection): for a worker's loop, used from one thread only.
+    (a wqsim.transport.Pipelined): for a worker's loop, used from one thread
+    only. Without it every call goes through the client's pool and the
+    ``*_nowait`` calls simply run at once.
     """
 
     def __init__(self, client: redis.Redis, name: str, clock: Clock = time.time, own_connection: bool = False) -> None:
         self.client = client
         self.keys = Keys(name)
         self.clock = clock
-        self._scripts = scripts_for(client)
-        self._packs = _pack is not None and _real_sockets(client)  # see _run_packed
-        self._producer = threading.local()
-        self._own = _OwnConnection(client) if own_connection and _real_sockets(client) else None
-        self._results: dict[int, tuple[str, list]] = {}  # without a private connection: replies by ticket
-        self._names: dict[int, str] = {}
-        self._ticket = 0
-        self._reader: redis.Redis | None = None
+        self._pooled = Pooled(client)
+        self._hot: Transport = Pipelined(client) if own_connection else self._pooled
+        self._producer = threading.local()  # each thread's own Pipelined, for enqueue: see _enqueue_call
 
     @property
     def name(self) -> str:
@@ -305,49 +111,34 @@ class Queue:
     def reader(self) -> redis.Redis:
         """A client for reading fields anyone may have written: bytes that are not UTF-8 come
         back as surrogate escapes instead of failing the whole reply (the audit uses it)."""
-        if self._reader is None:
-            self._reader = _tolerant(self.client)
-        return self._reader
+        return tolerant(self.client)
 
-    def _argv(self, *args: object) -> list[object]:
-        """ARGV of a script call: the two every script starts with (see lua/_lib.lua), then ``args``."""
-        return [self.keys.prefix, self.keys.progress_channel, *args]
+    def _script(self, name: str, decode: Callable[[Reply], T], *args: object) -> Request[T]:
+        """A call of script ``name``: the KEYS and two ARGV every script starts with
+        (see lua/_lib.lua), then ``args``."""
+        argv = [self.keys.prefix, self.keys.progress_channel, *args]
+        return script_call(self.client, name, self.keys.script_keys(), argv, decode)
 
-    def _run(self, script: str, *args: object) -> list:
-        return self._scripts[script](
-            keys=self.keys.script_keys(),
-            args=self._argv(*args),
-        )
+    def _enqueue_call(self, request: Request[replies.Enqueued]) -> replies.Enqueued:
+        """Run an enqueue down a connection of the calling thread's own.
 
-    def _run_packed(self, script: str, *args: object) -> list:
-        """Like _run, down a connection of the calling thread's own (see _OwnConnection).
-
-        For a producer's enqueue, which is on every task's pickup-latency path:
-        redis-py's generic command path (pool checkout with instrumentation,
-        retry wrapper, per-argument encoding in Python) costs about as much
-        client time as a loopback round trip. One connection per thread keeps a
-        Queue safe to share between threads. A failed call is raised, not
-        retried: the script may have run, and a retried enqueue would be refused.
+        A producer's enqueue is on every task's pickup-latency path, and
+        redis-py's generic command path costs about as much client time as a
+        loopback round trip. One connection per thread keeps a Queue safe to
+        share between threads. A failed call is raised, not retried: the
+        script may have run, and a retried enqueue would be refused.
         """
-        if not self._packs:
-            return self._run(script, *args)
-        own = getattr(self._producer, "conn", None)
-        if own is None or own.pid != os.getpid():  # a forked child opens its own, never its parent's
-            own = self._producer.conn = _OwnConnection(self.client, check_stale=True)
-        return own.evalsha(script, self.keys.script_keys(), self._argv(*args))  # type: ignore[return-value]
-
-    def _hot(self, script: str, *args: object) -> list:
-        """Like _run, down the private connection when this queue has one."""
-        if self._own is None:
-            return self._run(script, *args)
-        return self._own.evalsha(script, self.keys.script_keys(), self._argv(*args))  # type: ignore[return-value]
+        own: Pipelined | None = getattr(self._producer, "conn", None)
+        if own is None:
+            own = self._producer.conn = Pipelined(self.client, check_stale=True)
+        return own.call(request)
 
     def close(self) -> None:
-        """Close the private connections of this thread, if any (the client's pool is the caller's)."""
-        if self._own is not None:
-            self._own.close()
-        if getattr(self._producer, "conn", None) is not None:
-            self._producer.conn.close()
+        """Hand back the private connections of this thread, if any (the client's pool is the caller's)."""
+        self._hot.close()
+        own: Pipelined | None = getattr(self._producer, "conn", None)
+        if own is not None:
+            own.close()
 
     # -- producing ---------------------------------------------------------------
     def allocate_ids(self, count: int) -> list[str]:
@@ -435,35 +226,27 @@ class Queue:
         )
 
     def _enqueue_flat(self, ids: list[str], flat: list[object], size: int, width: int, chunk: int) -> list[str]:
-        head = self._argv(size)
         if len(flat) <= width * chunk:  # one script call is atomic by itself: one EVALSHA
-            refused, *packages = self._run_packed("enqueue", size, 0, len(ids), *ids, width, len(ids), *flat)
-            self._refuse(refused)
-            return packages
-        # Several chunks: EVALSHA inside MULTI/EXEC. If the server lacks the script, that call
-        # fails without writing anything, so the transaction is loaded and sent again. The first
-        # chunk checks every id (see enqueue.lua).
-        script = self._scripts["enqueue"]
-        keys = self.keys.script_keys()
-        for _ in range(2):
-            pipe = self.client.pipeline(transaction=True)
-            for start in range(0, len(flat), width * chunk):
-                part = flat[start : start + width * chunk]
-                check = ids if start == 0 else []
-                pipe.evalsha(
-                    script.sha, len(keys), *keys, *head, 1, len(check), *check, width, len(part) // width, *part
-                )
-            pipe.hget(self.keys.stats, "refused")
-            pipe.hdel(self.keys.stats, "refused")
-            *replies, refused, _ = pipe.execute(raise_on_error=False)
-            if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                break
-            self.client.script_load(script.script)
-        for reply in replies:
+            one = self._enqueue_call(
+                self._script("enqueue", replies.enqueued, size, 0, len(ids), *ids, width, len(ids), *flat)
+            )
+            self._refuse(one.refused)
+            return one.packages
+        # Several chunks: EVALSHA inside MULTI/EXEC. The first chunk checks every id (see enqueue.lua).
+        requests: list[Request[object]] = []
+        for start in range(0, len(flat), width * chunk):
+            part = flat[start : start + width * chunk]
+            check = ids if start == 0 else []
+            requests.append(
+                self._script("enqueue", replies.enqueued, size, 1, len(check), *check, width, len(part) // width, *part)
+            )
+        requests += [plain("HGET", self.keys.stats, "refused"), plain("HDEL", self.keys.stats, "refused")]
+        *chunks, refused, _ = transaction(self.client, requests)
+        for reply in (*chunks, refused):
             if isinstance(reply, Exception):
                 raise reply
-        self._refuse(refused or "")
-        return [pid for reply in replies for pid in reply[1:]]
+        self._refuse(str(refused or ""))
+        return [pid for reply in chunks for pid in replies.enqueued(reply).packages]
 
     def _refuse(self, refused: str) -> None:
         if refused:
@@ -476,8 +259,7 @@ class Queue:
     # -- consuming ---------------------------------------------------------------
     def claim(self, worker: str, lease_ms: int, count: int = 1) -> Claim:
         """Claim up to ``count`` ready tasks, or one whole work package, under one lease."""
-        reply = self._hot("claim", worker, repr(self.clock()), lease_ms, count)
-        return _claim_from(reply, rejected=[])
+        return self._hot.call(self._claim(worker, lease_ms, count))
 
     def settle(
         self,
@@ -488,21 +270,20 @@ class Queue:
         backoff_s: float = 0.0,
     ) -> Claim:
         """Record outcomes (each fenced by its lease) and claim up to ``claim_next`` more, in one call."""
-        reply = self._hot("settle", *self._settle_args(worker, settlements, lease_ms, claim_next, backoff_s))
-        return _claim_from(reply[1:], rejected=list(reply[0]))
+        return self._hot.call(self._settle(worker, settlements, lease_ms, claim_next, backoff_s))
 
     def set_retention(self, retention: Retention) -> None:
         """Make ``retention`` this queue's policy: every worker's scripts apply it from now on."""
-        self.client.hset(self.keys.retention, mapping=retention.to_fields())
+        self.client.hset(self.keys.retention, items=[x for pair in retention.to_fields().items() for x in pair])
 
     def retention(self) -> Retention:
         """The policy the scripts apply to this queue (the defaults unless one was set)."""
-        return Retention.from_fields(self.client.hgetall(self.keys.retention))
+        return Retention.from_fields(cast("dict[str, str]", self.client.hgetall(self.keys.retention)))
 
     def finish(self, worker: str) -> str:
         """Record that ``worker`` has finished and announce it on the finished channel, in one
         atomic call (see lua/finish.lua); returns the entry id in the finishes stream."""
-        return self._run("finish", worker, self.keys.finished_channel)
+        return self._pooled.call(self._script("finish", replies.text, worker, self.keys.finished_channel))
 
     # -- pipelined: send now, read the reply later ---------------------------------
     # A worker hands Redis its finished work and its request for more, then goes
@@ -511,50 +292,38 @@ class Queue:
     def wait_then_claim(self, worker: str, timeout_s: float, lease_ms: int, count: int = 1) -> Claim:
         """Sleep until woken (or ``timeout_s`` passes), then claim: one round trip on a private connection.
 
-        The claim is sent together with the BLPOP. Redis keeps a blocked
+        The claim is sent in the same write as the BLPOP. Redis keeps a blocked
         client's next command in its input buffer and runs it the moment the
         BLPOP returns, so a woken worker has its tasks without asking again.
         The claim reads Redis's clock: the caller's, read before the wait,
         would be stale by the length of the wait.
         """
-        if self._own is None:
-            self.wait_for_work(timeout_s)
-            return self.claim(worker, lease_ms, count)
-        blpop = ("BLPOP", self.keys.signal, max(timeout_s, 0.001))
-        keys, argv = self.keys.script_keys(), self._argv(worker, "", lease_ms, count)
-        evalsha = ("EVALSHA", scripts_for(self.client)["claim"].sha, len(keys), *keys, *argv)
-        woken, ticket = self._own.send_together([(blpop, (None, [], [])), (evalsha, ("claim", keys, argv))])
-        self._names[ticket] = "claim"
-        self._own.reply(woken)
-        return self.result(ticket)
+        blpop = plain("BLPOP", self.keys.signal, max(timeout_s, 0.001))
+        woken, claimed = self._hot.send(blpop, self._claim(worker, lease_ms, count, now=""))
+        self._hot.reply(woken)
+        return self.result(claimed)
 
-    def claim_nowait(self, worker: str, lease_ms: int, count: int = 1) -> int:
-        return self._nowait("claim", [worker, repr(self.clock()), lease_ms, count])
+    def claim_nowait(self, worker: str, lease_ms: int, count: int = 1) -> Ticket[Claim]:
+        return self._hot.send(self._claim(worker, lease_ms, count))[0]
 
     def settle_nowait(
         self, worker: str, settlements: Iterable[Settlement], lease_ms: int, claim_next: int = 0, backoff_s: float = 0.0
-    ) -> int:
-        return self._nowait("settle", self._settle_args(worker, settlements, lease_ms, claim_next, backoff_s))
+    ) -> Ticket[Claim]:
+        return self._hot.send(self._settle(worker, settlements, lease_ms, claim_next, backoff_s))[0]
 
-    def result(self, ticket: int) -> Claim:
+    def result(self, ticket: Ticket[Claim]) -> Claim:
         """The Claim answering a claim_nowait or settle_nowait ticket."""
-        if ticket in self._results:
-            name, reply = self._results.pop(ticket)
-        else:
-            name = self._names.pop(ticket, "claim")
-            reply = self._own.reply(ticket)  # type: ignore[union-attr]
-        if name == "settle":
-            return _claim_from(reply[1:], rejected=list(reply[0]))
-        return _claim_from(reply, rejected=[])
+        return self._hot.reply(ticket)
 
-    def _nowait(self, name: str, args: list[object]) -> int:
-        if self._own is None:
-            self._ticket += 1
-            self._results[self._ticket] = (name, self._run(name, *args))
-            return self._ticket
-        ticket = self._own.evalsha_nowait(name, self.keys.script_keys(), self._argv(*args))
-        self._names[ticket] = name
-        return ticket
+    def _claim(self, worker: str, lease_ms: int, count: int, now: str | None = None) -> Request[Claim]:
+        """A claim.lua call; ``now`` '' has the script read Redis's clock."""
+        return self._script("claim", replies.claim, worker, repr(self.clock()) if now is None else now, lease_ms, count)
+
+    def _settle(
+        self, worker: str, settlements: Iterable[Settlement], lease_ms: int, claim_next: int, backoff_s: float
+    ) -> Request[Claim]:
+        args = self._settle_args(worker, settlements, lease_ms, claim_next, backoff_s)
+        return self._script("settle", replies.settle, *args)
 
     def _settle_args(
         self, worker: str, settlements: Iterable[Settlement], lease_ms: int, claim_next: int, backoff_s: float
@@ -573,12 +342,14 @@ class Queue:
         leases = list(leases)
         if not leases and worker is None:
             return []
-        return list(self._run("heartbeat", repr(self.clock()), lease_ms, worker or "", since, *leases))
+        return self._pooled.call(
+            self._script("heartbeat", replies.ids, repr(self.clock()), lease_ms, worker or "", since, *leases)
+        )
 
     def leases_of(self, worker: str, since: int = 0) -> set[str]:
         """The live leases of ``worker`` numbered above ``since`` (see leases_issued)."""
         out = set()
-        for lease in self.client.zrange(self.keys.inflight, 0, -1):
+        for lease in cast("list[str]", self.client.zrange(self.keys.inflight, 0, -1)):
             owner, number, _ = parse_lease(lease)
             if owner == worker and number > since:
                 out.add(lease)
@@ -622,46 +393,31 @@ class Queue:
 
     def reap(self, limit: int = 1000, now: float | None = None) -> ReapResult:
         """Return the tasks of leases whose key Redis has expired; see lua/reap.lua."""
-        returned, buried = self._run("reap", repr(self.clock() if now is None else now), limit)
-        return ReapResult(int(returned), int(buried))
+        now_s = repr(self.clock() if now is None else now)
+        return self._pooled.call(self._script("reap", replies.reaped, now_s, limit))
 
     def snapshot(self) -> Snapshot:
         """Task ids in each structure, the counters and the newest event id, read atomically.
 
         One instant for all of them, so their counts can be compared (see lua/snapshot.lua).
         """
-        queued, running, scheduled, dead, stats, last_event, ledger = self._scripts["snapshot"](
-            keys=self.keys.script_keys(), args=self._argv(), client=self.reader
-        )
-        return {
-            "queued": queued,
-            "running": running,
-            "scheduled": scheduled,
-            "dead": dead,
-            "counters": _ints(stats),
-            "last_event": last_event,
-            "ledger": _ints(ledger),
-        }
+        return Pooled(self.reader).call(self._script("snapshot", replies.snapshot))
 
     def verify_lost(self, task_ids: Sequence[str]) -> list[str]:
         """Of ``task_ids``, those lost at one instant: out of the structure their status
         requires, hash missing, stuck waiting, or of unknown status (see lua/verify.lua)."""
         if not task_ids:
             return []
-        return list(
-            self._scripts["verify"](keys=self.keys.script_keys(), args=self._argv(*task_ids), client=self.reader)
-        )
+        return Pooled(self.reader).call(self._script("verify", replies.ids, *task_ids))
 
     def wait_for_work(self, timeout_s: float) -> bool:
         """Block until a wake-up signal arrives or ``timeout_s`` passes. No polling loop."""
         timeout = max(timeout_s, 0.001)
-        if self._own is not None:
-            return self._own.command("BLPOP", self.keys.signal, timeout) is not None
-        return self.client.blpop([self.keys.signal], timeout=timeout) is not None
+        return self._hot.call(plain("BLPOP", self.keys.signal, timeout)) is not None
 
     # -- inspecting --------------------------------------------------------------
     def counters(self) -> dict[str, int]:
-        raw = self.client.hgetall(self.keys.stats)
+        raw = cast("dict[str, str]", self.client.hgetall(self.keys.stats))
         return {name: int(value) for name, value in raw.items()}
 
     def ledger_enqueued(self) -> int:
@@ -693,7 +449,7 @@ class Queue:
         """The task as its hash holds it. TaskRetired if the hash is gone and done tasks
         have been retired (it most likely was one of them: the retention policy keeps no
         record per retired id), TaskNotFound if there is no such task."""
-        fields = self.client.hgetall(self.keys.task(task_id))
+        fields = cast("dict[str, str]", self.client.hgetall(self.keys.task(task_id)))
         if fields:
             return Task.from_hash(fields)
         pipe = self.client.pipeline(transaction=False)
@@ -716,7 +472,7 @@ class Queue:
             out[self.keys.task_id_of(key)] = Status(fields[0]) if fields[0] else Status.QUEUED
         return out
 
-    def iter_task_hashes(self, fields: Sequence[str], chunk: int = 1000):
+    def iter_task_hashes(self, fields: Sequence[str], chunk: int = 1000) -> Iterator[tuple[str, list[str | None]]]:
         """Yield (key, [values of ``fields``]) for every task hash of this queue."""
         batch: list[str] = []
         for key in self.reader.scan_iter(match=self.keys.task_pattern, count=chunk):
@@ -727,7 +483,7 @@ class Queue:
         if batch:
             yield from self._hmget_all(batch, fields)
 
-    def _hmget_all(self, keys: list[str], fields: Sequence[str]):
+    def _hmget_all(self, keys: list[str], fields: Sequence[str]) -> Iterator[tuple[str, list[str | None]]]:
         pipe = self.reader.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, list(fields))
@@ -735,7 +491,8 @@ class Queue:
 
     def events(self) -> list[dict[str, str]]:
         """The durable record: one entry per attempt outcome, oldest first."""
-        return [dict(fields, entry=entry_id) for entry_id, fields in self.client.xrange(self.keys.events)]
+        entries = cast("list[tuple[str, dict[str, str]]]", self.client.xrange(self.keys.events))
+        return [dict(fields, entry=entry_id) for entry_id, fields in entries]
 
     # -- housekeeping ------------------------------------------------------------
     def purge(self) -> int:
@@ -750,41 +507,3 @@ class Queue:
         if batch:
             deleted += self.client.delete(*batch)
         return deleted
-
-
-_STATES: dict[int, Literal["ok", "missing", "lost", "stranded"]] = {-1: "missing", -2: "lost", -3: "stranded"}
-
-
-def _ints(flat: list[str]) -> dict[str, int]:
-    """A flat HGETALL reply of counters as a dict."""
-    return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
-def _claim_from(reply: list, rejected: list[str]) -> Claim:
-    drained, next_due, lease, backlog, in_flight, *flat = reply
-    code = int(drained)
-    return Claim(
-        state=_STATES.get(code, "ok"),
-        backlog=int(backlog),
-        claims_in_flight=int(in_flight),
-        lease=lease or None,
-        tasks=[
-            Claimed(flat[i], flat[i + 1], flat[i + 2], int(flat[i + 3]), flat[i + 4], _limit(flat[i + 5]))
-            for i in range(0, len(flat), 6)
-        ],
-        drained=code == 1,
-        next_due=float(next_due) if next_due not in ("", None) else None,
-        rejected=rejected,
-    )
-
-
-def _limit(raw: str) -> float | None:
-    """A task's own time limit as claim.lua reports it ('' when it has none). A value
-    that is not a positive number (a hash written by hand) is ignored, not fatal."""
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if 0 < value < float("inf") else None

@@ -14,6 +14,8 @@ from weakref import WeakKeyDictionary
 
 import redis
 
+from .keys import lua_constants
+
 SCRIPT_NAMES = ("enqueue", "claim", "settle", "reap", "heartbeat", "snapshot", "verify", "finish")
 
 _registered: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
@@ -26,10 +28,10 @@ def source(name: str) -> str:
 
 @cache
 def full_source(name: str) -> str:
-    """The Lua text Redis runs: ``_lib.lua`` followed by the script itself."""
+    """The Lua text Redis runs: the spellings wqsim.keys defines, ``_lib.lua``, then the script itself."""
     if name not in SCRIPT_NAMES:
         raise ValueError(f"unknown script {name!r} (have: {', '.join(SCRIPT_NAMES)})")
-    return source("_lib") + "\n" + source(name)
+    return lua_constants() + source("_lib") + "\n" + source(name)
 
 
 def scripts_for(client: redis.Redis) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import decoding
 from .config import MAX_DEPENDENCIES_HANDED_OVER, Limits
+from .keys import worker_of
 
 DEFAULT_LIMITS = Limits()
 
@@ -89,7 +90,7 @@ class Task:
                 timeout_s=_float(fields.get("timeout_s")),
                 status=Status(fields.get("status", "queued")),
                 attempt=int(fields.get("attempt", 0)),
-                worker=fields.get("lease", "").rsplit("#", 1)[0],
+                worker=worker_of(fields.get("lease", "")),
                 lease=fields.get("lease", ""),
                 package=fields.get("package", ""),
                 created_at=_float(fields.get("created_at")),

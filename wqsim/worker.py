@@ -12,9 +12,17 @@ reconnecting; if its lease expired meanwhile, the settle is rejected and the
 reaper has returned those tasks.
 
 With ``prefetch`` the loop is pipelined: the worker keeps requests in flight on
-its private connection (see queue._OwnConnection) and, after each claim, sends
-that claim's results together with a request for more, then goes on with a
-claim it already holds while Redis answers. Replies are read in order, later.
+its private connection (see wqsim.transport.Pipelined) and, after each claim,
+sends that claim's results together with a request for more, then goes on with
+a claim it already holds while Redis answers. Replies are read in order, later.
+
+Time: every time a worker records (an attempt's ``started_at`` and
+``finished_at``, lease deadlines, retry due times) is its own clock corrected
+by its offset to Redis's ``TIME`` (a wqsim.clocks.ServerClock, measured when
+the worker starts and again after every reconnect), so they compare with the
+``enqueued_at`` that Redis stamps, whatever the worker host's clock says.
+
+Chaos (wqsim.chaos) wraps the handlers; the loop does not know of it.
 """
 
 from __future__ import annotations
@@ -25,15 +33,16 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, NoReturn, TypeVar
 
 import redis
 
 from . import chaos as chaos_mod
 from .acl import is_permission_error
+from .clocks import ServerClock
 from .config import ChaosConfig, WorkerConfig
 from .handlers import HandlerRegistry, UnknownKind
 from .handlers import registry as default_registry
@@ -41,6 +50,7 @@ from .keys import check_id, parse_lease
 from .queue import Claim, Claimed, Clock, Queue, Settlement
 from .storage import vanished_message
 from .task import MalformedTask, Status, Task, inputs_of, parse_payload, to_json
+from .transport import Ticket
 
 log = logging.getLogger("wqsim.worker")
 
@@ -101,18 +111,20 @@ class Worker:
         clock: Clock = time.time,
         in_own_process: bool = False,
     ) -> None:
-        self.queue = Queue(client, queue, clock=clock, own_connection=True)
+        self.client = client
+        self.clock = ServerClock(clock)  # synced against Redis in run() and after every reconnect
+        self.queue = Queue(client, queue, clock=self.clock, own_connection=True)
         # The watchdog thread's own view of the queue: the private connection above is the loop's alone.
-        self._side = Queue(client, queue, clock=clock)
+        self._side = Queue(client, queue, clock=self.clock)
         self.id = check_id("worker id", worker_id)
         self.config = config or WorkerConfig()
         self.registry = registry or default_registry
         self.chaos = chaos or ChaosConfig()
         self.log = logger or log
-        self.clock = clock
         self.stats = WorkerStats()
         self._in_own_process = in_own_process
-        self._chaos_active = self.chaos.active
+        self._chaos_effects = _ChaosEffects(self)  # what a fault does to this worker (see wqsim.chaos.wrap)
+        self._handlers: dict[str, Callable[[Task], object]] = {}  # see _handler
         # A chaos crash or hang must strand only the task it was drawn for, so that one seed
         # injects the same faults on every run: no claims in reserve to take down with it.
         self._prefetch = 0 if (self.chaos.crash_p or self.chaos.hang_p) else self.config.prefetch
@@ -127,8 +139,8 @@ class Worker:
         self._held: set[str] = set()
         self._lost: set[str] = set()
         self._attempts: dict[str, int] = {}  # attempt numbers of failed tasks, for the backoff
-        self._flushes: list[int] = []  # tickets of mid-claim settles whose replies are not read yet
-        self._ahead: deque[int | None] = deque()  # requests in flight whose replies hold the next tasks
+        self._flushes: list[Ticket[Claim]] = []  # tickets of mid-claim settles whose replies are not read yet
+        self._ahead: deque[Ticket[Claim] | None] = deque()  # requests in flight whose replies hold the next tasks
         self._lease_floor = 0  # see run()
         self._refused: Exception | None = None  # a permission Redis refused the watchdog (see wqsim.acl)
         # Tasks of the last claim ran in under config.prefetch_below_s each (see _may_claim_ahead).
@@ -144,6 +156,7 @@ class Worker:
         cfg = self.config
         # Leases numbered above this are this worker's: an earlier worker of the same id
         # (one that crashed and was replaced) made only leases at or below it.
+        self._with_redis(partial(self.clock.sync, self.client))
         self._lease_floor = self._with_redis(self.queue.leases_issued)
         threading.Thread(target=self._watchdog, name=f"wqsim-watchdog-{self.id}", daemon=True).start()
         try:
@@ -191,7 +204,7 @@ class Worker:
         self._with_redis(lambda: self.queue.finish(self.id))
         return self.stats
 
-    def _send_results_and_ask_for_more(self, settlements: list[Settlement]) -> int | None:
+    def _send_results_and_ask_for_more(self, settlements: list[Settlement]) -> Ticket[Claim] | None:
         backoff_s = self._backoff_s(settlements)
         return self._send(
             lambda: self.queue.settle_nowait(self.id, settlements, self.config.lease_ms, self._claim_size(), backoff_s)
@@ -268,7 +281,7 @@ class Worker:
         self.stats.queue_vanished = True
         return True
 
-    def _send(self, request: Callable[[], int]) -> int | None:
+    def _send(self, request: Callable[[], Ticket[Claim]]) -> Ticket[Claim] | None:
         """Send a pipelined request; None if Redis is unreachable (the loop then claims afresh)."""
         try:
             return request()
@@ -278,7 +291,7 @@ class Worker:
             )
             return None
 
-    def _collect(self, ticket: int | None) -> Claim:
+    def _collect(self, ticket: Ticket[Claim] | None) -> Claim:
         """The reply to a pipelined request, with the rejections of earlier flushes folded in."""
         if ticket is None:
             return Claim()
@@ -394,7 +407,7 @@ class Worker:
         started_at = self.clock()
         try:
             task = self._decode(claimed, lease, started_at)
-            handler = self.registry.get(task.kind)
+            handler = self._handler(task.kind)
         except (MalformedTask, UnknownKind) as exc:
             return self._refuse(claimed.id, lease, str(exc), started_at)
         except Exception as exc:  # whatever a hostile hash provokes, it costs the task, never the worker
@@ -411,7 +424,7 @@ class Worker:
         result: object = None
         failure: Exception | None = None
         try:
-            result = self._call(handler, task)
+            result = handler(task)
         except _Abandoned:
             raise
         except Exception as exc:  # a failing handler must never take the worker down
@@ -437,25 +450,33 @@ class Worker:
         self.stats.done += 1
         return Settlement(task.id, lease, "done", result_json, started_at, finished_at)
 
+    def _handler(self, kind: str) -> Callable[[Task], object]:
+        """The registry's handler for ``kind`` with chaos wrapped around it, made once per kind."""
+        handler = self._handlers.get(kind)
+        if handler is None:
+            handler = self._handlers[kind] = chaos_mod.wrap(self.registry.get(kind), self.chaos, self._chaos_effects)
+        return handler
+
     def _decode(self, claimed: Claimed, lease: str, started_at: float) -> Task:
         """The claimed task as a Task, read within config.limits; MalformedTask names what is wrong."""
         limits = self.config.limits
-        missing = [name for name, value in (("kind", claimed.kind), ("payload", claimed.payload)) if value is None]
-        if missing:
+        kind = claimed.kind
+        missing = [name for name, value in (("kind", kind), ("payload", claimed.payload)) if value is None]
+        if missing or kind is None:
             raise MalformedTask(f"task {claimed.id} is missing field(s): {', '.join(missing)}")
         payload = parse_payload(claimed.id, claimed.payload, limits)
         task = Task(
             id=claimed.id,
-            kind=claimed.kind,
+            kind=kind,
             payload=payload,
-            status=Status.RUNNING,  # type: ignore[arg-type]
+            status=Status.RUNNING,
             attempt=claimed.attempt,
             worker=self.id,
             lease=lease,
             started_at=started_at,
         )
         if claimed.inputs:
-            task.depends_on, task.inputs, task.input_errors = inputs_of(claimed.inputs, limits, claimed.id)
+            task.depends_on, task.inputs, task.input_errors = inputs_of(list(claimed.inputs), limits, claimed.id)
         return task
 
     def _refuse(self, task_id: str, lease: str, reason: str, started_at: float) -> Settlement:
@@ -463,36 +484,6 @@ class Worker:
         self.stats.dead += 1
         self.log.error("Worker %s cannot run task %s: %s", self.id, task_id, reason)
         return Settlement(task_id, lease, "dead", reason, started_at, self.clock())
-
-    def _call(self, handler: Callable[[Task], object], task: Task) -> object:
-        if not self._chaos_active:
-            return handler(task)
-        faults = chaos_mod.draw(self.chaos, task.id, task.attempt)
-        if faults:
-            self._with_redis(lambda: self._side.record_fault(task.id, task.attempt, self.id, faults.names()))
-        if faults.crash:
-            time.sleep(float(task.payload.get("duration_ms", 0)) / 2000)
-            if self._in_own_process:
-                self.log.warning("Worker %s crashes (chaos) while holding task %s", self.id, task.id)
-                os._exit(CRASH_EXIT_CODE)
-            # A thread cannot die, so it drops the claim and ends its lease as a dead process's would run out.
-            self.log.warning("Worker %s abandons its claim at task %s (chaos crash)", self.id, task.id)
-            self._with_redis(lambda: self._side.expire_leases([task.lease]))
-            raise _Abandoned
-        if faults.hang:
-            self.log.warning("Worker %s hangs on task %s for %.2f s (chaos)", self.id, task.id, self.chaos.hang_s)
-            self._frozen.set()
-            try:
-                time.sleep(self.chaos.hang_s)
-            finally:
-                self._frozen.clear()
-        started = time.perf_counter()
-        result = handler(task)
-        if faults.straggle:
-            time.sleep((self.chaos.straggler_factor - 1) * (time.perf_counter() - started))
-        if faults.fail:
-            raise chaos_mod.InjectedFailure(f"injected failure (chaos seed {self.chaos.seed})")
-        return result
 
     # -- the watchdog thread: heartbeats and time limits ------------------------------
     def _watch_over(self, in_hand: _InHand) -> None:
@@ -618,12 +609,17 @@ class Worker:
         os._exit(TIME_LIMIT_EXIT_CODE)
 
     def _with_redis(self, call: Callable[[], T]) -> T:
-        """Run ``call``; while Redis is unreachable, retry with capped exponential backoff."""
+        """Run ``call``; while Redis is unreachable, retry with capped exponential backoff.
+
+        The one place a worker waits for Redis to come back. After a reconnect
+        the clock offset is measured again: the server may have restarted on
+        another host.
+        """
         delay_s = 0.05
         deadline = time.monotonic() + self.config.reconnect_s
         while True:
             try:
-                return call()
+                result = call()
             except RETRYABLE_REDIS_ERRORS as exc:
                 if time.monotonic() >= deadline:
                     raise RedisGone(
@@ -632,3 +628,39 @@ class Worker:
                 self.log.warning("Worker %s: Redis unreachable (%s); retrying in %.2f s", self.id, exc, delay_s)
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
+                continue
+            if delay_s > 0.05:  # it had failed: Redis is back
+                with contextlib.suppress(*RETRYABLE_REDIS_ERRORS):
+                    self.clock.sync(self.client)
+            return result
+
+
+class _ChaosEffects:
+    """What an injected fault does to a Worker (see wqsim.chaos.Effects)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def record(self, task: Task, faults: chaos_mod.Faults) -> None:
+        w = self.worker
+        w._with_redis(lambda: w._side.record_fault(task.id, task.attempt, w.id, faults.names()))
+
+    def crash(self, task: Task) -> NoReturn:
+        w = self.worker
+        if w._in_own_process:
+            w.log.warning("Worker %s crashes (chaos) while holding task %s", w.id, task.id)
+            os._exit(CRASH_EXIT_CODE)
+        # A thread cannot die, so it drops the claim and ends its lease as a dead process's would run out.
+        w.log.warning("Worker %s abandons its claim at task %s (chaos crash)", w.id, task.id)
+        w._with_redis(lambda: w._side.expire_leases([task.lease]))
+        raise _Abandoned
+
+    @contextlib.contextmanager
+    def frozen(self, task: Task) -> Iterator[None]:
+        w = self.worker
+        w.log.warning("Worker %s hangs on task %s for %.2f s (chaos)", w.id, task.id, w.chaos.hang_s)
+        w._frozen.set()
+        try:
+            yield
+        finally:
+            w._frozen.clear()

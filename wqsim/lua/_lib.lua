@@ -1,7 +1,7 @@
 -- _lib.lua: shared by every wqsim script (scripts.py prepends it).
 --
 -- Every script receives the same KEYS, built by wqsim.keys.Keys.script_keys():
---   KEYS[1] ready     LIST  entries waiting: a task id, or "pkg:<id>" for a work package
+--   KEYS[1] ready     LIST  entries waiting: a task id, or package_entry(<id>) for a work package
 --   KEYS[2] inflight  ZSET  lease id -> lease deadline, epoch seconds (the reaper's index)
 --   KEYS[3] delayed   ZSET  task id -> time its retry is due, epoch seconds
 --   KEYS[4] dead      LIST  dead-letter task ids
@@ -30,7 +30,6 @@
 local READY, INFLIGHT, DELAYED, DEAD, STATS, SIGNAL, EVENTS =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local PREFIX, PROGRESS = ARGV[1], ARGV[2]
-local PACKAGE_ENTRY = '^pkg:'
 
 -- Per-queue keys outside KEYS, built from PREFIX (they mirror wqsim.keys.Keys).
 local LEDGER, DONE_INDEX = PREFIX .. 'ledger', PREFIX .. 'done'
@@ -39,6 +38,21 @@ local function task_key(id) return PREFIX .. 'task:' .. id end
 local function lease_key(lease) return PREFIX .. 'lease:' .. lease end
 local function held_key(lease) return PREFIX .. 'held:' .. lease end
 local function package_key(pid) return PREFIX .. 'package:' .. pid end
+
+-- A work package in the ready list: PACKAGE_ENTRY_PREFIX .. package id. The prefix comes
+-- from wqsim.keys (scripts.py defines it ahead of this file), the one place it is spelled.
+local function package_entry(pid) return PACKAGE_ENTRY_PREFIX .. pid end
+-- The package id of a ready-list entry, or nil for a task id (an anchored pattern: a task
+-- id fails at its first character, which matters when a claim takes many).
+local PACKAGE_ENTRY_PATTERN = '^' .. string.gsub(PACKAGE_ENTRY_PREFIX, '%p', '%%%0') .. '(.+)$'
+local function entry_package(entry) return string.match(entry, PACKAGE_ENTRY_PATTERN) end
+
+-- A lease id "<worker>#<n>[@<package>]" as worker id, lease number (0 if none) and
+-- package id (nil if none): the twin of wqsim.keys.parse_lease.
+local function lease_parts(lease)
+  local worker, number = string.match(lease, '^([^#]*)#(%d*)')
+  return worker or '', tonumber(number) or 0, string.match(lease, '@(.+)$')
+end
 
 -- Wake one idle worker. The list never holds more than one token.
 local function wake()
@@ -255,7 +269,7 @@ local function claim(worker, now, lease_ms, count, reuse)
   if count > 0 then
     local entries = redis.call('RPOP', READY, count) or {}
     for i, entry in ipairs(entries) do
-      local pid = string.match(entry, '^pkg:(.+)$')
+      local pid = entry_package(entry)
       if pid and not valid_id(pid) then pid = nil end  -- not a package wqsim made: take() refuses the entry
       if pid and (#taken > 0 or lease) then
         -- A package is claimed alone, under its own lease: put it and the rest back.

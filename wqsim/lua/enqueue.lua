@@ -53,7 +53,7 @@ local function seal()
   local pid = tostring(redis.call('HINCRBY', STATS, 'packages', 1))
   redis.call('RPUSH', package_key(pid), unpack(members))
   for _, id in ipairs(members) do redis.call('HSET', task_key(id), 'package', pid) end
-  redis.call('LPUSH', READY, 'pkg:' .. pid)
+  redis.call('LPUSH', READY, package_entry(pid))
   packages[#packages + 1] = pid
   members = {}
 end

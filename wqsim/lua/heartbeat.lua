@@ -27,10 +27,9 @@ for i = 7, #ARGV do
   if not renew(ARGV[i]) then lost[#lost + 1] = ARGV[i] end
 end
 if worker ~= '' then
-  local prefix = worker .. '#'
   for _, lease in ipairs(redis.call('ZRANGE', INFLIGHT, 0, -1)) do
-    if not listed[lease] and string.sub(lease, 1, #prefix) == prefix
-        and (tonumber(string.match(lease, '^[^#]*#(%d+)')) or 0) > since then
+    local owner, number = lease_parts(lease)
+    if not listed[lease] and owner == worker and number > since then
       renew(lease)
     end
   end

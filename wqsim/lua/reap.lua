@@ -15,8 +15,7 @@ local candidates = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now, 'LIMIT', 0
 for _, lease in ipairs(candidates) do
   if redis.call('EXISTS', lease_key(lease)) == 0 then
     redis.call('ZREM', INFLIGHT, lease)
-    local pid = string.match(lease, '@(.+)$')
-    local worker = string.match(lease, '^(.*)#')
+    local worker, _, pid = lease_parts(lease)
     local back = {}
     for _, id in ipairs(redis.call('SMEMBERS', held_key(lease))) do
       local h = redis.call('HMGET', task_key(id), 'attempt', 'max_attempts')
@@ -37,7 +36,7 @@ for _, lease in ipairs(candidates) do
       table.sort(back, function(a, b) return (tonumber(a) or 0) < (tonumber(b) or 0) end)
       if pid then
         redis.call('RPUSH', package_key(pid), unpack(back))
-        redis.call('RPUSH', READY, 'pkg:' .. pid)
+        redis.call('RPUSH', READY, package_entry(pid))
       else
         for i = #back, 1, -1 do redis.call('RPUSH', READY, back[i]) end
       end

@@ -13,7 +13,7 @@
 -- in one step.
 local queued, running = {}, {}
 for _, entry in ipairs(redis.call('LRANGE', READY, 0, -1)) do
-  local pid = string.match(entry, '^pkg:(.+)$')
+  local pid = entry_package(entry)
   if pid then
     for _, id in ipairs(redis.call('LRANGE', package_key(pid), 0, -1)) do queued[#queued + 1] = id end
   else

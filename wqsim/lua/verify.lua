@@ -39,7 +39,7 @@ local function lost(id)
   end
   if status == false or status == 'queued' then
     if in_ready(id) then return false end
-    return not (pid and in_ready('pkg:' .. pid) and redis.call('LPOS', package_key(pid), id) ~= false)
+    return not (pid and in_ready(package_entry(pid)) and redis.call('LPOS', package_key(pid), id) ~= false)
   elseif status == 'running' then
     return not (lease and redis.call('SISMEMBER', held_key(lease), id) == 1
       and redis.call('ZSCORE', INFLIGHT, lease) ~= false)
