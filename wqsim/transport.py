@@ -148,7 +148,7 @@ def transaction(client: redis.Redis, requests: list[Request[Any]]) -> list[Reply
     for attempt in range(2):
         pipe = client.pipeline(transaction=True)
         for request in requests:
-            pipe.execute_command(*request.command)  # type: ignore[no-untyped-call]
+            pipe.execute_command(*request.command)
         replies: list[Reply | redis.RedisError] = pipe.execute(raise_on_error=False)
         unrun = {
             r.script
