@@ -41,7 +41,7 @@ def fake_client() -> redis.Redis:
     return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
 
 
-@pytest.fixture(params=["fakeredis", "redis-server"])
+@pytest.fixture(params=["fakeredis", pytest.param("redis-server", marks=pytest.mark.real_redis)])
 def client(request: pytest.FixtureRequest) -> redis.Redis:
     """The queue contract runs against both backends, so fakeredis's Lua is checked against the real thing."""
     if request.param == "fakeredis":

@@ -13,6 +13,16 @@ from collections.abc import Callable, Iterator
 from wqsim import Queue, Reaper, WorkerPool
 
 
+class FakeClock:
+    """A clock that stands still until a test moves it (``clock.now += 5``)."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def done_count(queue: Queue, task_id: str) -> int:
     """How many times the durable event stream records ``task_id`` as done."""
     return sum(e["id"].split(" ").count(task_id) for e in queue.events() if e["event"] == "done")

@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import redis
+from helpers import FakeClock
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -53,14 +54,6 @@ BACKOFFS = st.sampled_from([0.0, 0.5, 2.0])
 TERMINAL = ("done", "dead")
 
 SETTINGS = settings(max_examples=60, stateful_step_count=40, deadline=None)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
