@@ -80,7 +80,10 @@ class Killer(threading.Thread):
             while not self._stop_event.wait(self.rng.uniform(0.1, 0.3)):
                 if self.queue.drained():
                     return
-                live = self.pool.pids()
+                # A worker killed a moment ago may still be listed until the supervisor reaps it:
+                # killing it again would count one death twice.
+                killed = {pid for _, pid in self.kills}
+                live = {worker: pid for worker, pid in self.pool.pids().items() if pid not in killed}
                 if not live:
                     continue
                 victim = self.rng.choice(sorted(live))
