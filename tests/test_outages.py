@@ -29,7 +29,9 @@ def wqsim_run(*args: str) -> subprocess.Popen[str]:
 def test_wqsim_run_rides_out_a_sigkilled_redis_restarted_2_s_later_and_ends_with_a_clean_audit(tmp_path, queue_name):
     server = RedisServer(dir=str(tmp_path), extra_args=AOF_ARGS).start()
     restarted: RedisServer | None = None
-    proc = wqsim_run("--tasks", "1000", "--workers", "2", "--queue", queue_name, "--redis-url", server.url, "-q")
+    proc = wqsim_run(
+        "--tasks", "1000", "--workers", "2", "--lease-s", "5", "--queue", queue_name, "--redis-url", server.url, "-q"
+    )
     try:
         q = Queue(connect(server.url), queue_name)
         assert wait_until(lambda: q.counters().get("done", 0) >= 300 or proc.poll() is not None, 60)

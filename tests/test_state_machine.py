@@ -31,6 +31,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
 import redis
 from helpers import FakeClock
 from hypothesis import settings
@@ -501,5 +502,6 @@ def statuses_count(statuses: dict[str, str], status: str) -> int:
     return sum(1 for s in statuses.values() if s == status)
 
 
+@pytest.mark.slow
 def test_random_interleavings_of_claims_settles_expiries_heartbeats_and_reaps_keep_the_queue_consistent(client):
     run_state_machine_as_test(lambda: QueueStateMachine(client), settings=SETTINGS)
