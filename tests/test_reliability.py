@@ -82,9 +82,9 @@ def test_hung_worker_loses_its_lease_and_its_late_result_is_rejected(client, que
 
 def test_heartbeats_keep_a_long_task_alive_past_its_lease(client, queue_name):
     q = Queue(client, queue_name)
-    generate(q, 1, duration_ms=600, max_attempts=1)
+    generate(q, 1, duration_ms=1500, max_attempts=1)  # pinged ten times a lease: a busy machine may delay a few
     reaper = Reaper(Queue(client, queue_name), interval_s=0.02).start()
-    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=0.2, ping_interval_s=0.05, idle_wait_s=0.02))
+    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=0.5, ping_interval_s=0.05, idle_wait_s=0.02))
     worker.run()
     reaper.stop()
     task = q.task("1")
