@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 1000 wqsim
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY wqsim ./wqsim
 RUN pip install ".[notebook]"
 COPY --chown=wqsim:wqsim notebooks ./notebooks

@@ -1,30 +1,47 @@
-# Two commands on a fresh machine (only python3 needed; each makes its own virtualenv):
+# Two commands on a fresh machine (only python3 needed; the first makes the virtualenv):
 #   make run    the seed's scenario on an embedded Redis (or $REDIS_URL)
-#   make test   the whole test suite
+#   make test   the whole test suite (tests and notebooks, two processes at once)
+#   make lint   ruff's checks and formatter, and mypy --strict on wqsim/ (CI runs it before make test)
 #   make bench  the benchmark suite against RQ, Celery, Huey and raw redis-py (a few minutes)
+# Each installs what it needs once: a stamp file in the virtualenv remembers the install,
+# and only a change to pyproject.toml repeats it (wqsim itself is an editable install).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-run: $(BIN)/python
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test,notebook,dev]"
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	touch $@
+
+run: $(VENV)/.installed-run
 	$(BIN)/wqsim run $(ARGS)
 
-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test,notebook]"
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info build

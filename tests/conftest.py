@@ -18,6 +18,15 @@ import redis
 from wqsim import Queue, RedisServer, Worker, WorkerConfig, connect
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the slow tests are handed out first, so that none of them starts last and
+    leaves one process working alone at the end. The order is otherwise kept (a stable sort),
+    and every xdist process sorts the same way, as xdist requires."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """REDIS_URL when set, else a redis-server this session starts on a free port."""
@@ -41,7 +50,7 @@ def fake_client() -> redis.Redis:
     return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
 
 
-@pytest.fixture(params=["fakeredis", "redis-server"])
+@pytest.fixture(params=["fakeredis", pytest.param("redis-server", marks=pytest.mark.real_redis)])
 def client(request: pytest.FixtureRequest) -> redis.Redis:
     """The queue contract runs against both backends, so fakeredis's Lua is checked against the real thing."""
     if request.param == "fakeredis":

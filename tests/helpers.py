@@ -11,6 +11,16 @@ from collections.abc import Callable, Iterator
 from wqsim import Queue, Reaper, WorkerPool
 
 
+class FakeClock:
+    """A clock that stands still until a test moves it (``clock.now += 5``)."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def done_count(queue: Queue, task_id: str) -> int:
     """How many times the durable event stream records ``task_id`` as done."""
     return sum(e["id"].split(" ").count(task_id) for e in queue.events() if e["event"] == "done")
@@ -68,7 +78,10 @@ class Killer(threading.Thread):
             while not self._stop_event.wait(self.rng.uniform(0.1, 0.3)):
                 if self.queue.drained():
                     return
-                live = self.pool.pids()
+                # A worker killed a moment ago may still be listed until the supervisor reaps it:
+                # killing it again would count one death twice.
+                killed = {pid for _, pid in self.kills}
+                live = {worker: pid for worker, pid in self.pool.pids().items() if pid not in killed}
                 if not live:
                     continue
                 victim = self.rng.choice(sorted(live))

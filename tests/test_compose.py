@@ -286,6 +286,7 @@ def test_environment_yml_matches_pyproject():
         project["dependencies"]
         + project["optional-dependencies"]["test"]
         + project["optional-dependencies"]["notebook"]
+        + project["optional-dependencies"]["dev"]
     ):
         name, extras, version = _requirement(text)
         wanted[PYPI_TO_CONDA.get(name, name)] = version

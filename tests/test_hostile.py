@@ -4,6 +4,7 @@ that task with a reason (or runs it, if it is valid), never dies, and the audit 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -112,8 +113,14 @@ def write_by_hand(raw: redis.Redis, q: Queue, tasks: list[tuple[str, dict[str, b
         raw.lpush(q.keys.ready, task_id.encode("utf-8", "surrogatepass"))
 
 
+# 200 lists of hostile task hashes a run by default (the suite shares two cores with itself);
+# WQSIM_FUZZ_EXAMPLES=2000 for a longer search.
+FUZZ_EXAMPLES = int(os.environ.get("WQSIM_FUZZ_EXAMPLES", "200"))
+
+
+@pytest.mark.slow
 @settings(
-    max_examples=500,
+    max_examples=FUZZ_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )

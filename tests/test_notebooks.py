@@ -137,6 +137,7 @@ def test_every_plot_appears_in_some_notebook():
 
 
 @pytest.mark.real_redis
+@pytest.mark.slow
 def test_nbval_fails_a_notebook_whose_checked_output_no_longer_matches(tmp_path, redis_url):
     """The acceptance check on the checks: break one checked line (here, the result a
     dependent computes from its prerequisites) and nbval must report the mismatch."""

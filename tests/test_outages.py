@@ -29,7 +29,9 @@ def wqsim_run(*args: str) -> subprocess.Popen[str]:
 def test_wqsim_run_rides_out_a_sigkilled_redis_restarted_2_s_later_and_ends_with_a_clean_audit(tmp_path, queue_name):
     server = RedisServer(dir=str(tmp_path), extra_args=AOF_ARGS).start()
     restarted: RedisServer | None = None
-    proc = wqsim_run("--tasks", "2000", "--workers", "2", "--queue", queue_name, "--redis-url", server.url, "-q")
+    proc = wqsim_run(
+        "--tasks", "1000", "--workers", "2", "--lease-s", "5", "--queue", queue_name, "--redis-url", server.url, "-q"
+    )
     try:
         q = Queue(connect(server.url), queue_name)
         assert wait_until(lambda: q.counters().get("done", 0) >= 300 or proc.poll() is not None, 60)
@@ -46,7 +48,7 @@ def test_wqsim_run_rides_out_a_sigkilled_redis_restarted_2_s_later_and_ends_with
         if restarted is not None:
             restarted.stop()
     assert proc.returncode == 0, out[-4000:]
-    assert "Summary: 2000 done, 0 dead, 0 lost, 0 completed twice" in out
+    assert "Summary: 1000 done, 0 dead, 0 lost, 0 completed twice" in out
     assert "2/2 workers finished" in out and "All workers finished." in out
     assert "Listener reconnected" in out
 

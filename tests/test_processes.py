@@ -345,7 +345,7 @@ def test_the_supervisor_sleeps_until_a_worker_exits_rather_than_on_a_timer(redis
         assert wait_until(lambda: pool.pids().get("serving") not in (None, first_pid), 5)
         assert pool.restarts == 1
         assert wait_until(lambda: len(waits) >= 2, 5)
-        time.sleep(0.2)
+        time.sleep(0.2)  # a polling supervisor would have looked 10 times by now
         assert waits == [None, None]  # asleep again, on the replacement's sentinel
 
 

@@ -9,17 +9,9 @@ import threading
 import time
 
 import pytest
-from helpers import done_count
+from helpers import FakeClock, done_count
 
 from wqsim import Keys, Queue, Settlement, Status, Task, audit, generate, make_tasks
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def settle_one(q: Queue, claim, outcome: str = "done", value: str = "null", worker: str = "w1", backoff_s: float = 0.0):
@@ -139,7 +131,7 @@ def test_expired_lease_returns_task_to_ready_exactly_once(make_queue):
     q = make_queue()
     generate(q, 1)
     q.claim("w1", lease_ms=30)
-    time.sleep(0.08)
+    time.sleep(0.08)  # Redis expires the lease key
     results = [q.reap(now=time.time() + 60) for _ in range(3)]  # three reapers, one after another
     assert sum(r.returned for r in results) == 1
     assert q.client.lrange(q.keys.ready, 0, -1) == ["1"]
@@ -161,7 +153,7 @@ def test_reaped_task_is_claimed_again_with_a_new_token_and_old_owner_is_fenced_o
     q = make_queue()
     generate(q, 1)
     old = q.claim("w1", lease_ms=30)
-    time.sleep(0.08)
+    time.sleep(0.08)  # Redis expires the lease key
     q.reap(now=time.time() + 60)
     new = q.claim("w2", lease_ms=5000)
     assert (new.lease, new.tasks[0].attempt) == ("w2#2", 2)
@@ -200,7 +192,7 @@ def test_expired_lease_on_the_last_attempt_dead_letters_the_task(make_queue):
     q = make_queue()
     generate(q, 1, max_attempts=1)
     q.claim("w1", lease_ms=30)
-    time.sleep(0.08)
+    time.sleep(0.08)  # Redis expires the lease key
     assert q.reap(now=time.time() + 60).buried == 1
     assert q.task("1").status == Status.DEAD
     assert "no attempts left" in q.task("1").error
@@ -274,7 +266,7 @@ def test_expired_package_returns_only_its_unfinished_tasks_as_a_package(make_que
     generate(q, 4, package_size=4)
     claim = q.claim("w1", lease_ms=40)
     q.settle("w1", [Settlement(t, claim.lease, "done", "null") for t in ("1", "2")], lease_ms=1000)
-    time.sleep(0.1)
+    time.sleep(0.1)  # Redis expires the lease key
     assert q.reap(now=time.time() + 60).returned == 2
     assert q.client.lrange(q.keys.ready, 0, -1) == ["pkg:1"]
     again = q.claim("w2", lease_ms=5000)
@@ -410,7 +402,7 @@ def test_a_heartbeat_renews_a_workers_claims_made_ahead_before_their_replies_are
         since = q.leases_issued()
         ticket = q.claim_nowait("w1", lease_ms=500)  # its reply, and so its lease id, stays unread
         for _ in range(12):  # 1.2 s: more than twice the lease
-            time.sleep(0.1)
+            time.sleep(0.1)  # time for the lease to run out, were it not renewed: the behaviour under test
             assert q.heartbeat([], 500, worker="w1", since=since) == []
         claim = q.result(ticket)
     finally:
@@ -430,7 +422,7 @@ def test_a_heartbeat_renews_neither_an_earlier_worker_of_the_same_id_nor_a_worke
     other = q.claim("w10", lease_ms=400)
     mine = q.claim("w1", lease_ms=400)
     for _ in range(8):
-        time.sleep(0.1)
+        time.sleep(0.1)  # time for the leases to run out unless renewed: the behaviour under test
         q.heartbeat([], 400, worker="w1", since=since)
     assert not real_client.exists(q.keys.lease(crashed.lease))
     assert not real_client.exists(q.keys.lease(other.lease))

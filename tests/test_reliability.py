@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from helpers import done_count
+from helpers import done_count, wait_until
 
 from wqsim import (
     ChaosConfig,
@@ -46,11 +46,13 @@ def test_hung_worker_loses_its_lease_and_its_late_result_is_rejected(client, que
     """The seed's race: a task must not become both finished (late) and returned."""
     q = Queue(client, queue_name)
     handlers = HandlerRegistry()
+    hung_in_task, rescued = threading.Event(), threading.Event()
 
     @handlers.register("hang_once")
     def hang_once(task):
         if task.attempt == 1:
-            time.sleep(0.5)  # far longer than the 0.1 s lease
+            hung_in_task.set()
+            assert rescued.wait(10), "the rescuer never finished"  # hung past its 0.1 s lease, until then
         return {"attempt": task.attempt}
 
     generate(q, 1, kind="hang_once", max_attempts=3)
@@ -60,11 +62,15 @@ def test_hung_worker_loses_its_lease_and_its_late_result_is_rejected(client, que
     hung = Worker(client, queue_name, "hung", replace(cfg, heartbeat=False), registry=handlers)
     hung_thread = threading.Thread(target=hung.run)
     hung_thread.start()
-    time.sleep(0.05)
-    rescuer = Worker(client, queue_name, "rescuer", cfg, registry=handlers)
-    rescuer.run()
-    hung_thread.join(5)
-    reaper.stop()
+    try:
+        assert hung_in_task.wait(5), "the hung worker never claimed the task"
+        rescuer = Worker(client, queue_name, "rescuer", cfg, registry=handlers)
+        rescuer.run()  # waits out the lease, is handed the reaped task, and finishes it
+    finally:
+        rescued.set()  # only now does the hung worker come back with its late result
+        hung_thread.join(5)
+        reaper.stop()
+    assert not hung_thread.is_alive()
     task = q.task("1")
     assert (task.status, task.worker, task.result, done_count(q, "1")) == (Status.DONE, "rescuer", {"attempt": 2}, 1)
     assert hung.stats.rejected == 1
@@ -76,9 +82,9 @@ def test_hung_worker_loses_its_lease_and_its_late_result_is_rejected(client, que
 
 def test_heartbeats_keep_a_long_task_alive_past_its_lease(client, queue_name):
     q = Queue(client, queue_name)
-    generate(q, 1, duration_ms=600, max_attempts=1)
+    generate(q, 1, duration_ms=1500, max_attempts=1)  # pinged ten times a lease: a busy machine may delay a few
     reaper = Reaper(Queue(client, queue_name), interval_s=0.02).start()
-    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=0.2, ping_interval_s=0.05, idle_wait_s=0.02))
+    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=0.5, ping_interval_s=0.05, idle_wait_s=0.02))
     worker.run()
     reaper.stop()
     task = q.task("1")
@@ -103,9 +109,7 @@ def test_a_worker_that_finds_its_lease_lost_stops_the_package_and_records_nothin
     worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=5, ping_interval_s=0.05, idle_wait_s=0.02))
     thread = threading.Thread(target=worker.run)
     thread.start()
-    deadline = time.time() + 5
-    while not q.client.exists(q.keys.lease("w1#1@1")) and time.time() < deadline:
-        time.sleep(0.005)
+    assert wait_until(lambda: q.client.exists(q.keys.lease("w1#1@1")), 5, interval_s=0.005)
     q.client.delete(q.keys.lease("w1#1@1"))  # Redis "expires" the package's lease mid-task
     worker.stop()  # claim nothing after this package
     thread.join(5)
@@ -158,7 +162,7 @@ def test_audit_counts_executions_beyond_completions(make_queue):
     q = make_queue()
     generate(q, 1)
     q.claim("w1", lease_ms=20)
-    time.sleep(0.06)
+    time.sleep(0.06)  # Redis expires the lease key: the behaviour under test, not a synchronisation
     q.reap(now=time.time() + 60)
     claim = q.claim("w2", lease_ms=5000)
     q.settle("w2", [Settlement("1", claim.lease, "done", "null")], lease_ms=1000)

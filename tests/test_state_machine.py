@@ -31,7 +31,9 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
 import redis
+from helpers import FakeClock
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -53,14 +55,6 @@ BACKOFFS = st.sampled_from([0.0, 0.5, 2.0])
 TERMINAL = ("done", "dead")
 
 SETTINGS = settings(max_examples=60, stateful_step_count=40, deadline=None)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -508,5 +502,6 @@ def statuses_count(statuses: dict[str, str], status: str) -> int:
     return sum(1 for s in statuses.values() if s == status)
 
 
+@pytest.mark.slow
 def test_random_interleavings_of_claims_settles_expiries_heartbeats_and_reaps_keep_the_queue_consistent(client):
     run_state_machine_as_test(lambda: QueueStateMachine(client), settings=SETTINGS)

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+from helpers import wait_until
 
 from wqsim import (
     HandlerRegistry,
@@ -71,15 +71,34 @@ def test_listener_counts_every_task_of_a_batched_progress_message(make_queue, ma
     assert sorted(int(task_id) for _, task_id in seen) == list(range(1, 26))
 
 
+def idle_waits(worker: Worker, count: int) -> threading.Event:
+    """Set once ``worker`` goes back to its idle wait for the ``count``-th time: each time, it has
+    been shown an empty queue and decided to wait for more rather than to exit."""
+    reached = threading.Event()
+    calls = 0
+    original = worker.queue.wait_then_claim
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls >= count:
+            reached.set()
+        return original(*args, **kwargs)
+
+    worker.queue.wait_then_claim = counted  # type: ignore[method-assign]
+    return reached
+
+
 def test_worker_does_not_exit_while_another_worker_still_holds_a_task(make_queue, make_worker):
     """Termination waits for every task to be terminal, not for an empty ready list."""
     q = make_queue()
     generate(q, 1)
     q.claim("other", lease_ms=60_000)
     worker = make_worker("w1")
+    waited_again = idle_waits(worker, 3)
     thread = threading.Thread(target=worker.run)
     thread.start()
-    time.sleep(0.2)
+    assert waited_again.wait(5), "the worker never went back to waiting"
     assert thread.is_alive()
     from wqsim import Settlement
 
@@ -157,13 +176,24 @@ def test_result_that_is_not_json_is_dead_lettered_not_pickled(make_queue, client
 
 def test_a_stopped_worker_finishes_the_task_in_hand_and_claims_nothing_more(make_queue, client, queue_name):
     q = make_queue()
-    generate(q, 3, duration_ms=200)
-    worker = Worker(client, queue_name, "w1", WorkerConfig(idle_wait_s=0.05))
+    started, release = threading.Event(), threading.Event()
+    handlers = HandlerRegistry()
+
+    @handlers.register("gated")
+    def gated(task):
+        started.set()
+        assert release.wait(10), "the test never let the task finish"
+        return {"id": task.id}
+
+    generate(q, 3, kind="gated")
+    worker = Worker(client, queue_name, "w1", WorkerConfig(idle_wait_s=0.05), registry=handlers)
     thread = threading.Thread(target=worker.run)
     thread.start()
-    time.sleep(0.05)
-    worker.stop()
+    assert started.wait(5), "the worker never started a task"
+    worker.stop()  # while the first task is in hand
+    release.set()
     thread.join(5)
+    assert not thread.is_alive()
     result = audit(q)
     assert (result.done, result.queued, result.running) == (1, 2, 0)
 
@@ -172,13 +202,12 @@ def test_a_serving_worker_waits_for_new_work_instead_of_exiting(make_queue, clie
     q = make_queue()
     generate(q, 1, duration_ms=0)
     worker = Worker(client, queue_name, "w1", WorkerConfig(idle_wait_s=0.05, exit_when_drained=False))
+    drained_and_waiting = idle_waits(worker, 2)  # the queue was drained, and the worker waited on past it
     thread = threading.Thread(target=worker.run)
     thread.start()
-    time.sleep(0.2)
+    assert drained_and_waiting.wait(5)
     generate(q, 1, duration_ms=0)
-    deadline = time.time() + 5
-    while q.counters().get("done", 0) < 2 and time.time() < deadline:
-        time.sleep(0.01)
+    assert wait_until(lambda: q.counters().get("done", 0) >= 2, 5)
     assert thread.is_alive() and q.counters()["done"] == 2
     worker.stop()
     thread.join(5)

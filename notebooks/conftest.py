@@ -1,0 +1,26 @@
+"""The notebooks under pytest-xdist: a notebook's cells share one kernel and run in order, so all
+of a notebook must go to one xdist process; the tests go one by one, to whichever is free.
+
+(xdist_group marks with --dist loadgroup would say the same, but xdist 3.8 groups by rewriting
+item._nodeid, which pytest 9 no longer reads.) This file is loaded whenever a notebook is
+collected; a run of tests/ alone uses xdist's own --dist load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksWhole(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path.endswith(".ipynb") else nodeid
+
+    return NotebooksWhole(config, log)
