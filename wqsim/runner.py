@@ -92,7 +92,7 @@ def run(
     url = resolve_url(url)
     bar = None
     if progress:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
+        from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.tasks if not cfg.graph else None, unit="task", desc=f"queue {cfg.queue}")
         inner = on_progress
