@@ -2,7 +2,13 @@
 
 Each opens with a numbered title and one sentence, then one setup cell with its
 own queue; each is committed with the outputs of a clean run; between them they
-show every plot wqsim.plots offers.
+show every plot wqsim.plots offers, and every figure is followed by a caption.
+
+The caption convention: each code cell that draws a figure (one with an image
+output, or one that calls a ``plots.`` function) is followed directly by a
+markdown cell whose text starts with "*Figure N." (italic): a description in
+words of what the figure shows, for readers who cannot see it. Figures are
+numbered from 1 in each notebook.
 """
 
 from __future__ import annotations
@@ -120,6 +126,38 @@ def test_each_notebook_is_committed_with_the_outputs_of_a_clean_run(path):
     assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
     for c in code:
         ast.parse(re.sub(r"^%.*$", "", source(c), flags=re.M))  # valid Python, magics aside
+
+
+def draws_a_figure(cell: dict) -> bool:
+    images = any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+    return cell["cell_type"] == "code" and (
+        images or re.search(r"\bplots\.(?!alt_text)\w+\(", source(cell)) is not None
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_is_followed_by_a_markdown_caption_starting_figure(path):
+    """Accessibility: a figure cell is followed by a markdown cell "*Figure N. ...*", numbered in order."""
+    notebook = cells(path)
+    numbers = []
+    for i, cell in enumerate(notebook):
+        if not draws_a_figure(cell):
+            continue
+        after = notebook[i + 1] if i + 1 < len(notebook) else None
+        assert after is not None and after["cell_type"] == "markdown", f"cell {i} of {path.name} has no caption"
+        caption = source(after)
+        match = re.match(r"\*Figure (\d+)\. \S.{40,}\*$", caption, flags=re.S)
+        assert match, f"cell {i + 1} of {path.name} is not a '*Figure N. ...*' caption: {caption[:80]!r}"
+        numbers.append(int(match.group(1)))
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_every_figure_cell_of_the_committed_notebooks_has_an_image_and_a_caption():
+    """The check above, seen from the outputs: each image output belongs to a captioned cell."""
+    figures = [(p.name, c) for p in NOTEBOOKS for c in cells(p) if draws_a_figure(c)]
+    assert len(figures) >= 7
+    for name, cell in figures:
+        assert any("image/png" in o.get("data", {}) for o in cell["outputs"]), f"a figure cell of {name} drew nothing"
 
 
 def test_every_plot_appears_in_some_notebook():
