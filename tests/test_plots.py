@@ -282,3 +282,13 @@ def test_every_plot_writes_alt_text_describing_what_it_drew():
         text = plots.alt_text(ax)
         assert text.startswith(start) and text.endswith("."), text
     assert plots.alt_text(plt.subplots()[1]) == ""
+
+
+def test_worker_timeline_marks_no_restart_for_a_crash_the_worker_never_came_back_from():
+    df, faults = chaos_run()
+    last = pd.DataFrame(
+        [{"task_id": "9", "attempt": 1, "worker": "2", "at": 2.5, "fault": "crash"}], columns=metrics.FAULT_COLUMNS
+    )
+    ax = plots.worker_timeline(df, faults=pd.concat([faults, last], ignore_index=True))
+    assert len(markers(ax, "crash (chaos)")) == 2
+    assert markers(ax, "back at work after a crash") == [pytest.approx((1.2, -0.3))]  # only worker 1's
