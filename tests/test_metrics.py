@@ -68,8 +68,10 @@ def test_throughput_and_makespan_of_a_known_schedule():
 def test_throughput_over_time_counts_completions_per_bin():
     df = synthetic(n=100, workers=2, service_s=0.007)  # 2 per 7 ms; no finish falls on a 0.1 s bin edge
     series = metrics.throughput_over_time(df, bin_s=0.1)
-    assert series.sum() * 0.1 == pytest.approx(100)
+    widths = np.diff(np.append(series.index, metrics.makespan(df)))
+    assert (series * widths).sum() == pytest.approx(100)
     assert set(series.iloc[:-1].round().astype(int)) <= {280, 300}  # 14 or 15 per worker per full bin
+    assert series.iloc[-1] == pytest.approx(2 / 0.007, rel=0.1)  # the partial last bin at the same rate: no dip
 
 
 def test_latency_percentiles_of_known_waits():

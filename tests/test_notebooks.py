@@ -2,7 +2,13 @@
 
 Each opens with a numbered title and one sentence, then one setup cell with its
 own queue; each is committed with the outputs of a clean run; between them they
-show every plot wqsim.plots offers.
+show every plot wqsim.plots offers, and every figure is followed by a caption.
+
+The caption convention: each code cell that draws a figure (one with an image
+output, or one that calls a ``plots.`` function) is followed directly by a
+markdown cell whose text starts with "*Figure N." (italic): a description in
+words of what the figure shows, for readers who cannot see it. Figures are
+numbered from 1 in each notebook.
 """
 
 from __future__ import annotations
@@ -120,6 +126,65 @@ def test_each_notebook_is_committed_with_the_outputs_of_a_clean_run(path):
     assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
     for c in code:
         ast.parse(re.sub(r"^%.*$", "", source(c), flags=re.M))  # valid Python, magics aside
+
+
+def draws_a_figure(cell: dict) -> bool:
+    images = any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+    return cell["cell_type"] == "code" and (
+        images or re.search(r"\bplots\.(?!alt_text)\w+\(", source(cell)) is not None
+    )
+
+
+def caption_problems(notebook: list[dict]) -> list[str]:
+    """What breaks the caption convention in a notebook's cells (empty if nothing)."""
+    problems, numbers = [], []
+    for i, cell in enumerate(notebook):
+        if not draws_a_figure(cell):
+            continue
+        after = notebook[i + 1] if i + 1 < len(notebook) else None
+        if after is None or after["cell_type"] != "markdown":
+            problems.append(f"cell {i} draws a figure with no markdown cell after it")
+            continue
+        match = re.match(r"\*Figure (\d+)\. \S.{40,}\*$", source(after), flags=re.S)
+        if not match:
+            problems.append(f"cell {i + 1} is not a '*Figure N. ...*' caption: {source(after)[:80]!r}")
+        else:
+            numbers.append(int(match.group(1)))
+    if numbers != list(range(1, len(numbers) + 1)):
+        problems.append(f"figures numbered {numbers}, not 1, 2, 3...")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_is_followed_by_a_markdown_caption_starting_figure(path):
+    """Accessibility: a figure cell is followed by a markdown cell "*Figure N. ...*", numbered in order."""
+    assert caption_problems(cells(path)) == []
+
+
+def test_the_caption_check_catches_a_missing_a_misplaced_and_a_misnumbered_caption():
+    def code(text, image=False):
+        outputs = [{"output_type": "display_data", "data": {"image/png": "..."}}] if image else []
+        return {"cell_type": "code", "source": text, "outputs": outputs}
+
+    def markdown(text):
+        return {"cell_type": "markdown", "source": text}
+
+    caption = "*Figure {}. Tasks per second against the number of workers, with the ideal dashed.*"
+    good = [code("plots.sweep(df, 'workers')", image=True), markdown(caption.format(1)), code("print(1)")]
+    assert caption_problems(good) == []
+    assert caption_problems([code("ax.plot([1, 2])", image=True), code("print(1)")])  # an image, no caption
+    assert caption_problems([code("plots.queue_length(df)"), markdown("The queue drains.")])  # not a caption
+    assert caption_problems([code("plots.queue_length(df)")])  # the last cell
+    assert caption_problems(good + [code("plots.latency_cdf(df)"), markdown(caption.format(3))])  # 1, 3
+    assert caption_problems([code("print(plots.alt_text(ax))"), markdown("Text.")]) == []  # no figure drawn
+
+
+def test_every_figure_cell_of_the_committed_notebooks_has_an_image_and_a_caption():
+    """The check above, seen from the outputs: each image output belongs to a captioned cell."""
+    figures = [(p.name, c) for p in NOTEBOOKS for c in cells(p) if draws_a_figure(c)]
+    assert len(figures) >= 7
+    for name, cell in figures:
+        assert any("image/png" in o.get("data", {}) for o in cell["outputs"]), f"a figure cell of {name} drew nothing"
 
 
 def test_every_plot_appears_in_some_notebook():

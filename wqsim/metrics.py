@@ -116,15 +116,13 @@ def throughput(df: pd.DataFrame) -> float:
 
 
 def throughput_over_time(df: pd.DataFrame, bin_s: float = 0.1) -> pd.Series:
-    """Completions per second in bins of ``bin_s``, indexed by seconds since the first start."""
-    done = completed(df)
-    if done.empty:
-        return pd.Series(dtype=float, name="tasks/s")
-    t0 = df["started_at"].min()
-    offsets = done["finished_at"] - t0
-    bins = np.floor(offsets / bin_s).astype(int)
-    counts = bins.value_counts().reindex(range(int(bins.max()) + 1), fill_value=0).sort_index()
-    return pd.Series(counts.to_numpy() / bin_s, index=counts.index * bin_s, name="tasks/s")
+    """Completions per second in bins of ``bin_s``, indexed by each bin's start in seconds since the first start.
+
+    The rates of ``throughput_bins``: the last bin's is over the time it covers, so the
+    series does not dip at the end of a run that stops between bin edges.
+    """
+    table = throughput_bins(df, bin_s)
+    return pd.Series(table["tasks_per_s"].to_numpy(), index=table["start"].to_numpy(), name="tasks/s", dtype=float)
 
 
 def latencies(df: pd.DataFrame) -> pd.DataFrame:
@@ -287,3 +285,58 @@ def littles_law_sampled(df: pd.DataFrame, samples: pd.DataFrame) -> dict[str, fl
         "mean_time_in_system": W,
         "L_predicted": lam * W,
     }
+
+
+def throughput_bins(df: pd.DataFrame, bin_s: float = 0.1) -> pd.DataFrame:
+    """Completions per second in bins of ``bin_s`` from the first start, with each bin's true width.
+
+    Columns start and end (seconds since the first start), completions and tasks_per_s.
+    The run rarely ends on a bin edge, so the last bin ends at the last finish: its rate
+    is its completions over the time it covers, not over a whole bin (which would show a
+    slowdown that never happened). A last bin shorter than half a bin is merged into the
+    one before, so a sliver's few completions do not make a spike either.
+    """
+    check_positive("bin_s", bin_s)
+    columns = ["start", "end", "completions", "tasks_per_s"]
+    done = completed(df)
+    if done.empty:
+        return pd.DataFrame(columns=columns, dtype=float)
+    t0 = float(df["started_at"].min())
+    offsets = done["finished_at"] - t0
+    end = float(offsets.max())
+    bins = np.floor(offsets / bin_s).astype(int)
+    n = int(bins.max()) + 1
+    counts = bins.value_counts().reindex(range(n), fill_value=0).sort_index().to_numpy()
+    starts = np.arange(n) * bin_s
+    ends = np.minimum(starts + bin_s, end)
+    if n > 1 and end - starts[-1] < bin_s / 2:
+        counts = np.append(counts[:-2], counts[-2] + counts[-1])
+        starts, ends = starts[:-1], np.append(ends[:-2], end)
+    widths = ends - starts
+    rates = np.divide(counts, widths, out=np.zeros(len(counts)), where=widths > 0)
+    return pd.DataFrame({"start": starts, "end": ends, "completions": counts, "tasks_per_s": rates})
+
+
+FAULT_COLUMNS = ["task_id", "attempt", "worker", "at", "fault"]
+
+
+def faults(queue: Queue) -> pd.DataFrame:
+    """One row per fault chaos injected into an attempt (from the events stream).
+
+    Columns task_id, attempt, worker, at (epoch s, when the fault was drawn, as
+    the attempt began) and fault: crash, hang, fail or straggle. An attempt drawn
+    two faults ('hang straggle') gives two rows.
+    """
+    rows = [
+        {
+            "task_id": event["id"],
+            "attempt": int(event.get("attempt") or 0),
+            "worker": event.get("worker", ""),
+            "at": float(event["at"]),
+            "fault": kind,
+        }
+        for event in queue.events()
+        if event["event"] == "fault"
+        for kind in event.get("detail", "").split()
+    ]
+    return pd.DataFrame(rows, columns=FAULT_COLUMNS).sort_values(["at", "task_id"]).reset_index(drop=True)
