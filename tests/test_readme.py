@@ -297,6 +297,7 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
     # Run without Docker
     "make run": (CI, THIS + "test_shown_output_is_what_the_command_prints"),
     "make test": (CI,),
+    "make lint": (CI,),
     "make bench": ("tests/test_readme.py::test_benchmarks_are_not_run_by_the_tests",),
     'make run ARGS="--tasks 1000 --workers 3 -q"': (
         "tests/test_cli.py::test_run_of_1000_tasks_with_3_workers_ends_all_done_none_lost_none_duplicated",
