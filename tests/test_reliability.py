@@ -82,14 +82,17 @@ def test_hung_worker_loses_its_lease_and_its_late_result_is_rejected(client, que
 
 def test_heartbeats_keep_a_long_task_alive_past_its_lease(client, queue_name):
     q = Queue(client, queue_name)
-    generate(q, 1, duration_ms=1500, max_attempts=1)  # pinged ten times a lease: a busy machine may delay a few
+    generate(q, 1, duration_ms=2000, max_attempts=1)  # pinged ten times a lease: a busy machine may delay a few
     reaper = Reaper(Queue(client, queue_name), interval_s=0.02).start()
-    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=0.5, ping_interval_s=0.05, idle_wait_s=0.02))
+    worker = Worker(client, queue_name, "w1", WorkerConfig(lease_s=0.8, ping_interval_s=0.08, idle_wait_s=0.02))
     worker.run()
     reaper.stop()
-    task = q.task("1")
-    assert (task.status, task.attempt, done_count(q, "1")) == (Status.DONE, 1, 1)  # three leases long, never reaped
-    assert worker.stats.leases_lost == 0 and q.counters().get("expired", 0) == 0
+    task, stats = q.task("1"), worker.stats
+    # Should the host stall this process for a whole lease, the lease rightly expires: say so.
+    stalled = f"longest time between renewals {stats.longest_renewal_gap_s:.3f} s"
+    assert (task.status, task.attempt, done_count(q, "1")) == (Status.DONE, 1, 1), stalled  # 2.5 leases, never reaped
+    assert stats.leases_lost == 0 and q.counters().get("expired", 0) == 0, stalled
+    assert stats.heartbeats >= 2 and 0 < stats.longest_renewal_gap_s < 0.8
 
 
 def test_without_heartbeats_the_same_task_is_reaped_and_its_result_rejected(client, queue_name):

@@ -93,6 +93,10 @@ class WorkerStats:
     abandoned: int = 0
     leases_lost: int = 0
     timed_out: int = 0
+    heartbeats: int = 0  # heartbeats that reached Redis
+    # The longest time a held lease went unrenewed: past the lease length, Redis expired it.
+    # On a loaded host this shows whether the watchdog thread was starved of CPU.
+    longest_renewal_gap_s: float = 0.0
     queue_vanished: bool = False  # stopped because the queue's keys disappeared from Redis
 
 
@@ -142,6 +146,7 @@ class Worker:
         self._flushes: list[Ticket[Claim]] = []  # tickets of mid-claim settles whose replies are not read yet
         self._ahead: deque[Ticket[Claim] | None] = deque()  # requests in flight whose replies hold the next tasks
         self._lease_floor = 0  # see run()
+        self._renewed_at: float | None = None  # monotonic time leases held were last renewed (None: none held)
         self._refused: Exception | None = None  # a permission Redis refused the watchdog (see wqsim.acl)
         # Tasks of the last claim ran in under config.prefetch_below_s each (see _may_claim_ahead).
         self._short_tasks = False
@@ -241,6 +246,8 @@ class Worker:
             self._seen_queue = True
             with self._lock:
                 self._held.add(claim.lease)
+                if self._renewed_at is None:
+                    self._renewed_at = time.monotonic()
         self._last_backlog = claim.backlog
         return claim
 
@@ -542,6 +549,8 @@ class Worker:
         """One heartbeat: renew the leases held (and those claimed ahead); mark the ones Redis says are lost."""
         with self._lock:
             leases = list(self._held)
+            if not leases:
+                self._renewed_at = None
         if not (leases or self._ahead):
             return
         try:
@@ -549,10 +558,27 @@ class Worker:
         except RETRYABLE_REDIS_ERRORS as exc:
             self.log.warning("Worker %s: heartbeat failed (%s)", self.id, exc)
             return
+        self._note_renewal()
         if lost:
             with self._lock:
                 self._lost.update(lost)
             self.log.warning("Worker %s: lease(s) %s lost", self.id, ", ".join(lost))
+
+    def _note_renewal(self) -> None:
+        now = time.monotonic()
+        self.stats.heartbeats += 1
+        with self._lock:
+            if self._renewed_at is not None:
+                gap = now - self._renewed_at
+                self.stats.longest_renewal_gap_s = max(self.stats.longest_renewal_gap_s, gap)
+                if gap * 1000 > self.config.lease_ms:
+                    self.log.warning(
+                        "Worker %s: %.3f s between lease renewals, longer than the %.3f s lease",
+                        self.id,
+                        gap,
+                        self.config.lease_ms / 1000,
+                    )
+            self._renewed_at = now if self._held else None
 
     def _enforce_time_limit(self, in_hand: _InHand) -> None:
         """Record an attempt that ran past its limit as failed; in a worker process, end the process.
