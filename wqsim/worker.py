@@ -495,14 +495,15 @@ class Worker:
     # -- the watchdog thread: heartbeats and time limits ------------------------------
     def _watch_over(self, in_hand: _InHand) -> None:
         """Tell the watchdog which attempt runs now; wake it if this one's deadline comes first."""
-        with self._watch:
+        # self._lock is self._watch's lock: taken directly, it costs no Python-level __enter__ (once per task).
+        with self._lock:
             self._in_hand = in_hand
             if in_hand.deadline < self._watch_until:
                 self._watch.notify()
 
     def _end_watch(self, task_id: str) -> bool:
         """The attempt has returned; True if it had already run past its limit (and was recorded so)."""
-        with self._watch:
+        with self._lock:
             self._in_hand = None
             if task_id in self._timed_out:
                 self._timed_out.discard(task_id)
