@@ -27,7 +27,7 @@ import redis
 
 from wqsim import RedisServer, default_workers
 
-from . import peers
+from . import compare, peers
 from . import wqsim_bench as wb
 
 log = logging.getLogger("benchmarks")
@@ -206,10 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tenth of the tasks: a smoke run, not figures to quote")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; the median is reported (default: 3)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latest.json"))
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="instead, compare wqsim at commit REV with this tree: throughput and pick-up p99, before and after "
+        "in alternate rounds (--rounds, default 3; 7 gives steadier ratios)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in ("wqsim", "rq", "celery", "huey", "kombu"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if args.compare:
+        return compare.main(args.compare, max(args.rounds, 1), pin_cpus)
     started = time.time()
     with RedisServer() as server:
         pinned = pin_cpus(server.process.pid)

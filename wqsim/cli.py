@@ -138,48 +138,69 @@ def build_parser() -> argparse.ArgumentParser:
             help="trim the events stream to about N entries",
         )
 
+    def tasks(p: argparse.ArgumentParser, doing: str) -> None:
+        """What to generate: shared by run and generate."""
+        p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
+        p.add_argument(
+            "--duration-ms",
+            type=non_negative_float("duration_ms"),
+            default=10.0,
+            help="each sleep task's duration (default: 10)",
+        )
+        p.add_argument("--kind", default="sleep", help=KIND_HELP)
+        p.add_argument(
+            "--package-size",
+            type=positive_int("package_size"),
+            default=None,
+            help="bundle tasks into work packages of this many",
+        )
+        p.add_argument(
+            "--graph",
+            choices=tuple(GRAPHS),
+            default=None,
+            help=f"{doing} an example dependency graph of about --tasks sleep tasks",
+        )
+        p.add_argument(
+            "--allow-failure",
+            action="store_true",
+            help="with --graph: run dependents of failed tasks instead of cancelling them",
+        )
+
+    def workers(p: argparse.ArgumentParser, lease_default: float | None, lease_help: str) -> None:
+        """How the pool works: shared by run and work."""
+        p.add_argument(
+            "--workers",
+            type=positive_int("workers"),
+            default=default_workers(),
+            help="worker processes (default: cores - 1, at least 1)",
+        )
+        p.add_argument("--mode", choices=("process", "thread"), default="process")
+        p.add_argument(
+            "--batch-size",
+            type=positive_int("batch_size"),
+            default=1,
+            help="tasks claimed per round trip, under one lease (default: 1)",
+        )
+        p.add_argument("--lease-s", type=positive_float("lease_s"), default=lease_default, help=lease_help)
+        p.add_argument(
+            "--ping-interval-s",
+            type=positive_float("ping_interval_s"),
+            default=None,
+            help="heartbeat interval (default: lease / 3)",
+        )
+        p.add_argument(
+            "--task-timeout-s",
+            type=positive_float("task_timeout_s"),
+            default=300.0,
+            help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)",
+        )
+        p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
+
     p = sub.add_parser("run", help="the seed scenario: generate, work, listen, reap, audit")
     common(p)
     imports(p)
-    p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
-    p.add_argument(
-        "--workers",
-        type=positive_int("workers"),
-        default=default_workers(),
-        help="worker processes (default: cores - 1, at least 1)",
-    )
-    p.add_argument(
-        "--duration-ms",
-        type=non_negative_float("duration_ms"),
-        default=10.0,
-        help="each sleep task's duration (default: 10)",
-    )
-    p.add_argument("--kind", default="sleep", help=KIND_HELP)
-    p.add_argument("--mode", choices=("process", "thread"), default="process")
-    p.add_argument(
-        "--batch-size",
-        type=positive_int("batch_size"),
-        default=1,
-        help="tasks claimed per round trip, under one lease (default: 1)",
-    )
-    p.add_argument(
-        "--package-size",
-        type=positive_int("package_size"),
-        default=None,
-        help="bundle tasks into work packages of this many",
-    )
-    p.add_argument(
-        "--ping-interval-s",
-        type=positive_float("ping_interval_s"),
-        default=None,
-        help="heartbeat interval (default: lease / 3)",
-    )
-    p.add_argument(
-        "--lease-s",
-        type=positive_float("lease_s"),
-        default=None,
-        help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)",
-    )
+    tasks(p, doing="run")
+    workers(p, lease_default=None, lease_help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)")
     p.add_argument(
         "--max-attempts",
         type=positive_int("max_attempts"),
@@ -192,25 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="listener timeout (default: scaled to the work)",
     )
-    p.add_argument(
-        "--task-timeout-s",
-        type=positive_float("task_timeout_s"),
-        default=300.0,
-        help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
     p.add_argument("--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)")
-    p.add_argument(
-        "--graph",
-        choices=tuple(GRAPHS),
-        default=None,
-        help="run an example dependency graph of about --tasks sleep tasks",
-    )
-    p.add_argument(
-        "--allow-failure",
-        action="store_true",
-        help="with --graph: run dependents of failed tasks instead of cancelling them",
-    )
     storage(p, retention=True)
     chaos = p.add_argument_group("failure injection (seedable)")
     chaos.add_argument("--chaos", action="store_true", help=f"inject every kind of fault: {CHAOS_PRESET}")
@@ -221,20 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="write tasks (or work packages, or a graph) into a queue, then exit")
     common(p)
     imports(p)
-    p.add_argument("--tasks", type=positive_int("tasks"), default=100, help="tasks to generate (default: 100)")
-    p.add_argument(
-        "--duration-ms",
-        type=non_negative_float("duration_ms"),
-        default=10.0,
-        help="each sleep task's duration (default: 10)",
-    )
-    p.add_argument("--kind", default="sleep", help=KIND_HELP)
-    p.add_argument(
-        "--package-size",
-        type=positive_int("package_size"),
-        default=None,
-        help="bundle tasks into work packages of this many",
-    )
+    tasks(p, doing="write")
     p.add_argument(
         "--max-attempts",
         type=positive_int("max_attempts"),
@@ -247,13 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="give every task this time limit of its own (default: the workers' limit applies)",
     )
-    p.add_argument(
-        "--graph",
-        choices=tuple(GRAPHS),
-        default=None,
-        help="an example dependency graph of about --tasks sleep tasks",
-    )
-    p.add_argument("--allow-failure", action="store_true", help="with --graph: dependents of failed tasks run anyway")
     p.add_argument("--seed", type=int, default=0, help="with --graph layered: the random graph's seed")
     p.add_argument("--fresh", action="store_true", help="purge the queue first (its keys only)")
     storage(p, retention=True)
@@ -263,32 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     imports(p)
-    p.add_argument(
-        "--workers",
-        type=positive_int("workers"),
-        default=default_workers(),
-        help="worker processes (default: cores - 1, at least 1)",
-    )
+    workers(p, lease_default=30.0, lease_help="lease length (default: 30)")
     p.add_argument("--id-prefix", default=None, help="worker ids are <prefix><n> (default: <hostname>-<pid>-)")
     p.add_argument("--once", action="store_true", help="exit once every task of the queue is terminal")
-    p.add_argument(
-        "--batch-size", type=positive_int("batch_size"), default=1, help="tasks claimed per round trip (default: 1)"
-    )
-    p.add_argument("--lease-s", type=positive_float("lease_s"), default=30.0, help="lease length (default: 30)")
-    p.add_argument(
-        "--ping-interval-s",
-        type=positive_float("ping_interval_s"),
-        default=None,
-        help="heartbeat interval (default: lease / 3)",
-    )
-    p.add_argument("--mode", choices=("process", "thread"), default="process")
-    p.add_argument(
-        "--task-timeout-s",
-        type=positive_float("task_timeout_s"),
-        default=300.0,
-        help="time limit of one attempt of a task, unless its kind or the task sets its own (default: 300)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
     storage(p, retention=False)
 
     p = sub.add_parser("listen", help="the pub/sub listener: print finished messages and progress")

@@ -69,6 +69,7 @@ end
 -- A worker's clock is corrected to Redis's (wqsim.clocks), to within half a round trip.
 -- Causality is kept exactly: no attempt is recorded as finishing after Redis records it,
 -- nor as starting after it finished.
+-- One TIME call serves the whole settle (the retention policy's clock too, see retire()).
 local recorded = n > 0 and server_time() or ''
 local recorded_s = tonumber(recorded)
 local function causal(started_at, finished_at)
@@ -132,10 +133,9 @@ end
 -- needed moves to the back of the index, to be looked at again later. An index entry
 -- whose hash is no longer a done task (lost) is dropped without being counted retired,
 -- so the audit reports it.
-local function retire(ids)
+local function retire(ids, at)  -- `at`: Redis's clock (one clock for every worker, whatever theirs say)
   local p = retention()
   if not p.keep_done and not p.keep_done_s then return end
-  local at = server_time()  -- one clock for every worker, whatever theirs say
   for first = 1, #ids, 1000 do  -- unpack() of a whole large package could overflow Lua's stack
     local scored = {}
     for i = first, math.min(first + 999, #ids) do scored[#scored + 1], scored[#scored + 2] = at, ids[i] end
@@ -175,14 +175,18 @@ local function retire(ids)
   end
   local retired = #gone
   if retired > 0 then
-    redis.call('HINCRBY', STATS, 'retired', retired)
+    local total = redis.call('HINCRBY', STATS, 'retired', retired)
     redis.call('HINCRBY', STATS, 'retired_attempts', attempts)
     redis.call('HINCRBY', LEDGER, 'retired', retired)
     -- Events go with the results they describe: those older than the oldest done task kept
     -- are trimmed (MINID ~: whole stream nodes only), so the stream's size follows the
-    -- tasks kept, however many ids one 'done' entry lists.
-    local oldest = redis.call('ZRANGE', DONE_INDEX, 0, 0, 'WITHSCORES')
-    if oldest[2] then redis.call('XTRIM', EVENTS, 'MINID', '~', math.floor(tonumber(oldest[2]) * 1000)) end
+    -- tasks kept, however many ids one 'done' entry lists. Once per 100 tasks retired:
+    -- a stream node holds 100 entries, so trimming more often mostly removes nothing,
+    -- and costs two commands per call when tasks are settled one at a time.
+    if math.floor(total / 100) > math.floor((total - retired) / 100) then
+      local oldest = redis.call('ZRANGE', DONE_INDEX, 0, 0, 'WITHSCORES')
+      if oldest[2] then redis.call('XTRIM', EVENTS, 'MINID', '~', math.floor(tonumber(oldest[2]) * 1000)) end
+    end
   end
 end
 
@@ -191,7 +195,7 @@ if #done > 0 then
   redis.call('HINCRBY', STATS, 'done', #done)
   local entry = append_event('event', 'done', 'id', ids, 'worker', worker, 'at', now)
   redis.call('PUBLISH', PROGRESS, entry .. ' done ' .. ids)
-  retire(done)
+  retire(done, recorded)
 end
 local out = claim(worker, now, lease_ms, count, reuse)
 table.insert(out, 1, rejected)
