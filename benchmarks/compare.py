@@ -37,19 +37,23 @@ log = logging.getLogger("benchmarks.compare")
 REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.05  # the issue's "within 5 %"
 
-# Run in the child: the tree under test comes first on sys.path, so its wqsim and
-# its benchmarks package are the ones imported (an editable install of this tree
-# sits behind sys.path entries).
+# Runs in a child process, one per version, for the whole comparison: the tree under test
+# comes first on sys.path, so its wqsim and its benchmarks package are the ones imported (an
+# editable install of this tree sits behind sys.path entries). It reads one measure per line
+# and answers with one JSON number, so the two versions can alternate every second or so.
 PROBE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from benchmarks import wqsim_bench as wb
-url, what = sys.argv[2], sys.argv[3]
-if what == "pickup":
-    samples = wb.pickup_latencies(url, int(sys.argv[4]))["from_call"]
-    print(json.dumps(wb.percentiles([1000 * s for s in samples])["p99"]))
-else:
-    print(json.dumps(wb.throughput(url, int(sys.argv[4]), batch=int(sys.argv[5]))))
+url = sys.argv[2]
+for line in sys.stdin:
+    what, *args = line.split()
+    if what == "pickup":
+        samples = wb.pickup_latencies(url, int(args[0]))["from_call"]
+        value = wb.percentiles([1000 * s for s in samples])["p99"]
+    else:
+        value = wb.throughput(url, int(args[0]), batch=int(args[1]))
+    print(json.dumps(value), flush=True)
 """
 
 
@@ -63,10 +67,12 @@ class Measure:
     higher_is_better: bool = True
 
 
+# Short measures, many rounds: the two versions are compared a second apart, before the
+# machine's mood changes, and the median of many paired ratios is steady.
 MEASURES = (
-    Measure("batch 1, 1 worker", ("throughput", "20000", "1"), "tasks/s"),
-    Measure("batch 100, 1 worker", ("throughput", "200000", "100"), "tasks/s"),
-    Measure("idle pickup p99", ("pickup", "1000"), "ms", higher_is_better=False),
+    Measure("batch 1, 1 worker", ("throughput", "5000", "1"), "tasks/s"),
+    Measure("batch 100, 1 worker", ("throughput", "50000", "100"), "tasks/s"),
+    Measure("idle pickup p99", ("pickup", "300"), "ms", higher_is_better=False),
 )
 
 
@@ -84,26 +90,48 @@ def tree_at(rev: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def probe(tree: Path, url: str, measure: Measure) -> float:
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tree), url, *measure.args], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"compare: {measure.label} failed in {tree}:\n{done.stderr.strip()[-2000:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1]))
+class Probe:
+    """A child process measuring one tree, answering one request at a time."""
+
+    def __init__(self, tree: Path, url: str) -> None:
+        self.tree = tree
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", PROBE, str(tree), url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def measure(self, measure: Measure) -> float:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(" ".join(measure.args) + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise SystemExit(f"compare: {measure.label} failed in {self.tree} (its error is above)")
+        return float(json.loads(answer))
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(30)
 
 
 def compare(rev: str, rounds: int, url: str) -> dict[str, dict[str, list[float]]]:
     """Alternate rounds of every measure: before (``rev``) then after (this tree), then the other way."""
     figures: dict[str, dict[str, list[float]]] = {m.label: {"before": [], "after": []} for m in MEASURES}
     with tree_at(rev) as before:
-        trees = {"before": before, "after": REPO}
-        for round_no in range(rounds):
-            order = ("before", "after") if round_no % 2 == 0 else ("after", "before")
-            for measure in MEASURES:
-                for side in order:
-                    figures[measure.label][side].append(probe(trees[side], url, measure))
-            log.info("round %d of %d done", round_no + 1, rounds)
+        probes = {"before": Probe(before, url), "after": Probe(REPO, url)}
+        try:
+            for round_no in range(rounds):
+                order = ("before", "after") if round_no % 2 == 0 else ("after", "before")
+                for measure in MEASURES:
+                    for side in order:
+                        figures[measure.label][side].append(probes[side].measure(measure))
+                log.info("round %d of %d done", round_no + 1, rounds)
+        finally:
+            for probe in probes.values():
+                probe.close()
     return figures
 
 
@@ -124,6 +152,9 @@ def report(rev: str, figures: dict[str, dict[str, list[float]]]) -> str:
             f"{m.label + ' (' + m.unit + ')':32} {fmt.format(statistics.median(before))} "
             f"{fmt.format(statistics.median(after))} {ratio:>7.3f}   {verdict}"
         )
+        shown = "{:,.0f}" if m.unit == "tasks/s" else "{:.3f}"
+        for side, values in (("before", before), ("after", after)):
+            lines.append(f"    {side:>6}: {', '.join(shown.format(v) for v in values)}")
     return "\n".join(lines)
 
 

@@ -204,25 +204,27 @@ def clients_on_every_cpu() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the tasks: a smoke run, not figures to quote")
-    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; the median is reported (default: 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds; the median is reported (default: 3, or 25 with --compare)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latest.json"))
     parser.add_argument(
         "--compare",
         metavar="REV",
         help="instead, compare wqsim at commit REV with this tree: throughput and pick-up p99, before and after "
-        "in alternate rounds (--rounds, default 3; 7 gives steadier ratios)",
+        "in alternate rounds of short runs",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in ("wqsim", "rq", "celery", "huey", "kombu"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.compare:
-        return compare.main(args.compare, max(args.rounds, 1), pin_cpus)
+        return compare.main(args.compare, max(args.rounds or 25, 1), pin_cpus)
     started = time.time()
     with RedisServer() as server:
         pinned = pin_cpus(server.process.pid)
         version = redis.Redis.from_url(server.url).info("server")["redis_version"]
-        results = measure(server.url, quick=args.quick, rounds=max(args.rounds, 1))
+        results = measure(server.url, quick=args.quick, rounds=max(args.rounds or 3, 1))
     results["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

@@ -33,7 +33,7 @@ from .keys import IdRange, Keys, check_id, parse_lease
 from .replies import Claim, Claimed, ReapResult, Reply, Snapshot
 from .retention import Retention
 from .task import Status, Task, to_json
-from .transport import Pipelined, Pooled, Request, Ticket, Transport, plain, script_call, tolerant, transaction
+from .transport import Pipelined, Pooled, Request, Ticket, Transport, plain, script_commands, tolerant, transaction
 
 __all__ = [
     "Claim",
@@ -102,6 +102,8 @@ class Queue:
         self._pooled = Pooled(client)
         self._hot: Transport = Pipelined(client) if own_connection else self._pooled
         self._producer = threading.local()  # each thread's own Pipelined, for enqueue: see _enqueue_call
+        # The KEYS and two ARGV every script starts with (see lua/_lib.lua).
+        self._scripts = script_commands(client, self.keys.script_keys(), [self.keys.prefix, self.keys.progress_channel])
 
     @property
     def name(self) -> str:
@@ -114,10 +116,8 @@ class Queue:
         return tolerant(self.client)
 
     def _script(self, name: str, decode: Callable[[Reply], T], *args: object) -> Request[T]:
-        """A call of script ``name``: the KEYS and two ARGV every script starts with
-        (see lua/_lib.lua), then ``args``."""
-        argv = [self.keys.prefix, self.keys.progress_channel, *args]
-        return script_call(self.client, name, self.keys.script_keys(), argv, decode)
+        """A call of script ``name`` with ``args`` after the ARGV every script starts with."""
+        return Request((*self._scripts[name], *args), decode, name)
 
     def _enqueue_call(self, request: Request[replies.Enqueued]) -> replies.Enqueued:
         """Run an enqueue down a connection of the calling thread's own.

@@ -57,12 +57,13 @@ class Request(NamedTuple, Generic[T]):
     script: str | None = None  # the script an EVALSHA runs: loaded again if Redis lacks it
 
 
-def script_call(
-    client: redis.Redis, name: str, keys: list[str], args: list[object], decode: Callable[[Reply], T]
-) -> Request[T]:
-    """EVALSHA of one of wqsim's scripts (see wqsim.scripts)."""
-    sha = scripts_for(client)[name].sha
-    return Request(("EVALSHA", sha, len(keys), *keys, *args), decode, name)
+def script_commands(client: redis.Redis, keys: list[str], argv_head: list[object]) -> dict[str, tuple[object, ...]]:
+    """Each of wqsim's scripts (see wqsim.scripts) as the EVALSHA command that calls it, up to
+    the arguments of one call: ``keys`` and the ARGV every call starts with.
+
+    Built once per queue: claims and settles are on every task's path.
+    """
+    return {name: ("EVALSHA", s.sha, len(keys), *keys, *argv_head) for name, s in scripts_for(client).items()}
 
 
 def plain(*command: object) -> Request[Reply]:
@@ -291,8 +292,11 @@ class Pipelined:
     def send(self, *requests: Request[Any]) -> list[Ticket[Any]]:
         """Send ``requests`` in one write, so Redis reads them together; returns their tickets."""
         conn = self._connection()
-        pack = _pack
-        packed = b"".join(pack(r.command) if pack else b"".join(conn.pack_command(*r.command)) for r in requests)
+        if _pack is not None and len(requests) == 1:  # the common case, on every task's path
+            packed = _pack(requests[0].command)
+        else:
+            pack = _pack
+            packed = b"".join(pack(r.command) if pack else b"".join(conn.pack_command(*r.command)) for r in requests)
         try:
             conn.send_packed_command([packed], check_health=False)
         except CONNECTION_ERRORS:
