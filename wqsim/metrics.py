@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .config import check_int_at_least, check_positive
+from .keys import worker_of
 from .queue import Queue
 
 COLUMNS = [
@@ -56,7 +57,7 @@ def attempts(queue: Queue) -> pd.DataFrame:
                 "kind": h["kind"],
                 "package": h["package"] or "",
                 "attempt": int(h["attempt"] or 0),
-                "worker": (h["lease"] or "").rsplit("#", 1)[0],
+                "worker": worker_of(h["lease"] or ""),
                 "enqueued_at": h["enqueued_at"],
                 "started_at": h["started_at"],
                 "finished_at": h["finished_at"],
