@@ -35,9 +35,9 @@ def source(cell: dict) -> str:
     return "".join(cell["source"])
 
 
-def test_there_are_six_numbered_notebooks_covering_the_seed_sections():
+def test_there_are_seven_numbered_notebooks_covering_the_seed_sections():
     numbers = [p.name[:2] for p in NOTEBOOKS]
-    assert numbers == ["01", "02", "03", "04", "05", "06"]
+    assert numbers == ["01", "02", "03", "04", "05", "06", "07"]
     for path in NOTEBOOKS:
         number = path.name[:2]
         if number in SEED_SECTIONS:

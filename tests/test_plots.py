@@ -263,6 +263,19 @@ def test_wait_vs_theory_marks_the_mmc_and_mdc_means_and_labels_them():
 # -- alt text -------------------------------------------------------------------------------
 
 
+def test_outcome_bars_draw_one_labelled_bar_per_queue_and_outcome_zeros_included():
+    table = pd.DataFrame({"lost": [4, 0], "completed twice": [0, 0]}, index=["naive loop", "wqsim"])
+    ax = plots.outcome_bars(table)
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert [b.get_height() for b in bars] == [4, 0, 0, 0]
+    assert [t.get_text() for t in ax.texts] == ["4", "0", "0", "0"]
+    assert tick_labels(ax.xaxis) == ["naive loop", "wqsim"] and legend_labels(ax) == ["lost", "completed twice"]
+    assert plots.alt_text(ax) == (
+        "Bar chart of tasks lost or completed twice, for 2 queues "
+        "(naive loop: 4 lost, 0 completed twice; wqsim: 0 lost, 0 completed twice)."
+    )
+
+
 def test_every_plot_writes_alt_text_describing_what_it_drew():
     df = steady(n=40)
     tasks, graph_df = diamond_run()
@@ -277,6 +290,7 @@ def test_every_plot_writes_alt_text_describing_what_it_drew():
             pd.DataFrame({"batch_size": [1, 10], "tasks_per_s": [1.0, 2.0]}), "batch_size"
         ),
         "Cumulative distribution of queue waits": plots.wait_vs_theory(df, 50, 0.01, 2),
+        "Bar chart of tasks lost": plots.outcome_bars(pd.DataFrame({"lost": [3, 0]}, index=["naive", "wqsim"])),
     }
     for start, ax in axes.items():
         text = plots.alt_text(ax)

@@ -9,7 +9,7 @@ Tasks may depend on others (``Task.depends_on``): a graph is released in
 Redis, atomically, as its prerequisites finish (see ``wqsim.graph``).
 """
 
-from . import acl
+from . import acl, baselines
 from .acl import PermissionDenied
 from .audit import Audit, audit
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
@@ -18,6 +18,7 @@ from .generator import arrivals, generate, generate_graph, make_tasks
 from .graph import Bounds, GraphError, bounds, chain, diamond, fanout, layered
 from .handlers import HandlerRegistry, UnknownKind, register, registry
 from .keys import Keys
+from .killer import Killer
 from .listener import Listener, ListenResult
 from .names import session_queue_name
 from .pool import WorkerPool
@@ -44,6 +45,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "acl",
+    "baselines",
     "PermissionDenied",
     "Audit",
     "audit",
@@ -72,6 +74,7 @@ __all__ = [
     "register",
     "registry",
     "Keys",
+    "Killer",
     "Listener",
     "ListenResult",
     "session_queue_name",

@@ -449,3 +449,28 @@ def wait_vs_theory(
     )
     ax.legend(loc="lower right", fontsize="small")
     return _describe(ax, text + ".")
+
+
+def outcome_bars(table: pd.DataFrame, ax: Axes | None = None, title: str = "What the killer cost") -> Axes:
+    """Side-by-side bars of bad outcomes per queue: ``table`` has one row per queue (its index
+    names it) and one column per outcome counted (e.g. 'lost', 'completed twice').
+
+    Each bar carries its count, so a zero still shows as a labelled 0.
+    """
+    ax = _axes(ax, (7, 3.5))
+    outcomes = [str(c) for c in table.columns]
+    width = 0.8 / max(len(outcomes), 1)
+    x = np.arange(len(table))
+    colours = ["tab:red", "tab:purple", "tab:orange", "tab:gray"]
+    for i, outcome in enumerate(outcomes):
+        values = table[outcome].to_numpy(dtype=float)
+        bars = ax.bar(x + (i - (len(outcomes) - 1) / 2) * width, values, width, label=outcome, color=colours[i % 4])
+        ax.bar_label(bars, fmt="%g")
+    ax.set_xticks(x, [str(name) for name in table.index])
+    ax.set_ylabel("tasks")
+    ax.set_ylim(0, max(1.0, float(table.to_numpy(dtype=float).max())) * 1.2)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(True, axis="y", alpha=0.3)
+    counts = "; ".join(f"{name}: " + ", ".join(f"{row[o]:g} {o}" for o in outcomes) for name, row in table.iterrows())
+    return _describe(ax, f"Bar chart of tasks {' or '.join(outcomes)}, for {len(table)} queues ({counts}).")
