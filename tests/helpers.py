@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -55,47 +53,3 @@ def shut_down(pool: WorkerPool) -> None:
     pool.stop()
     if not pool.join(10):
         pool.terminate()
-
-
-class Killer(threading.Thread):
-    """SIGKILLs a random live worker of ``pool`` every 100-300 ms until the queue is drained.
-
-    Every choice (the pause, the victim) comes from ``random.Random(seed)``. The
-    pool's own supervisor replaces each killed process, as it would in production.
-    """
-
-    def __init__(self, pool: WorkerPool, queue: Queue, seed: int) -> None:
-        super().__init__(name=f"killer-{seed}", daemon=True)
-        self.pool = pool
-        self.queue = queue
-        self.rng = random.Random(seed)
-        self.kills: list[tuple[str, int]] = []  # (worker id, pid)
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._stop_event.wait(self.rng.uniform(0.1, 0.3)):
-                if self.queue.drained():
-                    return
-                # A worker killed a moment ago may still be listed until the supervisor reaps it:
-                # killing it again would count one death twice.
-                killed = {pid for _, pid in self.kills}
-                live = {worker: pid for worker, pid in self.pool.pids().items() if pid not in killed}
-                if not live:
-                    continue
-                victim = self.rng.choice(sorted(live))
-                pid = self.pool.kill(victim)  # under the pool's lock: never a reaped pid reused
-                if pid is not None:
-                    self.kills.append((victim, pid))
-        except BaseException as exc:  # surfaced by the test, never swallowed
-            self.error = exc
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(10)
-
-    @property
-    def processes_killed(self) -> int:
-        """Distinct processes killed: a victim not yet reaped may be chosen, and killed, again."""
-        return len({pid for _, pid in self.kills})

@@ -11,11 +11,11 @@ import random
 from collections import Counter
 
 import pytest
-from helpers import Killer, running, wait_until
+from helpers import running, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wqsim import Queue, Reaper, Task, WorkerConfig, WorkerPool, audit, connect
+from wqsim import Killer, Queue, Reaper, Task, WorkerConfig, WorkerPool, audit, connect
 
 pytestmark = pytest.mark.real_redis
 
@@ -122,7 +122,7 @@ def test_random_graphs_under_the_chaos_killer_lose_duplicate_and_release_early_n
         pool = WorkerPool(
             redis_url, q.name, ["1", "2", "3"], WorkerConfig(lease_s=0.3, idle_wait_s=0.05), restart_crashed=True
         )
-        killer = Killer(pool, Queue(connect(redis_url), q.name), seed)
+        killer = Killer(pool, seed, until=Queue(connect(redis_url), q.name).drained, kills=10**6, pause_s=(0.1, 0.3))
         with running(pool, reaper):
             killer.start()
             assert wait_until(q.drained, timeout_s=120, interval_s=0.05), audit(q).summary()
