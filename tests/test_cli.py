@@ -44,6 +44,10 @@ def wqsim(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
         (["generate", "--kind", "nope"], "unknown task kind 'nope'"),
         (["generate", "--graph", "diamond", "--max-attempts", "0"], "max_attempts must be an integer >= 1 (got 0)"),
         (["run", "--graph", "chain", "--package-size", "5"], "a graph cannot be bundled into work packages"),
+        (["run", "--arrival-rate", "0"], "argument --arrival-rate: arrival_rate must be a positive, finite number"),
+        (["run", "--arrival-rate", "nan"], "arrival_rate must be a positive, finite number (got nan)"),
+        (["run", "--arrival-rate", "100", "--graph", "chain"], "arrival_rate cannot be combined with a graph"),
+        (["run", "--arrival-rate", "100", "--package-size", "5"], "arrival_rate cannot be combined with package_size"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_readable_line(args, needle):

@@ -37,7 +37,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "metrics": ("metrics", None),
     "plots": ("plots", None),
-    "sweep": ("sweep", "sweep"),
+    "sweep": ("sweeps", "sweep"),
     "open_loop": ("openloop", "open_loop"),
     "workbench": ("openloop", "workbench"),
     "OpenLoop": ("openloop", "OpenLoop"),

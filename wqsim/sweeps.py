@@ -18,7 +18,7 @@ from . import metrics
 from .config import RunConfig
 from .runner import RunReport, run
 
-log = logging.getLogger("wqsim.sweep")
+log = logging.getLogger("wqsim.sweeps")
 
 COLUMNS = [
     "tasks_per_s",
