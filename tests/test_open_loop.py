@@ -234,3 +234,17 @@ def test_open_loop_fits_an_effective_service_time_no_shorter_than_the_handlers(r
 def test_open_loop_needs_an_arrival_rate():
     with pytest.raises(ValueError, match="needs a config with an arrival_rate"):
         open_loop(RunConfig(tasks=5))
+
+
+@pytest.mark.real_redis
+def test_the_workbench_runs_an_open_loop_experiment_from_plain_numbers_and_draws_it(redis_url, queue_name):
+    result = wqsim.workbench(
+        queue_name, arrival_rate=200.0, workers=2, service_ms=2.0, batch_size=3, tasks=60, url=redis_url, progress=False
+    )
+    assert isinstance(result, wqsim.OpenLoop) and result.report.ok and result.report.config.worker.batch_size == 3
+    figure = plt.gcf()
+    assert [plots.alt_text(ax)[:40] for ax in figure.axes] == [
+        "Cumulative distribution of queue waits, ",
+        "Bar chart of mean queue waits on 2 worke",
+    ]
+    plt.close("all")

@@ -99,17 +99,18 @@ def measured_rate(df: pd.DataFrame) -> float:
     return (len(first) - 1) / span if span > 0 else math.nan
 
 
-def open_loop(config: RunConfig, url: str | None = None) -> OpenLoop:
+def open_loop(config: RunConfig, url: str | None = None, progress: bool = False) -> OpenLoop:
     """Run ``config`` (it needs an arrival rate) and set its waits beside M/M/c and M/D/c.
 
     Both predictions use the measured arrival rate: a few hundred Poisson
     arrivals come a few percent off the rate asked for, and near saturation a
     few percent is much of the wait. The nominal service time is
     ``config.duration_ms``; the effective one is fitted from the run.
+    ``progress`` shows wqsim.run's progress bar.
     """
     if config.arrival_rate is None:
         raise ValueError("open_loop needs a config with an arrival_rate (tasks per second)")
-    report = run(config, url=url)
+    report = run(config, url=url, progress=progress)
     df = report.attempts()
     rate = measured_rate(df)
     if not rate > 0:
@@ -138,9 +139,12 @@ def workbench(
     tasks: int = 300,
     seed: int = 0,
     url: str | None = None,
+    progress: bool = True,
 ) -> OpenLoop:
     """One open-loop experiment from plain numbers (what ipywidgets sliders give): run it on
-    ``queue`` (purged first) and draw its waits beside the theory. The result shows as its summary."""
+    ``queue`` (purged first) with a progress bar, and draw its waits beside the theory (the
+    M/M/c distribution and both models' means for the fitted service time, and
+    ``plots.predicted_waits``). The result shows as its summary."""
     import matplotlib.pyplot as plt
 
     from . import plots
@@ -156,7 +160,7 @@ def workbench(
         arrival_seed=seed,
         worker=dataclasses.replace(WorkerConfig(), batch_size=batch_size),
     )
-    result = open_loop(config, url=url)
+    result = open_loop(config, url=url, progress=progress)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
     plots.wait_vs_theory(result.attempts, result.measured_rate, result.effective.service_s, workers, ax=left)
     plots.predicted_waits(result, ax=right)

@@ -298,6 +298,12 @@ def throughput_over_time(df: pd.DataFrame, bin_s: float = 0.1, ax: Axes | None =
     )
 
 
+def _ms(value: float) -> str:
+    """A latency in milliseconds to three significant figures (418 ms, 8.01 ms, 0.409 ms): more would
+    be noise, as a run's percentiles move by more than that from one run to the next."""
+    return f"{value:,.0f} ms" if abs(value) >= 100 else f"{value:.3g} ms"
+
+
 def latency_cdf(df: pd.DataFrame, column: str = "end_to_end", ax: Axes | None = None) -> Axes:
     """The distribution of one latency (wait, service or end_to_end), with p50/p95/p99 marked."""
     ax = _axes(ax)
@@ -308,8 +314,8 @@ def latency_cdf(df: pd.DataFrame, column: str = "end_to_end", ax: Axes | None = 
         ax.step(values_ms, np.arange(1, len(values_ms) + 1) / len(values_ms), where="post", label="measured")
         for p, style in ((50, ":"), (95, "--"), (99, "-.")):
             x = float(np.percentile(values_ms, p))
-            ax.axvline(x, color="tab:red", ls=style, lw=1, label=f"p{p} {x:.2f} ms")
-            marks.append(f"p{p} {x:.2f} ms")
+            ax.axvline(x, color="tab:red", ls=style, lw=1, label=f"p{p} {_ms(x)}")
+            marks.append(f"p{p} {_ms(x)}")
         ax.legend(loc="lower right", fontsize="small")
     ax.set_xlabel(f"{name} time (ms)")
     ax.set_ylabel("fraction of tasks")
@@ -322,7 +328,8 @@ def latency_cdf(df: pd.DataFrame, column: str = "end_to_end", ax: Axes | None = 
 
 
 def latency_histogram(df: pd.DataFrame, column: str = "wait", bins: int = 40, ax: Axes | None = None) -> Axes:
-    """A histogram of one latency, with p50/p95/p99 marked."""
+    """A histogram of one latency, with p50/p95/p99 marked; the legend sits outside, right of the axes,
+    where it covers no bar."""
     ax = _axes(ax)
     name = column.replace("_", "-")
     values_ms = metrics.latencies(df)[column].dropna().to_numpy() * 1000
@@ -331,13 +338,13 @@ def latency_histogram(df: pd.DataFrame, column: str = "wait", bins: int = 40, ax
     for p, style in ((50, ":"), (95, "--"), (99, "-.")):
         if len(values_ms):
             x = float(np.percentile(values_ms, p))
-            ax.axvline(x, color="tab:red", ls=style, lw=1, label=f"p{p} {x:.2f} ms")
-            marks.append(f"p{p} {x:.2f} ms")
+            ax.axvline(x, color="tab:red", ls=style, lw=1, label=f"p{p} {_ms(x)}")
+            marks.append(f"p{p} {_ms(x)}")
     ax.set_xlabel(f"{name} time (ms)")
     ax.set_ylabel("tasks")
     ax.set_title(f"{name.capitalize()} latency")
     if len(values_ms):
-        ax.legend(fontsize="small")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return _describe(
         ax,
         f"Histogram of the {name} latency of {len(values_ms)} tasks in {bins} bins"
