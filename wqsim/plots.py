@@ -455,9 +455,8 @@ def wait_vs_theory(
         text += f", measured {mean:.1f} ms"
     ax.set_xlabel("queue wait (ms)")
     ax.set_ylabel("P(wait <= t)")
-    ax.set_title(
-        f"Queue wait: measured vs theory ({arrival_rate:g} tasks/s, {service_time_s * 1000:g} ms, {servers} workers)"
-    )
+    service_ms = service_time_s * 1000
+    ax.set_title(f"Queue wait: measured vs theory ({arrival_rate:.3g} tasks/s, {service_ms:.3g} ms, {servers} workers)")
     ax.legend(loc="lower right", fontsize="small")
     return _describe(ax, text + ".")
 
