@@ -248,3 +248,19 @@ def test_the_workbench_runs_an_open_loop_experiment_from_plain_numbers_and_draws
         "Bar chart of mean queue waits on 2 worke",
     ]
     plt.close("all")
+
+
+def test_arrivals_stopped_before_they_start_release_the_queue_at_once(make_queue):
+    q = make_queue()
+    producer = wqsim.ArrivalThread(q, 10, 100.0).hold()
+    assert q.client.exists(q.keys.producers)
+    producer.stop()
+    assert not q.client.exists(q.keys.producers) and producer.join(0.0) and producer.enqueued == []
+
+
+def test_arrivals_enqueue_on_schedule_then_release_the_queue(make_queue):
+    q = make_queue()
+    producer = wqsim.ArrivalThread(q, 5, 1000.0, duration_ms=0.0).start()
+    assert producer.join(10.0) and not producer.failed
+    assert producer.enqueued == ["1", "2", "3", "4", "5"] and q.counters()["total"] == 5
+    assert not q.client.exists(q.keys.producers)

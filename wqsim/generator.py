@@ -257,8 +257,10 @@ class ArrivalThread:
         return self.error is not None
 
     def stop(self) -> None:
-        """Enqueue no more tasks (the thread then releases the queue)."""
+        """Enqueue no more tasks; the thread then releases the queue (at once, if it never started)."""
         self._stop.set()
+        if self._thread.ident is None:
+            self.queue.release_hold(self.PRODUCER)
 
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait for the thread to end; True if it did (at once if it never started)."""
