@@ -111,6 +111,14 @@ def test_run_with_work_packages_completes_every_task(redis_url, queue_name):
 
 
 @pytest.mark.real_redis
+def test_run_with_an_arrival_rate_feeds_tasks_one_by_one_and_ends_clean(redis_url, queue_name):
+    args = ["--tasks", "40", "--arrival-rate", "400", "--duration-ms", "1", "--workers", "2", "--seed", "3", "-q"]
+    proc = wqsim("run", *args, "--redis-url", redis_url, "--queue", queue_name)
+    assert proc.returncode == 0, proc.stderr
+    assert "Tasks arrive at 400 per second (Poisson, seed 3)" in proc.stderr
+    assert "Summary: 40 done, 0 dead, 0 lost, 0 completed twice, 40 executions" in proc.stderr
+
+
 def test_run_of_1000_tasks_with_3_workers_ends_all_done_none_lost_none_duplicated(redis_url, queue_name):
     proc = wqsim(
         "run",
