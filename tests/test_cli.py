@@ -44,6 +44,10 @@ def wqsim(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
         (["generate", "--kind", "nope"], "unknown task kind 'nope'"),
         (["generate", "--graph", "diamond", "--max-attempts", "0"], "max_attempts must be an integer >= 1 (got 0)"),
         (["run", "--graph", "chain", "--package-size", "5"], "a graph cannot be bundled into work packages"),
+        (["run", "--arrival-rate", "0"], "argument --arrival-rate: arrival_rate must be a positive, finite number"),
+        (["run", "--arrival-rate", "nan"], "arrival_rate must be a positive, finite number (got nan)"),
+        (["run", "--arrival-rate", "100", "--graph", "chain"], "arrival_rate cannot be combined with a graph"),
+        (["run", "--arrival-rate", "100", "--package-size", "5"], "arrival_rate cannot be combined with package_size"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_readable_line(args, needle):
@@ -107,6 +111,14 @@ def test_run_with_work_packages_completes_every_task(redis_url, queue_name):
 
 
 @pytest.mark.real_redis
+def test_run_with_an_arrival_rate_feeds_tasks_one_by_one_and_ends_clean(redis_url, queue_name):
+    args = ["--tasks", "40", "--arrival-rate", "400", "--duration-ms", "1", "--workers", "2", "--seed", "3", "-q"]
+    proc = wqsim("run", *args, "--redis-url", redis_url, "--queue", queue_name)
+    assert proc.returncode == 0, proc.stderr
+    assert "Tasks arrive at 400 per second (Poisson, seed 3)" in proc.stderr
+    assert "Summary: 40 done, 0 dead, 0 lost, 0 completed twice, 40 executions" in proc.stderr
+
+
 def test_run_of_1000_tasks_with_3_workers_ends_all_done_none_lost_none_duplicated(redis_url, queue_name):
     proc = wqsim(
         "run",

@@ -306,3 +306,21 @@ def test_worker_timeline_marks_no_restart_for_a_crash_the_worker_never_came_back
     ax = plots.worker_timeline(df, faults=pd.concat([faults, last], ignore_index=True))
     assert len(markers(ax, "crash (chaos)")) == 2
     assert markers(ax, "back at work after a crash") == [pytest.approx((1.2, -0.3))]  # only worker 1's
+
+
+def waits_frame(waits_ms):
+    return metrics.frame(row(str(i), "1", w / 1000, w / 1000 + 0.01) for i, w in enumerate(waits_ms))
+
+
+def test_latency_percentiles_are_labelled_to_three_significant_figures():
+    ax = plots.latency_histogram(waits_frame([0.4091, 0.4092, 8.0123, 418.57]), "wait")
+    assert [label.split(" ", 1)[1] for label in legend_labels(ax)[1:]] == ["4.21 ms", "357 ms", "406 ms"]
+    assert "p50 4.21 ms" in plots.alt_text(ax)
+    ax = plots.latency_cdf(waits_frame([0.4, 0.41, 0.42]), "wait")
+    assert [label for label in legend_labels(ax) if label.startswith("p50")] == ["p50 0.41 ms"]
+
+
+def test_latency_histogram_puts_its_legend_outside_the_bars():
+    ax = plots.latency_histogram(waits_frame([1.0, 2.0, 3.0, 50.0]), "wait")
+    anchor = ax.get_legend().get_bbox_to_anchor().transformed(ax.transAxes.inverted())
+    assert anchor.x0 > 1.0  # right of the axes: no bar beneath it

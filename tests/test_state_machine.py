@@ -378,6 +378,8 @@ class QueueStateMachine(RuleBasedStateMachine):
         leases = sorted(set(self.held[worker].values()))
         lost = self.q.heartbeat(leases, LEASE_MS)
         assert lost == [name for name in leases if not (name in self.leases and self.leases[name].alive)]
+        self.stats["heartbeats"] += 1
+        self.stats["renewed"] += len(leases) - len(lost)
         for name in leases:
             if name in self.leases and self.leases[name].alive:
                 self.leases[name].deadline = self.clock.now + LEASE_MS / 1000

@@ -14,7 +14,7 @@ from .acl import PermissionDenied
 from .audit import Audit, audit
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import BadRedisUrl, RedisUnavailable, connect, embedded_server, resolve_url
-from .generator import arrivals, generate, generate_graph, make_tasks
+from .generator import ArrivalThread, arrival_offsets, arrivals, generate, generate_graph, make_tasks
 from .graph import Bounds, GraphError, bounds, chain, diamond, fanout, layered
 from .handlers import HandlerRegistry, UnknownKind, register, registry
 from .keys import Keys
@@ -33,13 +33,27 @@ from .worker import Worker, WorkerStats
 __version__ = "0.1.0"
 
 
+# Names whose modules import pandas (and matplotlib): loaded on first use, so the CLI and
+# worker processes start without them. name -> (module, attribute; None for the module itself).
+_LAZY = {
+    "metrics": ("metrics", None),
+    "plots": ("plots", None),
+    "sweep": ("sweeps", "sweep"),
+    "open_loop": ("openloop", "open_loop"),
+    "workbench": ("openloop", "workbench"),
+    "OpenLoop": ("openloop", "OpenLoop"),
+}
+
+
 def __getattr__(name: str) -> object:
-    """``wqsim.metrics`` and ``wqsim.plots`` import pandas and matplotlib: only on first use,
-    so the CLI and worker processes start without them."""
-    if name in ("metrics", "plots"):
+    """``wqsim.metrics``, ``wqsim.plots``, ``wqsim.sweep``, ``wqsim.open_loop`` and ``wqsim.workbench``
+    import pandas and matplotlib: only on first use, so the CLI and worker processes start without them."""
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        module, attribute = _LAZY[name]
+        loaded = importlib.import_module(f".{module}", __name__)
+        return loaded if attribute is None else getattr(loaded, attribute)
     raise AttributeError(f"module 'wqsim' has no attribute {name!r}")
 
 
@@ -58,6 +72,8 @@ __all__ = [
     "connect",
     "embedded_server",
     "resolve_url",
+    "ArrivalThread",
+    "arrival_offsets",
     "arrivals",
     "generate",
     "generate_graph",
@@ -96,4 +112,8 @@ __all__ = [
     "WorkerStats",
     "metrics",
     "plots",
+    "sweep",
+    "open_loop",
+    "workbench",
+    "OpenLoop",
 ]

@@ -108,6 +108,9 @@ PYTHON_USES: dict[str, str] = {
     "xrange": "the audit, the listener's catch-up",
     "xrevrange": "the listener",
     "zadd": "Queue.expire_leases (ZADD XX)",
+    "sadd": "Queue.hold_open (an open-loop run's producer)",
+    "srem": "Queue.release_hold (an open-loop run's producer)",
+    "lpush": "Queue.release_hold (waking an idle worker)",
     "zcard": "status",
     "zrange": "status, workers",
 }

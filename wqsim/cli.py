@@ -214,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="listener timeout (default: scaled to the work)",
     )
     p.add_argument("--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)")
+    p.add_argument(
+        "--arrival-rate",
+        type=positive_float("arrival_rate"),
+        default=None,
+        help="tasks arrive one by one at this many per second (Poisson, seeded by --seed) while the workers "
+        "run, instead of all at once (not with --graph or --package-size)",
+    )
     storage(p, retention=True)
     chaos = p.add_argument_group("failure injection (seedable)")
     chaos.add_argument("--chaos", action="store_true", help=f"inject every kind of fault: {CHAOS_PRESET}")
@@ -348,6 +355,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         graph_seed=args.seed,
         retention=_retention(args) or Retention(),
         allow_eviction=args.allow_eviction,
+        arrival_rate=args.arrival_rate,
+        arrival_seed=args.seed,
     )
 
 

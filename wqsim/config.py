@@ -257,6 +257,10 @@ class RunConfig:
     timeout_s: the listener's limit; None scales it with the work to be done.
     reap_interval_s: how often the reaper runs; None means a quarter of the lease.
     retention: what the queue keeps of finished work (see wqsim.retention).
+    arrival_rate: tasks per second arriving as a Poisson process (open loop: arrivals
+        do not wait for completions), drawn from ``arrival_seed``; None enqueues every
+        task at once, before the workers start, so waits measure a position in a backlog.
+        Tasks arrive one at a time, so not with a graph or work packages.
     allow_eviction: run on a Redis whose maxmemory-policy may evict keys (losses are
         then reported, not prevented; see wqsim.storage). False refuses such a server.
     """
@@ -278,6 +282,8 @@ class RunConfig:
     graph_seed: int = 0
     retention: Retention = field(default_factory=Retention)
     allow_eviction: bool = False
+    arrival_rate: float | None = None
+    arrival_seed: int = 0
 
     def __post_init__(self) -> None:
         from .graph import GRAPHS
@@ -301,12 +307,27 @@ class RunConfig:
             check_positive("timeout_s", self.timeout_s)
         if self.reap_interval_s is not None:
             check_positive("reap_interval_s", self.reap_interval_s)
+        check_int("arrival_seed", self.arrival_seed)
+        if self.arrival_rate is not None:
+            check_positive("arrival_rate", self.arrival_rate)
+            if self.graph is not None:
+                raise ValueError(
+                    "arrival_rate cannot be combined with a graph: a graph is enqueued whole and its tasks are "
+                    "released by their prerequisites (drop arrival_rate or graph)"
+                )
+            if self.package_size is not None:
+                raise ValueError(
+                    "arrival_rate cannot be combined with package_size: tasks arrive one at a time, while a work "
+                    "package is enqueued whole (drop arrival_rate or package_size)"
+                )
 
     @property
     def listener_timeout_s(self) -> float:
         if self.timeout_s is not None:
             return self.timeout_s
         ideal_s = self.tasks * self.duration_ms / 1000 / (1 if self.graph else self.workers)
+        if self.arrival_rate is not None:  # the last task arrives after about tasks / rate seconds
+            ideal_s = max(ideal_s, self.tasks / self.arrival_rate)
         return 60.0 + 5 * ideal_s
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -133,6 +134,23 @@ def generate_graph(
     return graph
 
 
+def arrival_offsets(count: int, rate_per_s: float, seed: int = 0) -> list[float]:
+    """When each of ``count`` Poisson arrivals of ``rate_per_s`` comes, in seconds after the first.
+
+    The gaps between them are exponential with mean 1 / rate_per_s, drawn from
+    ``random.Random(seed)``: the same seed gives the same schedule, so an
+    open-loop experiment can be repeated. The first arrival is at 0.
+    """
+    check_int_at_least("count", count, 1)
+    check_positive("rate_per_s", rate_per_s)
+    rng = random.Random(seed)
+    offsets, due = [], 0.0
+    for _ in range(count):
+        offsets.append(due)
+        due += rng.expovariate(rate_per_s)
+    return offsets
+
+
 def arrivals(
     queue: Queue,
     count: int,
@@ -141,28 +159,112 @@ def arrivals(
     seed: int = 0,
     kind: str = "sleep",
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
+    max_attempts: int = 3,
+    should_stop: Callable[[], bool] | None = None,
+    enqueued: list[str] | None = None,
 ) -> list[str]:
     """Enqueue ``count`` tasks one at a time as a Poisson process of ``rate_per_s``.
 
     The queueing-theory notebooks need arrivals spread out in time (the "M" in
-    M/M/c) rather than all at once. Inter-arrival gaps are exponential, drawn
-    from ``random.Random(seed)``; each task is enqueued at its scheduled time,
-    counted from the first (so a slow enqueue does not shift the rest).
-    Blocks until the last task is enqueued; returns the ids.
+    M/M/c) rather than all at once. Each task is enqueued at its time in
+    ``arrival_offsets(count, rate_per_s, seed)``, counted from the first (so a
+    slow enqueue does not shift the rest). Blocks until the last task is
+    enqueued, or until ``should_stop()`` says True (checked before each
+    arrival); returns the ids of the tasks enqueued.
     """
-    check_int_at_least("count", count, 1)
-    check_positive("rate_per_s", rate_per_s)
     check_non_negative("duration_ms", duration_ms)
-    rng = random.Random(seed)
+    offsets = arrival_offsets(count, rate_per_s, seed)
     payload: dict[str, Any] = {"duration_ms": duration_ms} if kind == "sleep" else {}
     ids = queue.allocate_ids(count)
     start = clock()
-    due = 0.0
-    for task in make_tasks(ids, kind=kind, payload=payload):
+    enqueued = enqueued if enqueued is not None else []
+    for task, due in zip(make_tasks(ids, kind=kind, payload=payload, max_attempts=max_attempts), offsets, strict=True):
         wait = start + due - clock()
         if wait > 0:
             sleep(wait)
+        if should_stop is not None and should_stop():
+            break
         queue.enqueue([task])
-        due += rng.expovariate(rate_per_s)
-    return ids
+        enqueued.append(task.id)
+    return enqueued
+
+
+class ArrivalThread:
+    """``arrivals`` in a thread of its own, holding the queue open (Queue.hold_open) until the last.
+
+    What ``wqsim.run`` does with an arrival rate: workers run while tasks keep
+    coming (open loop), and none of them exits for a queue drained between two
+    arrivals. Start it after the workers; ``stop()`` cancels the arrivals left.
+    """
+
+    PRODUCER = "arrivals"
+
+    def __init__(
+        self,
+        queue: Queue,
+        count: int,
+        rate_per_s: float,
+        duration_ms: float = 10.0,
+        seed: int = 0,
+        kind: str = "sleep",
+        max_attempts: int = 3,
+    ) -> None:
+        self.queue = queue
+        self.enqueued: list[str] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._args = (count, rate_per_s, duration_ms, seed, kind, max_attempts)
+        arrival_offsets(count, rate_per_s, seed)  # a bad count or rate fails here, not in the thread
+        self._thread = threading.Thread(target=self._run, name="wqsim-arrivals", daemon=True)
+
+    def hold(self) -> ArrivalThread:
+        """Hold the queue open: call before any worker starts (``start`` does, if not yet)."""
+        self.queue.hold_open(self.PRODUCER)
+        return self
+
+    def start(self) -> ArrivalThread:
+        self.queue.hold_open(self.PRODUCER)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        count, rate, duration_ms, seed, kind, max_attempts = self._args
+        try:
+            arrivals(
+                self.queue,
+                count,
+                rate,
+                duration_ms,
+                seed,
+                kind,
+                sleep=self._stop.wait,
+                max_attempts=max_attempts,
+                should_stop=self._stop.is_set,
+                enqueued=self.enqueued,
+            )
+        except BaseException as exc:  # reported by the caller: see failed
+            self.error = exc
+            log.error("Arrivals stopped: %s: %s", type(exc).__name__, exc)
+        finally:
+            try:
+                self.queue.release_hold(self.PRODUCER)
+            except Exception as exc:  # Redis is gone: the workers will not see the queue drained
+                log.error("Could not release the queue after the arrivals: %s: %s", type(exc).__name__, exc)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def stop(self) -> None:
+        """Enqueue no more tasks; the thread then releases the queue (at once, if it never started)."""
+        self._stop.set()
+        if self._thread.ident is None:
+            self.queue.release_hold(self.PRODUCER)
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the thread to end; True if it did (at once if it never started)."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()

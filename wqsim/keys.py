@@ -185,6 +185,13 @@ class Keys:
         return self.prefix + "retention"
 
     @property
+    def producers(self) -> str:
+        """SET of producers still adding tasks (an open-loop run's arrivals): while it has a
+        member, the queue is not drained, even when every task so far is terminal, so workers
+        do not exit between two arrivals. Redis deletes the set with its last member."""
+        return self.prefix + "producers"
+
+    @property
     def signal(self) -> str:
         """LIST holding at most one token; idle workers BLPOP it to wake up."""
         return self.prefix + "signal"

@@ -111,7 +111,12 @@ def makespan(df: pd.DataFrame) -> float:
 
 
 def throughput(df: pd.DataFrame) -> float:
-    """Completed tasks per second over the makespan."""
+    """Completed tasks per second over the makespan (first start to last finish).
+
+    RunReport.makespan_tasks_per_s is this; RunReport.tasks_per_s divides by the
+    run's wall time instead, which adds starting and stopping the workers, so it
+    is lower, by more for shorter runs.
+    """
     span = makespan(df)
     return len(completed(df)) / span if span > 0 else 0.0
 
@@ -154,6 +159,40 @@ def utilisation(df: pd.DataFrame) -> pd.Series:
         return pd.Series(dtype=float, name="utilisation")
     busy = (ran["finished_at"] - ran["started_at"]).groupby(ran["worker"]).sum()
     return (busy / span).rename("utilisation")
+
+
+def handoff_gaps(df: pd.DataFrame) -> pd.Series:
+    """Per worker, the time from finishing one attempt to starting the next, in seconds, counted
+    only where the next task was already waiting (enqueued before that finish).
+
+    While tasks wait, a worker is never idle by choice: each such gap is the
+    hand-off, the round trip to settle one task and claim the next, time a
+    worker spends on every task besides the handler itself.
+    """
+    ran = df.dropna(subset=["started_at", "finished_at"]).sort_values("started_at")
+    gaps: list[float] = []
+    for _, rows in ran.groupby("worker"):
+        finished = rows["finished_at"].to_numpy()[:-1]
+        started = rows["started_at"].to_numpy()[1:]
+        waiting = rows["enqueued_at"].to_numpy()[1:] <= finished
+        gaps.extend((started - finished)[waiting & (started >= finished)].tolist())
+    return pd.Series(gaps, dtype=float, name="handoff")
+
+
+def effective_service_time(df: pd.DataFrame) -> float:
+    """What one task costs a worker, in seconds: its mean handler time plus the median hand-off
+    (``handoff_gaps``; the median, so that a rare stall of the host does not count as the rule).
+
+    Queueing models take one service time per task; a real worker is busy for
+    this long, not just for the handler's. Near saturation the difference
+    matters far more than its size suggests: waits grow like 1 / (1 - utilisation).
+    """
+    done = completed(df).dropna(subset=["started_at", "finished_at"])
+    if done.empty:
+        raise ValueError("no completed attempts to fit a service time to")
+    service = float((done["finished_at"] - done["started_at"]).mean())
+    gaps = handoff_gaps(df)
+    return service + (float(gaps.median()) if len(gaps) else 0.0)
 
 
 def ideal_makespan(df: pd.DataFrame, workers: int) -> float:

@@ -410,6 +410,24 @@ class Queue:
             return []
         return Pooled(self.reader).call(self._script("verify", replies.ids, *task_ids))
 
+    def hold_open(self, producer: str) -> None:
+        """Keep the queue from counting as drained while ``producer`` still adds tasks.
+
+        Workers exit once every task is terminal; in an open-loop run tasks
+        arrive one by one, and the queue would be drained between two arrivals.
+        Call before the first task arrives and ``release_hold`` after the last.
+        """
+        self.client.sadd(self.keys.producers, check_id("producer", producer))
+
+    def release_hold(self, producer: str) -> None:
+        """``producer`` adds no more tasks; wake an idle worker, which sees the queue drained if it is
+        (and, finding it so, wakes the next: see claim in lua/_lib.lua)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.srem(self.keys.producers, producer)
+        pipe.delete(self.keys.signal)  # the list holds at most one token
+        pipe.lpush(self.keys.signal, "1")
+        pipe.execute()
+
     def wait_for_work(self, timeout_s: float) -> bool:
         """Block until a wake-up signal arrives or ``timeout_s`` passes. No polling loop."""
         timeout = max(timeout_s, 0.001)
@@ -425,12 +443,14 @@ class Queue:
         return int(self.client.hget(self.keys.ledger, "enqueued") or 0)
 
     def drained(self) -> bool:
-        """True once every task the queue knows of is terminal (done, dead or cancelled);
-        never for a stats hash without its 'created' sentinel (recreated after a loss)."""
+        """True once every task the queue knows of is terminal (done, dead or cancelled) and no
+        producer holds the queue open (see hold_open); never for a stats hash without its
+        'created' sentinel (recreated after a loss)."""
         c = self.counters()
         total = c.get("total", 0)
         return (
-            bool(c.get("created"))
+            not self.client.exists(self.keys.producers)
+            and bool(c.get("created"))
             and total > 0
             and c.get("done", 0) + c.get("dead", 0) + c.get("cancelled", 0) >= total
         )

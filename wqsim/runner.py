@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .acl import PermissionDenied
 from .audit import Audit, audit
 from .config import RunConfig
 from .connection import connect, redact, resolve_url
-from .generator import generate, generate_graph
+from .generator import ArrivalThread, generate, generate_graph
 from .graph import Bounds
 from .graph import bounds as graph_bounds
 from .listener import Listener, ListenResult, ProgressCallback
@@ -24,6 +25,9 @@ from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
 from .storage import check_eviction_policy
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("wqsim.run")
 
@@ -38,10 +42,43 @@ class RunReport:
     reaped: int  # tasks the reaper returned to the queue
     makespan_s: float = 0.0  # first start to last finish: wqsim.metrics.makespan of the run's attempts
     bounds: Bounds | None = None  # for a graph: the critical path and work/workers
+    heartbeats: int = 0  # heartbeat calls that reached Redis, every worker process's (the stats hash counts them)
+    renewed: int = 0  # leases those heartbeats renewed
+    # The run's attempts, read from Redis as the run ended: see attempts().
+    attempts_frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def tasks_per_s(self) -> float:
+        """Wall-clock throughput: tasks done / wall_s.
+
+        wall_s runs from the moment the workers are started to the last worker's
+        finished message, so it includes starting the worker processes, their
+        first claims and their exit: what someone waiting for the run sees. It
+        is lower than ``makespan_tasks_per_s``, and the more so the shorter the run.
+        """
         return self.audit.done / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def makespan_tasks_per_s(self) -> float:
+        """Busy throughput: tasks done / makespan_s (first handler start to last finish, from
+        Redis's records); the same as ``wqsim.metrics.throughput(report.attempts())``.
+
+        It leaves out the start-up and shut-down that ``tasks_per_s`` includes, so it
+        is the rate the pool sustains once running, and the one to compare with a
+        model (workers / service time). With an arrival rate, both are bounded by it.
+        """
+        return self.audit.done / self.makespan_s if self.makespan_s > 0 else 0.0
+
+    def attempts(self) -> pd.DataFrame:
+        """The run's attempts DataFrame (``wqsim.metrics.attempts`` of its queue), one row per attempt.
+
+        Read from Redis once, as ``run`` ended, and kept: the queue may be purged
+        by the next run, or its embedded Redis gone, by the time this is called.
+        A copy is returned, so the report's own stays as read.
+        """
+        if self.attempts_frame is None:
+            raise ValueError("this report was made without its attempts (see wqsim.run)")
+        return self.attempts_frame.copy()
 
     @property
     def ok(self) -> bool:
@@ -86,6 +123,10 @@ def run(
     A Redis that may evict keys is refused (EvictionRisk) unless
     ``config.allow_eviction``; the queue gets ``config.retention`` as its policy; the
     audit is told how many tasks were created, so tasks that vanish count as lost.
+    With ``config.arrival_rate`` the tasks arrive one by one while the workers run
+    (an open loop: see ArrivalThread); otherwise they are all enqueued first.
+    The report keeps the run's attempts (``report.attempts()``) and the heartbeats
+    counted in Redis.
     """
     cfg = config or RunConfig()
     logger = logger or log
@@ -118,6 +159,8 @@ def run(
     worker_ids = [str(i) for i in range(1, cfg.workers + 1)]
     listener = Listener(connect(url), cfg.queue, worker_ids, logger=logger, on_progress=on_progress).start()
     bounds = None
+    producer: ArrivalThread | None = None
+    created = 0
     if cfg.graph:
         tasks = generate_graph(
             queue,
@@ -135,6 +178,18 @@ def run(
         logger.info(
             "Created a %s graph of %d tasks, critical path %d tasks", cfg.graph, len(tasks), len(bounds.critical_path)
         )
+    elif cfg.arrival_rate is not None:
+        # Open loop: tasks arrive while the workers run (see ArrivalThread), after they start.
+        producer = ArrivalThread(
+            Queue(connect(url), cfg.queue),
+            cfg.tasks,
+            cfg.arrival_rate,
+            cfg.duration_ms,
+            cfg.arrival_seed,
+            cfg.kind,
+            cfg.max_attempts,
+        ).hold()
+        logger.info("Tasks arrive at %g per second (Poisson, seed %d)", cfg.arrival_rate, cfg.arrival_seed)
     else:
         created = len(
             generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size, logger=logger)
@@ -144,11 +199,16 @@ def run(
     started = time.perf_counter()
     try:
         pool.start()
-        # A worker refused a permission stops the pool (see pool.py): then stop listening too.
-        listened = listener.wait(
-            cfg.listener_timeout_s,
-            should_stop=lambda: pool.refused is not None or (should_stop is not None and should_stop()),
-        )
+        if producer is not None:
+            producer.start()
+
+        def stopping() -> bool:
+            # A worker refused a permission stops the pool (see pool.py), failed arrivals the run:
+            # then stop listening too.
+            failed = pool.refused is not None or (producer is not None and producer.failed)
+            return failed or (should_stop is not None and should_stop())
+
+        listened = listener.wait(cfg.listener_timeout_s, should_stop=stopping)
         wall_s = time.perf_counter() - started
         if listened.timed_out or listened.stopped:
             pool.stop()
@@ -161,14 +221,35 @@ def run(
             pool.terminate()
         raise
     finally:
+        if producer is not None:
+            producer.stop()  # a no-op once every task has arrived
+            producer.join(10.0)
         listener.close()
         reaper.stop()
         if bar is not None:
             bar.close()
     if pool.refused is not None:
         raise PermissionDenied(pool.refused)
+    if producer is not None:
+        if producer.error is not None:
+            raise producer.error
+        created = len(producer.enqueued)
     result = audit(queue, expected=created)  # what this run created, even if Redis forgot it
-    report = RunReport(cfg, result, listened, wall_s, pool.restarts, reaper.returned, _makespan(queue), bounds)
+    frame = _attempts(queue)
+    counters = queue.counters()
+    report = RunReport(
+        cfg,
+        result,
+        listened,
+        wall_s,
+        pool.restarts,
+        reaper.returned,
+        _makespan(frame),
+        bounds,
+        heartbeats=counters.get("heartbeats", 0),
+        renewed=counters.get("renewed", 0),
+        attempts_frame=frame,
+    )
     logger.info(report.summary())
     if bounds is not None:
         logger.info(report.makespan_summary())
@@ -179,12 +260,19 @@ def run(
     return report
 
 
-def _makespan(queue: Queue) -> float:
-    """The run's makespan, as wqsim.metrics defines it, from the queue's records.
+def _attempts(queue: Queue) -> pd.DataFrame:
+    """The run's attempts, as wqsim.metrics reads them from the queue's records.
 
     metrics (and pandas with it) is imported here, once the run is over, so the
     CLI and the worker processes it forks start without it.
     """
     from . import metrics
 
-    return metrics.makespan(metrics.attempts(queue))
+    return metrics.attempts(queue)
+
+
+def _makespan(frame: pd.DataFrame) -> float:
+    """The run's makespan, as wqsim.metrics defines it."""
+    from . import metrics
+
+    return metrics.makespan(frame)

@@ -32,7 +32,7 @@ local READY, INFLIGHT, DELAYED, DEAD, STATS, SIGNAL, EVENTS =
 local PREFIX, PROGRESS = ARGV[1], ARGV[2]
 
 -- Per-queue keys outside KEYS, built from PREFIX (they mirror wqsim.keys.Keys).
-local LEDGER, DONE_INDEX = PREFIX .. 'ledger', PREFIX .. 'done'
+local LEDGER, DONE_INDEX, PRODUCERS = PREFIX .. 'ledger', PREFIX .. 'done', PREFIX .. 'producers'
 
 local function task_key(id) return PREFIX .. 'task:' .. id end
 local function lease_key(lease) return PREFIX .. 'lease:' .. lease end
@@ -99,7 +99,8 @@ local function record(id, event, attempt, worker, lease, at, detail, started)
 end
 
 -- Whether the queue is drained, as a claim reply reports it:
---   1  every task the queue knows of is terminal;
+--   1  every task the queue knows of is terminal, and no producer holds the queue open
+--      (the producers set is empty: no more tasks are on their way);
 --   0  not yet;
 --  -1  the stats hash does not exist and nothing says the queue ever did (not created yet);
 --  -2  the queue's record is gone: the stats hash is missing while its ledger exists, or it
@@ -112,7 +113,8 @@ local function drain_state()
     return -1
   end
   local total = tonumber(c[1] or '0')
-  if total > 0 and tonumber(c[2] or '0') + tonumber(c[3] or '0') + tonumber(c[4] or '0') >= total then return 1 end
+  if total > 0 and tonumber(c[2] or '0') + tonumber(c[3] or '0') + tonumber(c[4] or '0') >= total
+      and redis.call('EXISTS', PRODUCERS) == 0 then return 1 end
   return 0
 end
 
@@ -316,7 +318,8 @@ local function claim(worker, now, lease_ms, count, reuse)
     local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
     if first[2] then out[2] = first[2] end  -- how long an idle worker may sleep
     if out[1] == 0 and backlog == 0 and out[5] == 0 and not first[2]
-        and tonumber(redis.call('HGET', STATS, 'waiting') or '0') <= 0 then
+        and tonumber(redis.call('HGET', STATS, 'waiting') or '0') <= 0
+        and redis.call('EXISTS', PRODUCERS) == 0 then  -- a producer still adding tasks: not lost
       out[1] = -3
     end
   end

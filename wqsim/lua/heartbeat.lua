@@ -13,6 +13,10 @@
 -- With a worker id, the worker's other live leases are renewed too: claims it
 -- made ahead, whose replies it has not read, so it cannot name them. They start
 -- with an ordinary lease, so a worker that dies holding them loses them as soon.
+-- Counts, in the stats hash, 'heartbeats' (+1 per call) and 'renewed' (+1 per lease
+-- renewed): a worker's WorkerStats counts its heartbeats too, but only in its own
+-- process; these outlive it. Nothing is counted while the stats hash is missing, so a
+-- heartbeat never recreates a lost record (see drain_state in _lib.lua).
 -- Returns the listed lease ids that were lost.
 local now, lease_ms = tonumber(ARGV[3]), ARGV[4]
 local worker, since = ARGV[5], tonumber(ARGV[6])
@@ -21,17 +25,21 @@ local function renew(lease)
   redis.call('ZADD', INFLIGHT, 'XX', now + tonumber(lease_ms) / 1000, lease)
   return true
 end
-local lost, listed = {}, {}
+local lost, listed, renewed = {}, {}, 0
 for i = 7, #ARGV do
   listed[ARGV[i]] = true
-  if not renew(ARGV[i]) then lost[#lost + 1] = ARGV[i] end
+  if renew(ARGV[i]) then renewed = renewed + 1 else lost[#lost + 1] = ARGV[i] end
 end
 if worker ~= '' then
   for _, lease in ipairs(redis.call('ZRANGE', INFLIGHT, 0, -1)) do
     local owner, number = lease_parts(lease)
     if not listed[lease] and owner == worker and number > since then
-      renew(lease)
+      if renew(lease) then renewed = renewed + 1 end
     end
   end
+end
+if redis.call('EXISTS', STATS) == 1 then
+  redis.call('HINCRBY', STATS, 'heartbeats', 1)
+  if renewed > 0 then redis.call('HINCRBY', STATS, 'renewed', renewed) end
 end
 return lost
