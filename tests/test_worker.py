@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from helpers import wait_until
@@ -211,6 +212,36 @@ def test_a_serving_worker_waits_for_new_work_instead_of_exiting(make_queue, clie
     assert thread.is_alive() and q.counters()["done"] == 2
     worker.stop()
     thread.join(5)
+
+
+def test_idle_workers_on_a_drained_queue_sleep_instead_of_waking_each_other(make_queue, client, queue_name):
+    """A claim that finds the queue drained wakes nobody: only the call that may have ended the
+    last task does. Otherwise two serving workers would pass the wake-up token back and forth,
+    thousands of empty claims a second, instead of sleeping idle_wait_s between looks."""
+    q = make_queue()
+    generate(q, 2, duration_ms=0)
+    config = WorkerConfig(idle_wait_s=0.2, exit_when_drained=False)
+    workers = [Worker(client, queue_name, f"w{i}", config) for i in (1, 2)]
+    looks: list[float] = []  # when worker 1 looked for work while idle
+    original = workers[0].queue.wait_then_claim
+
+    def looking(*args: object, **kwargs: object) -> object:
+        looks.append(time.monotonic())
+        return original(*args, **kwargs)
+
+    workers[0].queue.wait_then_claim = looking  # type: ignore[method-assign]
+    threads = [threading.Thread(target=w.run) for w in workers]
+    for thread in threads:
+        thread.start()
+    try:
+        assert wait_until(lambda: q.counters().get("done", 0) == 2 and len(looks) >= 5, 10)
+    finally:
+        for w in workers:
+            w.stop()
+        for thread in threads:
+            thread.join(5)
+    # Four looks after the first, each after an idle wait of 0.2 s (a wake-up may cut one short).
+    assert looks[4] - looks[0] >= 3 * config.idle_wait_s, [round(t - looks[0], 4) for t in looks[:5]]
 
 
 def test_listener_that_times_out_names_the_workers_that_did_not_finish(fake_client, queue_name, captured_logger):

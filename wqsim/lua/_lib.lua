@@ -263,7 +263,7 @@ end
 --          backlog: entries left in the ready list, claims in flight (leases, all workers),
 --          then id, kind, payload, attempt, inputs, time limit (s, or '') for each claimed task}.
 -- The last two tell a worker whether claiming ahead could starve another worker.
-local function claim(worker, now, lease_ms, count, reuse)
+local function claim(worker, now, lease_ms, count, reuse, settled)
   promote_due(now)
   local out = {0, '', '', 0, 0}
   local taken = {}
@@ -312,8 +312,12 @@ local function claim(worker, now, lease_ms, count, reuse)
   out[4], out[5] = backlog, redis.call('ZCARD', INFLIGHT)
   if #taken == 0 then
     out[1] = drain_state()
-    if out[1] == 1 then
-      wake()  -- so that the next idle worker also sees the queue drained
+    if out[1] == 1 and settled then
+      -- This call may have ended the last task: wake an idle worker, so that one that exits
+      -- when the queue is drained sees it (and, leaving, wakes the next: see finish.lua).
+      -- Only then: a claim that merely finds the queue drained wakes nobody, or idle
+      -- workers that stay would wake each other for ever, one claim after another.
+      wake()
     end
     local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
     if first[2] then out[2] = first[2] end  -- how long an idle worker may sleep

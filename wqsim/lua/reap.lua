@@ -44,5 +44,5 @@ for _, lease in ipairs(candidates) do
     end
   end
 end
-if returned > 0 or drained() then wake() end
+if returned > 0 or (buried > 0 and drained()) then wake() end  -- work to do, or the last task just ended
 return {returned, buried}

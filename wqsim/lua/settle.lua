@@ -197,6 +197,6 @@ if #done > 0 then
   redis.call('PUBLISH', PROGRESS, entry .. ' done ' .. ids)
   retire(done, recorded)
 end
-local out = claim(worker, now, lease_ms, count, reuse)
+local out = claim(worker, now, lease_ms, count, reuse, n > 0)
 table.insert(out, 1, rejected)
 return out
