@@ -245,7 +245,10 @@ def test_nbval_fails_a_notebook_whose_checked_output_no_longer_matches(tmp_path,
 # "Solution (expand the hidden cell)" line; "## Recap" with three to six bullets; "## References";
 # links to its neighbours at the top (a markdown cell before the setup cell) and in the last cell.
 # 06 and 07 join the list when they have the same sections.
-TEACHING_NOTEBOOKS = ("01-overview-and-running",)
+TEACHING_NOTEBOOKS = (
+    "01-overview-and-running",
+    "02-testing",
+)
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
 
 
