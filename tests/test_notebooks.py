@@ -248,6 +248,7 @@ def test_nbval_fails_a_notebook_whose_checked_output_no_longer_matches(tmp_path,
 TEACHING_NOTEBOOKS = (
     "01-overview-and-running",
     "02-testing",
+    "03-shortcomings",
 )
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
 
