@@ -249,6 +249,8 @@ TEACHING_NOTEBOOKS = (
     "01-overview-and-running",
     "02-testing",
     "03-shortcomings",
+    "04-scaling",
+    "05-sequential-tasks",
 )
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
 
