@@ -237,3 +237,114 @@ def test_nbval_fails_a_notebook_whose_checked_output_no_longer_matches(tmp_path,
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "mismatch 'stdout'" in proc.stdout and "sum = 13" in proc.stdout
     assert "1 failed" in proc.stdout
+
+
+# -- notebooks that teach like course chapters (issue 15, item 1) --------------------------------
+# Each listed notebook: a "**Predict.**" prompt right before every experiment cell; "## Exercises" with
+# two to four numbered exercises, each solution a hidden code cell tagged `solution` after a
+# "Solution (expand the hidden cell)" line; "## Recap" with three to six bullets; "## References";
+# links to its neighbours at the top (a markdown cell before the setup cell) and in the last cell.
+# 06 and 07 join the list when they have the same sections.
+TEACHING_NOTEBOOKS = (
+    "01-overview-and-running",
+    "02-testing",
+    "03-shortcomings",
+    "04-scaling",
+    "05-sequential-tasks",
+)
+NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
+
+
+def section(notebook: list[dict], heading: str) -> str | None:
+    """The text under a markdown heading (to the next heading of the same level), or None."""
+    text = "\n".join(source(c) for c in notebook if c["cell_type"] == "markdown")
+    match = re.search(rf"^{re.escape(heading)}\s*$(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    return match.group(1) if match else None
+
+
+def links(text: str) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+\.ipynb)\)", text)
+
+
+def teaching_problems(notebook: list[dict], name: str, present: set[str]) -> list[str]:
+    """What a teaching notebook lacks (empty if nothing). ``present``: the notebook files beside it."""
+    problems = []
+    for i, cell in enumerate(notebook):
+        if "experiment" in cell["metadata"].get("tags", []):
+            before = notebook[i - 1] if i else None
+            if before is None or before["cell_type"] != "markdown" or not source(before).startswith("**Predict.**"):
+                problems.append(f"experiment cell {i} has no '**Predict.**' prompt right before it")
+    exercises = section(notebook, "## Exercises")
+    if exercises is None:
+        problems.append("no '## Exercises'")
+    elif not 2 <= len(re.findall(r"^\d+\. ", exercises, flags=re.M)) <= 4:
+        problems.append("'## Exercises' does not number two to four exercises")
+    solutions = [
+        i for i, c in enumerate(notebook) if c["cell_type"] == "code" and "solution" in c["metadata"].get("tags", [])
+    ]
+    if len(solutions) < 2:
+        problems.append(f"{len(solutions)} cells tagged 'solution', not at least two")
+    for i in solutions:
+        if not notebook[i]["metadata"].get("jupyter", {}).get("source_hidden"):
+            problems.append(f"solution cell {i} is not hidden (metadata jupyter.source_hidden)")
+        if not (i and source(notebook[i - 1]).startswith("Solution (expand the hidden cell)")):
+            problems.append(f"solution cell {i} has no 'Solution (expand the hidden cell)' line before it")
+    recap = section(notebook, "## Recap")
+    if recap is None or not 3 <= len(re.findall(r"^- \S", recap, flags=re.M)) <= 6:
+        problems.append("no '## Recap' of three to six bullets")
+    references = section(notebook, "## References")
+    if references is None or not re.search(r"^- \S", references, flags=re.M):
+        problems.append("no '## References' list")
+    number = int(name[:2])
+    neighbours = [f for f in sorted(present) if f[:2] in (f"{number - 1:02d}", f"{number + 1:02d}")]
+    setup = next((i for i, c in enumerate(notebook) if c["cell_type"] == "code"), len(notebook))
+    top = " ".join(source(c) for c in notebook[:setup] if c["cell_type"] == "markdown")
+    bottom = source(notebook[-1]) if notebook else ""
+    for where, text in (("top", top), ("bottom", bottom)):
+        if sorted(links(text)) != neighbours:
+            problems.append(f"the {where} links to {sorted(links(text))}, not to the neighbours {neighbours}")
+    for cell in notebook:
+        for target in links(source(cell)):
+            if target not in present:
+                problems.append(f"a link to {target}, which is not a notebook in notebooks/")
+    return problems
+
+
+@pytest.mark.parametrize("name", TEACHING_NOTEBOOKS)
+def test_each_teaching_notebook_predicts_exercises_recaps_references_and_links_its_neighbours(name):
+    present = {p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]-*.ipynb")}
+    assert f"{name}.ipynb" in present
+    assert teaching_problems(cells(NOTEBOOK_DIR / f"{name}.ipynb"), name, present) == []
+
+
+def test_the_teaching_check_catches_what_a_chapter_lacks():
+    def markdown(text):
+        return {"cell_type": "markdown", "metadata": {}, "source": text}
+
+    def code(text, tags=(), hidden=False):
+        metadata = {"tags": list(tags), **({"jupyter": {"source_hidden": True}} if hidden else {})}
+        return {"cell_type": "code", "metadata": metadata, "source": text, "outputs": []}
+
+    present = {"01-a.ipynb", "02-b.ipynb", "03-c.ipynb"}
+    nav = "← [01 · A](01-a.ipynb) · [03 · C](03-c.ipynb) →"
+    good = [
+        markdown("# 02 · B\n\nYou will see."),
+        markdown(nav),
+        code("setup()"),
+        markdown("**Predict.** How many?"),
+        code("queue.purge()", tags=["experiment"]),
+        markdown("## Exercises\n\n1. One.\n2. Two."),
+        markdown("Solution (expand the hidden cell)"),
+        code("one()", tags=["solution"], hidden=True),
+        markdown("Solution (expand the hidden cell)"),
+        code("two()", tags=["solution"], hidden=True),
+        markdown("## Recap\n\n- a\n- b\n- c\n\n## References\n\n- Little, 1961.\n\n---\n\n" + nav),
+    ]
+    assert teaching_problems(good, "02-b", present) == []
+    assert teaching_problems([c for i, c in enumerate(good) if i != 3], "02-b", present)  # no prompt
+    assert teaching_problems(good[:7] + good[10:], "02-b", present)  # one solution only
+    unhidden = good[:9] + [code("two()", tags=["solution"])] + good[10:]
+    assert teaching_problems(unhidden, "02-b", present)
+    assert teaching_problems(good[:-1] + [markdown("## Recap\n\n- a\n\n" + nav)], "02-b", present)  # no refs
+    assert teaching_problems(good, "02-b", present - {"03-c.ipynb"})  # a link to a missing notebook
+    assert teaching_problems(good[:1] + good[2:], "02-b", present)  # no links at the top

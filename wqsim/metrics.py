@@ -258,10 +258,14 @@ def mmc_mean_wait(arrival_rate: float, service_time_s: float, servers: int) -> f
 
 
 def mdc_mean_wait(arrival_rate: float, service_time_s: float, servers: int) -> float:
-    """Mean queue wait in M/D/c (fixed service times, as sleep tasks have): about half of M/M/c's.
+    """Mean queue wait in M/D/c (fixed service times, as sleep tasks have), taken as half of M/M/c's.
 
-    The factor 1/2 is exact for one server (Pollaczek-Khinchine) and a close
-    approximation for several (Cosmetatos); good enough to draw beside a measurement.
+    The factor 1/2 is exact for one server (the Pollaczek-Khinchine formula). For
+    several servers it is the plain approximation, and it runs a little low: for
+    10 ms tasks on two servers at 75 % utilisation it gives 6.43 ms, where a
+    simulation of M/D/2 gives about 6.6 ms. Cosmetatos (1976) refines it with the
+    factor 1 + (1 - rho)(c - 1)(sqrt(4 + 5c) - 2) / (16 rho c), which gives 6.55 ms
+    there. The plain half is good enough to draw beside a measurement.
     """
     return mmc_mean_wait(arrival_rate, service_time_s, servers) / 2
 
