@@ -251,8 +251,11 @@ TEACHING_NOTEBOOKS = (
     "03-shortcomings",
     "04-scaling",
     "05-sequential-tasks",
+    "06-what-next",
+    "07-break-it-yourself",
 )
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
+PREDICT = re.compile(r"^\*\*Predict\.\*\*", flags=re.M)  # a paragraph of the cell before an experiment
 
 
 def section(notebook: list[dict], heading: str) -> str | None:
@@ -270,15 +273,18 @@ def teaching_problems(notebook: list[dict], name: str, present: set[str]) -> lis
     """What a teaching notebook lacks (empty if nothing). ``present``: the notebook files beside it."""
     problems = []
     for i, cell in enumerate(notebook):
-        if "experiment" in cell["metadata"].get("tags", []):
+        tags = cell["metadata"].get("tags", [])
+        if "experiment" in tags and "solution" not in tags:  # a solution's prompt is its exercise
             before = notebook[i - 1] if i else None
-            if before is None or before["cell_type"] != "markdown" or not source(before).startswith("**Predict.**"):
+            if before is None or before["cell_type"] != "markdown" or not PREDICT.search(source(before)):
                 problems.append(f"experiment cell {i} has no '**Predict.**' prompt right before it")
+    # Exercises: numbered under '## Exercises', or '**Exercise N.**' where the lesson needs them.
     exercises = section(notebook, "## Exercises")
-    if exercises is None:
-        problems.append("no '## Exercises'")
-    elif not 2 <= len(re.findall(r"^\d+\. ", exercises, flags=re.M)) <= 4:
-        problems.append("'## Exercises' does not number two to four exercises")
+    markdown = "\n".join(source(c) for c in notebook if c["cell_type"] == "markdown")
+    numbered = len(re.findall(r"^\d+\. ", exercises, flags=re.M)) if exercises is not None else 0
+    inline = len(set(re.findall(r"^\*\*Exercise (\d+)\.\*\*", markdown, flags=re.M)))
+    if not 2 <= max(numbered, inline) <= 4:
+        problems.append("not two to four exercises (numbered under '## Exercises', or '**Exercise N.**')")
     solutions = [
         i for i, c in enumerate(notebook) if c["cell_type"] == "code" and "solution" in c["metadata"].get("tags", [])
     ]
@@ -301,6 +307,8 @@ def teaching_problems(notebook: list[dict], name: str, present: set[str]) -> lis
     top = " ".join(source(c) for c in notebook[:setup] if c["cell_type"] == "markdown")
     bottom = source(notebook[-1]) if notebook else ""
     for where, text in (("top", top), ("bottom", bottom)):
+        # The line with the arrows: a top cell may also hold a map of every notebook.
+        text = next((line for line in text.splitlines() if "←" in line or "→" in line), "")
         if sorted(links(text)) != neighbours:
             problems.append(f"the {where} links to {sorted(links(text))}, not to the neighbours {neighbours}")
     for cell in notebook:
