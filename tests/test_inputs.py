@@ -17,6 +17,7 @@ from wqsim.generator import GENERATE_CHUNK
 # (command, flag) for every numeric option; each rejects negative, NaN and infinite values.
 NUMERIC_FLAGS = [
     ("run", "--tasks"),
+    ("run", "--arrival-rate"),
     ("run", "--workers"),
     ("run", "--duration-ms"),
     ("run", "--batch-size"),
