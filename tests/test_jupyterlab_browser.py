@@ -48,11 +48,11 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 START_TIMEOUT_S = 60  # JupyterLab answering /api/status
 STARTED_TIMEOUT_S = 30  # a clicked Run All Cells marking its cells [*]
 OPEN_TIMEOUT_S = 60  # the notebook on the page with its kernel idle
-RUN_TIMEOUT_S = 240  # Run All Cells, to the last execution count (nbval takes ~10 s for the slowest)
+RUN_TIMEOUT_S = 240  # Run All Cells, to the last execution count (04-scaling, the slowest, takes ~13 s here)
 IMAGES_TIMEOUT_S = 30  # the figures' data URLs decoded
 POLL_MS = 200  # how often the page is asked whether the run is over: cheap on a shared 2-core machine
 WIDTH, HEIGHT = 1280, 900  # the viewport; a screenshot grows it to the notebook's height
-MAX_SCREENSHOT_HEIGHT = 16_000  # Chromium's limit for one capture
+MAX_SCREENSHOT_HEIGHT = 16_000  # under Chromium's 16384-pixel limit for one capture; the notebooks are ~3000-6200
 
 NOT_FOUND = "chromium not found: .ci/run installs it with apt"
 STDERR = "application/vnd.jupyter.stderr"
