@@ -313,7 +313,7 @@ def open_and_run_all(page: Page, lab: Lab, path: Path, target: Path) -> dict[str
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_jupyterlab_without_errors_and_renders_every_figure(
-    path: Path, lab: Lab, context: BrowserContext
+    path: Path, context: BrowserContext, lab: Lab
 ) -> None:
     target = SCREENSHOTS / f"{path.stem}.png"
     page = context.new_page()
