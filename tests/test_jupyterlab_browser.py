@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,7 +120,7 @@ class Lab:
     def answers(self) -> bool:
         try:
             self.api("GET", "/api/status")
-        except (OSError, urllib.error.HTTPError):
+        except OSError:  # refused, or an HTTP error (urllib.error.HTTPError is an OSError)
             return False
         return True
 
