@@ -1,5 +1,6 @@
 """The notebooks under pytest-xdist: a notebook's cells share one kernel and run in order, so all
-of a notebook must go to one xdist process; the tests go one by one, to whichever is free.
+of a notebook must go to one xdist process (and so must the browser test's notebooks, which share
+one JupyterLab); the tests go one by one, to whichever is free.
 
 (xdist_group marks with --dist loadgroup would say the same, but xdist 3.8 groups by rewriting
 item._nodeid, which pytest 9 no longer reads.) This file is loaded whenever a notebook is
@@ -12,6 +13,10 @@ from typing import Any
 
 import pytest
 
+# Test files whose tests share one expensive fixture: the browser test's JupyterLab and Chromium
+# start once for every notebook, not once in each of three processes.
+WHOLE_FILES = ("test_jupyterlab_browser.py",)
+
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "load":
@@ -21,6 +26,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class NotebooksWhole(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return path if path.endswith(".ipynb") else nodeid
+            return path if path.endswith(".ipynb") or path.endswith(WHOLE_FILES) else nodeid
 
     return NotebooksWhole(config, log)

@@ -138,12 +138,17 @@ def free_port() -> int:
 
 
 def stripped_copy(source: Path, target: Path) -> None:
-    """The notebook without outputs or execution counts: what the page then shows, this run produced."""
+    """The notebook without outputs or execution counts: what the page then shows, this run produced.
+
+    Solutions are expanded, as a reader who opens them sees them: a collapsed cell shows no
+    execution prompt, and the prompts are how the page tells which cells ran and which still run.
+    """
     nb = nbformat.read(source, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
+            cell.metadata.get("jupyter", {}).pop("source_hidden", None)
     nbformat.write(nb, target)
 
 
@@ -273,7 +278,7 @@ def problems(committed: nbformat.NotebookNode, saved: nbformat.NotebookNode, pag
         errors = [o for o in ran.outputs if o.output_type == "error"]
         for error in errors:
             found.append(f"{name} raised {error.ename}: {error.evalue}")
-        if not re.search(r"\d", shown["prompt"]):
+        if not (re.search(r"\d", shown["prompt"]) and ran.get("execution_count")):
             found.append(f"{name} did not run (prompt {shown['prompt']!r})")
         if not errors and STDERR in shown["mimes"] and not has_stderr(cell):
             found.append(f"{name} printed to stderr, which its committed output does not")
