@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (only python3 needed; the first makes the virtualenv):
 #   make run    the seed's scenario on an embedded Redis (or $REDIS_URL)
-#   make test   the whole test suite (tests and notebooks, three processes at once)
+#   make test   the whole test suite (tests and notebooks, four processes at once)
 #   make lint   ruff's checks and formatter, and mypy --strict on wqsim/ (CI runs it before make test)
 #   make bench  the benchmark suite against RQ, Celery, Huey and raw redis-py (a few minutes)
 # Each installs what it needs once: a stamp file in the virtualenv remembers the install,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 # Test files whose tests share one expensive fixture: the browser test's JupyterLab and Chromium
-# start once for every notebook, not once in each of three processes.
+# start once for every notebook, not once in each of four processes.
 WHOLE_FILES = ("test_jupyterlab_browser.py",)
 
 

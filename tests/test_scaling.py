@@ -218,7 +218,7 @@ def test_a_killed_workers_package_returns_only_its_unfinished_tasks(redis_url, q
 def test_a_heartbeat_keeps_a_package_alive_past_its_lease(client, queue_name):
     q = Queue(client, queue_name)
     # 1.5 s of work under a 0.5 s lease, pinged every 0.05 s: a heartbeat thread held up for a few
-    # pings by a busy machine (the suite runs three processes on two cores) still renews in time.
+    # pings by a busy machine (the suite runs four processes on two cores) still renews in time.
     generate(q, 6, duration_ms=250, package_size=6, max_attempts=1)
     reaper = Reaper(Queue(client, queue_name), interval_s=0.02).start()
     from wqsim import Worker
