@@ -299,6 +299,10 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
     "make test": (CI,),
     "make lint": (CI,),
     "make bench": ("tests/test_readme.py::test_benchmarks_are_not_run_by_the_tests",),
+    'make bench ARGS="--compare REV"': (
+        "tests/test_benchmarks_compare.py::test_a_probe_measures_the_tree_it_was_given",
+        "tests/test_benchmarks_compare.py::test_the_verdict_reads_throughput_up_and_latency_down",
+    ),
     'make run ARGS="--tasks 1000 --workers 3 -q"': (
         "tests/test_cli.py::test_run_of_1000_tasks_with_3_workers_ends_all_done_none_lost_none_duplicated",
     ),
