@@ -31,13 +31,32 @@ def test_a_worker_whose_clock_is_5_s_off_still_records_true_queue_waits_and_run_
 
 
 def test_a_server_clock_keeps_the_offset_of_its_shortest_round_trip(fake_client):
-    """A stalled TIME round trip (a busy host) would put the midpoint far off: the shortest one is kept."""
+    """A stalled TIME round trip (a busy host) would put the estimate far off: the shortest one is kept."""
     slow, fast = [100.0, 100.4], [200.0, 200.002]  # the local clock before and after each TIME
     readings = iter(slow + fast + slow * (ServerClock.SAMPLES - 2))
     clock = ServerClock(lambda: next(readings))
     server_now = float(fake_client.time()[0])
     offset = clock.sync(fake_client)
-    assert offset == pytest.approx(server_now - 200.001, abs=1.5)  # the fast sample's midpoint, not 100.2
+    assert offset == pytest.approx(server_now - 200.0, abs=1.5)  # the fast sample's, not the slow one's 100.0
+
+
+def test_a_server_clock_never_runs_behind_redis():
+    """The offset is the upper bound of what one round trip allows: stamps taken after Redis
+    stamped a cause (a task's enqueued_at) are never earlier than it, however long the trip."""
+
+    class Server:
+        def __init__(self) -> None:
+            self.now = 1000.0  # Redis runs 1000 s ahead of the local clock below
+
+        def time(self) -> tuple[int, int]:
+            return int(self.now), round(self.now % 1 * 1e6)
+
+    local = iter([0.0, 0.004] * ServerClock.SAMPLES)  # TIME answered 4 ms after the call began
+    server = Server()
+    server.now = 1000.0 + 0.001  # read 1 ms into the 4 ms trip: the midpoint would put Redis 1 ms behind
+    clock = ServerClock(lambda: next(local))
+    clock.sync(server)  # type: ignore[arg-type]
+    assert 1000.0 <= clock.offset <= 1000.0 + 0.004  # ahead by at most the round trip, never behind
 
 
 def test_a_settle_never_records_an_attempt_finishing_after_redis_records_it(client, queue_name):

@@ -21,12 +21,15 @@ Clock = Callable[[], float]
 class ServerClock:
     """``local()`` plus the offset to Redis's clock, measured by ``sync``.
 
-    The offset is taken at the midpoint of a TIME round trip, so it is right
-    to within half that round trip; of a few samples the one with the shortest
-    round trip is kept (a busy host can stall one for milliseconds). That is
-    less than any causal gap a worker can observe (a claim is a round trip
-    after the release that made its task ready), and settle.lua clamps the
-    rest: no attempt finishes after Redis records it.
+    Redis read its TIME at some instant between the local readings just before
+    and just after the call, so the true offset lies between ``T - after`` and
+    ``T - before``. The upper bound is kept: this clock then runs ahead of
+    Redis's by at most one round trip, and never behind it, so a moment the
+    worker stamps after Redis stamped a cause (a task's ``enqueued_at``, the
+    release of a dependent) is never earlier than that cause. Of a few samples,
+    the one with the shortest round trip is kept (a busy host can stall one
+    for milliseconds). The other side is settle.lua's: no attempt is recorded
+    as finishing after Redis records it.
     """
 
     SAMPLES = 5
@@ -47,5 +50,5 @@ class ServerClock:
             after = self.local()
             if after - before < best_rtt:
                 best_rtt = after - before
-                self.offset = seconds + micros / 1e6 - (before + after) / 2
+                self.offset = seconds + micros / 1e6 - before
         return self.offset
