@@ -363,3 +363,23 @@ def test_workers_that_die_while_the_supervisor_is_busy_replacing_another_are_rep
             f"restarts {pool.restarts}, live {pool.pids()}"
         )
         assert pool.restarts == 4
+
+
+def test_wait_ready_returns_once_every_worker_process_is_connected_and_looking_for_work(redis_url, queue, queue_name):
+    """Start, wait_ready, then enqueue: every worker is then waiting for work, none still starting.
+
+    Each worker process signals ready only inside run(), after its clock sync and
+    before its first claim, so once wait_ready is True all three are idle on the
+    empty, held-open queue: Redis shows them blocked on its wake-up list.
+    """
+    queue.hold_open("test")
+    config = WorkerConfig(exit_when_drained=False, idle_wait_s=0.5)
+    with running(WorkerPool(redis_url, queue_name, WORKER_IDS, config)) as pool:
+        assert pool.wait_ready(30)
+        assert pool.wait_ready(0)  # already counted: no second wait
+        assert list(pool.exit_codes().values()) == [None, None, None]
+        assert wait_until(lambda: sum(c.get("cmd") == "blpop" for c in queue.client.client_list()) == 3, 10)
+        generate(queue, 30, duration_ms=0)
+        queue.release_hold("test")
+        assert wait_until(queue.drained, 20)
+    assert_every_task_done_exactly_once(queue, 30)

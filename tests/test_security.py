@@ -209,6 +209,15 @@ def test_a_worker_refused_a_key_stops_the_pool_without_restarts(acl_server, admi
     assert "replacement" not in proc.stderr
 
 
+def test_wait_ready_gives_up_as_soon_as_a_refused_pool_exits(acl_server, admin):
+    """Workers refused the queue's keys never get ready: the pool stops, and wait_ready says False then, not later."""
+    make_user(admin, "wq-ready", "other")
+    pool = wqsim.WorkerPool(user_url(acl_server, "wq-ready"), "mine", ["a", "b"]).start()
+    assert pool.wait_ready(60) is False
+    assert pool.join(10)
+    assert pool.refused is not None and "may not use the keys of queue 'mine'" in pool.refused
+
+
 @pytest.mark.parametrize(
     ("missing", "where", "mode"),
     [

@@ -269,3 +269,15 @@ def test_listener_subscribed_before_workers_start_misses_no_early_message(fake_c
 def test_built_in_handlers_are_registered_by_name():
     assert registry.kinds() == ["noop", "sleep"]
     assert registry.get("sleep") is sleep and registry.get("noop") is noop
+
+
+def test_on_ready_is_called_once_after_the_clock_sync_and_before_the_first_claim(client, make_queue, make_worker):
+    """WorkerPool.wait_ready counts these calls: a worker that says ready has not claimed yet, but will next."""
+    q = make_queue()
+    generate(q, 1, duration_ms=0)
+    seen: list[tuple[int, bool]] = []
+    worker = make_worker("w1")
+    worker._on_ready = lambda: seen.append((q.counters().get("done", 0), q.task("1").status is Status.QUEUED))
+    worker.run()
+    assert seen == [(0, True)]
+    assert q.task("1").status is Status.DONE

@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as mp_wait
 
@@ -44,6 +45,7 @@ from .worker import CRASH_EXIT_CODE, QUEUE_VANISHED_EXIT_CODE, TIME_LIMIT_EXIT_C
 log = logging.getLogger("wqsim.pool")
 
 RECHECK_S = 0.5  # how often the supervisor asks again while Redis is unreachable
+_READY_POLL_S = 0.05  # how often wait_ready looks whether the pool has exited meanwhile
 _PR_SET_PDEATHSIG = 1
 ORPHAN_EXIT_CODE = 75  # the worker found its parent gone before it could arrange to die with it
 
@@ -64,6 +66,7 @@ def _process_main(
     chaos: ChaosConfig,
     parent_pid: int,
     refusals: mp.SimpleQueue[str] | None = None,
+    ready: Callable[[], object] | None = None,
 ) -> None:
     """Entry point of one worker process: SIGTERM and SIGINT stop it gracefully.
 
@@ -74,7 +77,7 @@ def _process_main(
     _die_with_parent(parent_pid)
     signal.set_wakeup_fd(-1)  # the parent's wake-up pipe is not this process's
     client = connect(url)
-    worker = Worker(client, queue, worker_id, config, chaos=chaos, in_own_process=True)
+    worker = Worker(client, queue, worker_id, config, chaos=chaos, in_own_process=True, on_ready=ready)
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: worker.stop())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -138,6 +141,9 @@ class WorkerPool:
         self.refused: str | None = None  # why Redis refused a worker a permission (see wqsim.acl)
         self._ctx = mp.get_context("fork")  # handlers registered in the parent carry over
         self._refusals = self._ctx.SimpleQueue()  # worker processes -> supervisor: refusal lines
+        self._ready = self._ctx.Semaphore(0)  # released once by each worker about to look for work
+        self._ready_seen = 0  # releases taken by wait_ready
+        self._ready_lock = threading.Lock()  # one wait_ready counts at a time
         self._live: dict[str, mp.process.BaseProcess] = {}  # forked and not yet reaped
         self._exit_codes: dict[str, int | None] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -156,11 +162,41 @@ class WorkerPool:
         self._started.wait()
         return self
 
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until every worker has connected, synced its clock and is about to look for work.
+
+        True if all ``len(ids)`` did within ``timeout_s``; False on timeout, or as
+        soon as the pool has exited (a worker refused a permission, say). Start the
+        pool, wait, then enqueue: a measurement then times the work, not the
+        start-up of processes (BullMQ's ``waitUntilReady``, Celery's ``worker_ready``).
+        A replacement worker counts too, so a worker that died starting is not waited for in vain.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._ready_lock:
+            while self._ready_seen < len(self.ids):
+                if self._exited.is_set():
+                    return False
+                left = _READY_POLL_S if deadline is None else min(_READY_POLL_S, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                if self._ready.acquire(timeout=left):
+                    self._ready_seen += 1
+            return True
+
     def _spawn(self, worker_id: str) -> None:
         """Fork one worker process; the caller holds ``_lock``."""
         proc = self._ctx.Process(
             target=_process_main,
-            args=(self.url, self.queue_name, worker_id, self.config, self.chaos, os.getpid(), self._refusals),
+            args=(
+                self.url,
+                self.queue_name,
+                worker_id,
+                self.config,
+                self.chaos,
+                os.getpid(),
+                self._refusals,
+                self._ready.release,
+            ),
             name=f"wqsim-worker-{worker_id}",
         )
         proc.start()
@@ -171,7 +207,14 @@ class WorkerPool:
         """Thread mode: run every worker in a thread of this process and wait for them all."""
         try:
             for worker_id in self.ids:
-                worker = Worker(connect(self.url), self.queue_name, worker_id, self.config, chaos=self.chaos)
+                worker = Worker(
+                    connect(self.url),
+                    self.queue_name,
+                    worker_id,
+                    self.config,
+                    chaos=self.chaos,
+                    on_ready=self._ready.release,
+                )
                 thread = threading.Thread(
                     target=self._run_thread, args=(worker,), name=f"wqsim-worker-{worker_id}", daemon=True
                 )

@@ -200,6 +200,8 @@ def run(
     try:
         pool.start()
         if producer is not None:
+            # Arrivals begin once every worker waits for work: their waits are queueing, not start-up.
+            pool.wait_ready(cfg.listener_timeout_s)
             producer.start()
 
         def stopping() -> bool:

@@ -114,8 +114,10 @@ class Worker:
         logger: logging.Logger | None = None,
         clock: Clock = time.time,
         in_own_process: bool = False,
+        on_ready: Callable[[], object] | None = None,
     ) -> None:
         self.client = client
+        self._on_ready = on_ready  # called once run() is connected and about to look for work
         self.clock = ServerClock(clock)  # synced against Redis in run() and after every reconnect
         self.queue = Queue(client, queue, clock=self.clock, own_connection=True)
         # The watchdog thread's own view of the queue: the private connection above is the loop's alone.
@@ -164,6 +166,8 @@ class Worker:
         self._with_redis(partial(self.clock.sync, self.client))
         self._lease_floor = self._with_redis(self.queue.leases_issued)
         threading.Thread(target=self._watchdog, name=f"wqsim-watchdog-{self.id}", daemon=True).start()
+        if self._on_ready is not None:
+            self._on_ready()
         try:
             claim = self._hold(self._with_redis(lambda: self.queue.claim(self.id, cfg.lease_ms, self._claim_size())))
             ahead = self._ahead
