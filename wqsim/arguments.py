@@ -39,6 +39,11 @@ def positive_int(name: str) -> Callable[[str], int]:
     return _converter(name, int, lambda n, v: check_int_at_least(n, v, 1), "int")
 
 
+def non_negative_int(name: str) -> Callable[[str], int]:
+    """An integer >= 0 (a count where none is allowed: cores, where 0 means one per worker)."""
+    return _converter(name, int, lambda n, v: check_int_at_least(n, v, 0), "int")
+
+
 def positive_float(name: str) -> Callable[[str], float]:
     """A positive, finite number (a lease, an interval, a timeout)."""
     return _converter(name, float, check_positive, "float")

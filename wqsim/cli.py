@@ -40,7 +40,7 @@ from typing import cast
 import redis
 
 from . import acl
-from .arguments import non_negative_float, positive_float, positive_int, probability
+from .arguments import non_negative_float, non_negative_int, positive_float, positive_int, probability
 from .audit import audit
 from .chaos import injected
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
@@ -73,6 +73,7 @@ EXIT_UNREACHABLE = 3  # Redis unreachable, not Redis, or TLS verification failed
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
+SIMULATED_KINDS = ("sleep", "noop")  # the kinds whose cost wqsim.sim knows
 KIND_HELP = "task kind: sleep, noop, or one an --import module registers (default: sleep)"
 
 
@@ -196,37 +197,69 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("-q", "--quiet", action="store_true", help="no per-task log lines")
 
+    def scenario(p: argparse.ArgumentParser) -> None:
+        """The seed scenario's options: shared by run and sim."""
+        common(p)
+        imports(p)
+        tasks(p, doing="run")
+        workers(p, lease_default=None, lease_help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)")
+        p.add_argument(
+            "--max-attempts",
+            type=positive_int("max_attempts"),
+            default=None,
+            help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)",
+        )
+        p.add_argument(
+            "--timeout-s",
+            type=positive_float("timeout_s"),
+            default=None,
+            help="listener timeout (default: scaled to the work)",
+        )
+        p.add_argument(
+            "--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)"
+        )
+        p.add_argument(
+            "--arrival-rate",
+            type=positive_float("arrival_rate"),
+            default=None,
+            help="tasks arrive one by one at this many per second (Poisson, seeded by --seed) while the workers "
+            "run, instead of all at once (not with --graph or --package-size)",
+        )
+        p.add_argument(
+            "--service",
+            choices=("fixed", "exponential"),
+            default="fixed",
+            help="sleep durations: all --duration-ms (fixed), or exponential with that mean, seeded by --seed",
+        )
+        storage(p, retention=True)
+        chaos = p.add_argument_group("failure injection (seedable)")
+        chaos.add_argument("--chaos", action="store_true", help=f"inject every kind of fault: {CHAOS_PRESET}")
+        chaos.add_argument("--seed", type=int, default=0)
+        for name in CHAOS_PRESET:
+            chaos.add_argument(f"--{name.replace('_', '-')}", type=probability(name), default=None, dest=name)
+
     p = sub.add_parser("run", help="the seed scenario: generate, work, listen, reap, audit")
-    common(p)
-    imports(p)
-    tasks(p, doing="run")
-    workers(p, lease_default=None, lease_help=f"lease length (default: 30, or {CHAOS_LEASE_S} with --chaos)")
-    p.add_argument(
-        "--max-attempts",
-        type=positive_int("max_attempts"),
-        default=None,
-        help="attempts before a task is dead-lettered (default: 3, or 10 with --chaos)",
+    scenario(p)
+
+    p = sub.add_parser(
+        "sim", help="the seed scenario in virtual time (wqsim.sim): the options of run, plus a cost profile"
     )
-    p.add_argument(
-        "--timeout-s",
-        type=positive_float("timeout_s"),
-        default=None,
-        help="listener timeout (default: scaled to the work)",
+    scenario(p)
+    model = p.add_argument_group("the model")
+    model.add_argument(
+        "--profile", default=None, metavar="PATH", help="cost profile (JSON) to use (default: the packaged one)"
     )
-    p.add_argument("--progress", action="store_true", help="show a progress bar fed by completion events (implies -q)")
-    p.add_argument(
-        "--arrival-rate",
-        type=positive_float("arrival_rate"),
-        default=None,
-        help="tasks arrive one by one at this many per second (Poisson, seeded by --seed) while the workers "
-        "run, instead of all at once (not with --graph or --package-size)",
+    model.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="first measure a cost profile on --redis-url (a few seconds); saved to --profile if given",
     )
-    storage(p, retention=True)
-    chaos = p.add_argument_group("failure injection (seedable)")
-    chaos.add_argument("--chaos", action="store_true", help=f"inject every kind of fault: {CHAOS_PRESET}")
-    chaos.add_argument("--seed", type=int, default=0)
-    for name in CHAOS_PRESET:
-        chaos.add_argument(f"--{name.replace('_', '-')}", type=probability(name), default=None, dest=name)
+    model.add_argument(
+        "--cores",
+        type=non_negative_int("cores"),
+        default=None,
+        help="CPUs the workers and Redis share (default: the profile's; 0: one per worker, as on many hosts)",
+    )
 
     p = sub.add_parser("generate", help="write tasks (or work packages, or a graph) into a queue, then exit")
     common(p)
@@ -357,6 +390,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         allow_eviction=args.allow_eviction,
         arrival_rate=args.arrival_rate,
         arrival_seed=args.seed,
+        service=args.service,
     )
 
 
@@ -400,6 +434,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if stop.is_set():
         print(f"wqsim: interrupted by {stop.reason}; workers stopped, nothing in flight was lost", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return EXIT_OK if report.ok else EXIT_UNCLEAN
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from .sim import CostProfile, calibrate, default_profile, simulate
+
+    config = _run_config(args)
+    if config.kind not in SIMULATED_KINDS:
+        raise ValueError(f"wqsim sim models the kinds {', '.join(SIMULATED_KINDS)} (got {config.kind!r})")
+    if args.calibrate:
+        url = resolve_url(args.redis_url)
+        _connect(args, url)
+        profile = calibrate(url)
+        log.info("Calibrated on %s: %s", redact(url), profile.to_json().replace("\n", " "))
+        if args.profile:
+            profile.save(args.profile)
+            log.info("Saved the profile to %s", args.profile)
+    else:
+        profile = CostProfile.load(args.profile) if args.profile else default_profile()
+    report = simulate(config, profile, cores=args.cores)
+    log.info(report.summary())
+    log.info(report.makespan_summary())
+    log.info(report.redis_summary())
+    if not report.finished:
+        log.error("The simulation stopped at its virtual-time limit (%.0f s) with tasks unfinished", report.wall_s)
     return EXIT_OK if report.ok else EXIT_UNCLEAN
 
 
@@ -630,6 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = {
         "run": _cmd_run,
+        "sim": _cmd_sim,
         "generate": _cmd_generate,
         "work": _cmd_work,
         "listen": _cmd_listen,

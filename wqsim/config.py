@@ -263,6 +263,9 @@ class RunConfig:
         Tasks arrive one at a time, so not with a graph or work packages.
     allow_eviction: run on a Redis whose maxmemory-policy may evict keys (losses are
         then reported, not prevented; see wqsim.storage). False refuses such a server.
+    service: "fixed" gives every sleep task ``duration_ms``; "exponential" draws each
+        one's duration with that mean from ``arrival_seed`` (M/M/c rather than M/D/c;
+        see wqsim.generator.service_durations). Not with a graph, whose durations are its own.
     """
 
     queue: str = "seed"
@@ -284,6 +287,7 @@ class RunConfig:
     allow_eviction: bool = False
     arrival_rate: float | None = None
     arrival_seed: int = 0
+    service: str = "fixed"
 
     def __post_init__(self) -> None:
         from .graph import GRAPHS
@@ -308,6 +312,10 @@ class RunConfig:
         if self.reap_interval_s is not None:
             check_positive("reap_interval_s", self.reap_interval_s)
         check_int("arrival_seed", self.arrival_seed)
+        if self.service not in ("fixed", "exponential"):
+            raise ValueError(f"service must be one of fixed, exponential (got {self.service!r})")
+        if self.service != "fixed" and self.graph is not None:
+            raise ValueError("service cannot be combined with a graph: its tasks have durations of their own")
         if self.arrival_rate is not None:
             check_positive("arrival_rate", self.arrival_rate)
             if self.graph is not None:

@@ -32,6 +32,32 @@ def make_tasks(
     return [Task(id=i, kind=kind, payload=body, max_attempts=max_attempts, timeout_s=timeout_s) for i in ids]
 
 
+SERVICES = ("fixed", "exponential")
+
+
+def service_durations(count: int, mean_ms: float, service: str = "fixed", seed: int = 0) -> list[float]:
+    """Each of ``count`` sleep tasks' duration in ms: all ``mean_ms`` ("fixed"), or drawn
+    exponentially with that mean ("exponential": the second M of M/M/c) from ``seed``.
+
+    A simulated run draws the same durations from the same seed (see wqsim.sim).
+    """
+    check_int_at_least("count", count, 0)
+    check_non_negative("mean_ms", mean_ms)
+    if service not in SERVICES:
+        raise ValueError(f"service must be one of {', '.join(SERVICES)} (got {service!r})")
+    if service == "fixed" or mean_ms == 0:
+        return [mean_ms] * count
+    rng = random.Random(f"{seed}:service")
+    return [round(rng.expovariate(1.0 / mean_ms), 6) for _ in range(count)]
+
+
+def _sleep_tasks(ids: Sequence[str], durations_ms: Sequence[float], **kwargs: Any) -> list[Task]:
+    """Sleep tasks of their own durations (make_tasks gives all one payload)."""
+    return [
+        Task(id=i, kind="sleep", payload={"duration_ms": d}, **kwargs) for i, d in zip(ids, durations_ms, strict=True)
+    ]
+
+
 GENERATE_CHUNK = 25_000  # tasks made and enqueued at a time: memory stays flat whatever the count (measured:
 # 60 MB peak RSS at 25,000, 123 MB at 100,000, which is also slower)
 
@@ -54,6 +80,8 @@ def generate(
     logger: logging.Logger | None = None,
     timeout_s: float | None = None,
     chunk: int = GENERATE_CHUNK,
+    service: str = "fixed",
+    service_seed: int = 0,
 ) -> IdRange:
     """Create ``count`` sleep tasks and push their ids onto the queue's ready list.
 
@@ -67,7 +95,8 @@ def generate(
     bundled into work packages of that many tasks (the seed's Scaling
     section), each claimed as one unit under one lease; a package never spans
     two chunks. ``timeout_s`` gives every task its own time limit (see
-    WorkerConfig.task_timeout_s). Returns the new task ids (an IdRange).
+    WorkerConfig.task_timeout_s). ``service`` "exponential" draws each sleep's
+    duration around ``duration_ms`` (see service_durations). Returns the new task ids (an IdRange).
     """
     logger = logger or log
     check_int_at_least("count", count, 1)
@@ -77,10 +106,15 @@ def generate(
         check_int_at_least("package_size", package_size, 1)
         chunk = max(chunk - chunk % package_size, package_size)
     payload: dict[str, Any] = {"duration_ms": duration_ms} if kind == "sleep" else {}
+    durations = service_durations(count, duration_ms, service, service_seed) if service != "fixed" else None
     ids = queue.reserve_ids(count)
     written = packages = 0
     for part in ids.chunks(chunk):
-        tasks = make_tasks(part, kind=kind, payload=payload, max_attempts=max_attempts, timeout_s=timeout_s)
+        if durations is not None and kind == "sleep":
+            own = durations[written : written + len(part)]
+            tasks = _sleep_tasks(part, own, max_attempts=max_attempts, timeout_s=timeout_s)
+        else:
+            tasks = make_tasks(part, kind=kind, payload=payload, max_attempts=max_attempts, timeout_s=timeout_s)
         try:
             packages += len(queue.enqueue(tasks, package_size=package_size))
         except Exception as exc:
@@ -163,6 +197,7 @@ def arrivals(
     max_attempts: int = 3,
     should_stop: Callable[[], bool] | None = None,
     enqueued: list[str] | None = None,
+    service: str = "fixed",
 ) -> list[str]:
     """Enqueue ``count`` tasks one at a time as a Poisson process of ``rate_per_s``.
 
@@ -209,12 +244,13 @@ class ArrivalThread:
         seed: int = 0,
         kind: str = "sleep",
         max_attempts: int = 3,
+        service: str = "fixed",
     ) -> None:
         self.queue = queue
         self.enqueued: list[str] = []
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        self._args = (count, rate_per_s, duration_ms, seed, kind, max_attempts)
+        self._args = (count, rate_per_s, duration_ms, seed, kind, max_attempts, service)
         arrival_offsets(count, rate_per_s, seed)  # a bad count or rate fails here, not in the thread
         self._thread = threading.Thread(target=self._run, name="wqsim-arrivals", daemon=True)
 
@@ -229,7 +265,7 @@ class ArrivalThread:
         return self
 
     def _run(self) -> None:
-        count, rate, duration_ms, seed, kind, max_attempts = self._args
+        count, rate, duration_ms, seed, kind, max_attempts, service = self._args
         try:
             arrivals(
                 self.queue,
@@ -242,6 +278,7 @@ class ArrivalThread:
                 max_attempts=max_attempts,
                 should_stop=self._stop.is_set,
                 enqueued=self.enqueued,
+                service=service,
             )
         except BaseException as exc:  # reported by the caller: see failed
             self.error = exc

@@ -270,6 +270,40 @@ def mdc_mean_wait(arrival_rate: float, service_time_s: float, servers: int) -> f
     return mmc_mean_wait(arrival_rate, service_time_s, servers) / 2
 
 
+def mdc_mean_wait_exact(arrival_rate: float, service_time_s: float, servers: int) -> float:
+    """Mean queue wait in M/D/c, exactly (to ``tail``), where ``mdc_mean_wait`` approximates.
+
+    Crommelin's observation: every task in service at time t has left by t + D,
+    so the number in the system one service time later is max(N - c, 0) plus the
+    Poisson(lambda D) arrivals in between, at any t. The stationary distribution
+    of that chain is the time-average one; Little's law turns the mean queue into
+    the mean wait. Solved on states 0..K, K far enough out that the mass beyond it is negligible.
+    """
+    check_positive("arrival_rate", arrival_rate)
+    check_positive("service_time_s", service_time_s)
+    check_int_at_least("servers", servers, 1)
+    load = arrival_rate * service_time_s
+    if load >= servers:
+        return math.inf
+    rho = load / servers
+    size = int(servers + load + 40 * math.sqrt(load + 1) / (1 - rho)) + 1
+    k = np.arange(size)
+    arrivals = np.exp(k * math.log(load) - load - np.cumsum(np.log(np.maximum(k, 1))))  # Poisson(load) pmf
+    transition = np.zeros((size, size))
+    for n in range(size):
+        base = max(n - servers, 0)
+        transition[n, base:] = arrivals[: size - base]
+    transition[:, -1] += 1 - transition.sum(axis=1)  # the truncated tail stays in the last state
+    # p (P - I) = 0 with sum(p) = 1: replace one equation by the normalisation.
+    system = (transition - np.eye(size)).T
+    system[-1, :] = 1.0
+    rhs = np.zeros(size)
+    rhs[-1] = 1.0
+    p = np.linalg.solve(system, rhs)
+    queued = float(np.dot(np.clip(np.arange(size) - servers, 0, None), p))
+    return queued / arrival_rate
+
+
 def mmc_wait_cdf(t: np.ndarray | float, arrival_rate: float, service_time_s: float, servers: int) -> np.ndarray:
     """P(wait <= t) in M/M/c: 1 - C * exp(-(c * mu - lambda) * t)."""
     c = erlang_c(arrival_rate, service_time_s, servers)

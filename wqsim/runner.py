@@ -86,23 +86,33 @@ class RunReport:
         return self.audit.clean and not self.listen.timed_out
 
     def summary(self) -> str:
-        a = self.audit
-        cancelled = f"{a.cancelled} cancelled, " if a.cancelled else ""
-        return (
-            f"Summary: {a.done} done, {a.dead} dead, {cancelled}{a.lost} lost, {a.completed_twice} completed twice, "
-            f"{a.executions} executions; {self.wall_s:.2f} s wall, {self.tasks_per_s:,.0f} tasks/s"
-        )
+        return summary_line(self.audit, self.wall_s, self.tasks_per_s)
 
     def makespan_summary(self) -> str:
         """Measured makespan beside its lower bounds (a graph's critical path, work/workers)."""
-        if self.bounds is None:
-            return f"Makespan {self.makespan_s:.3f} s"
-        b = self.bounds
-        ratio = f"; makespan / bound = {self.makespan_s / b.lower_bound_s:.2f}" if b.lower_bound_s > 0 else ""
-        return (
-            f"Makespan {self.makespan_s:.3f} s; bounds: critical path {b.critical_path_s:.3f} s "
-            f"({len(b.critical_path)} tasks), work/workers {b.per_worker_s:.3f} s{ratio}"
-        )
+        return makespan_line(self.makespan_s, self.bounds)
+
+
+def summary_line(audit: Audit, wall_s: float, tasks_per_s: float, label: str = "Summary") -> str:
+    """The run's one-line summary; a simulated run says so in ``label`` (see wqsim.sim)."""
+    a = audit
+    cancelled = f"{a.cancelled} cancelled, " if a.cancelled else ""
+    return (
+        f"{label}: {a.done} done, {a.dead} dead, {cancelled}{a.lost} lost, {a.completed_twice} completed twice, "
+        f"{a.executions} executions; {wall_s:.2f} s wall, {tasks_per_s:,.0f} tasks/s"
+    )
+
+
+def makespan_line(makespan_s: float, bounds: Bounds | None, label: str = "Makespan") -> str:
+    """A makespan beside its lower bounds (a graph's critical path, work/workers)."""
+    if bounds is None:
+        return f"{label} {makespan_s:.3f} s"
+    b = bounds
+    ratio = f"; makespan / bound = {makespan_s / b.lower_bound_s:.2f}" if b.lower_bound_s > 0 else ""
+    return (
+        f"{label} {makespan_s:.3f} s; bounds: critical path {b.critical_path_s:.3f} s "
+        f"({len(b.critical_path)} tasks), work/workers {b.per_worker_s:.3f} s{ratio}"
+    )
 
 
 def run(
@@ -188,11 +198,22 @@ def run(
             cfg.arrival_seed,
             cfg.kind,
             cfg.max_attempts,
+            cfg.service,
         ).hold()
         logger.info("Tasks arrive at %g per second (Poisson, seed %d)", cfg.arrival_rate, cfg.arrival_seed)
     else:
         created = len(
-            generate(queue, cfg.tasks, cfg.duration_ms, cfg.kind, cfg.max_attempts, cfg.package_size, logger=logger)
+            generate(
+                queue,
+                cfg.tasks,
+                cfg.duration_ms,
+                cfg.kind,
+                cfg.max_attempts,
+                cfg.package_size,
+                logger=logger,
+                service=cfg.service,
+                service_seed=cfg.arrival_seed,
+            )
         )
     reaper = Reaper(Queue(connect(url), cfg.queue), cfg.reaper_interval_s).start()
     pool = WorkerPool(url, cfg.queue, worker_ids, cfg.worker, cfg.chaos, cfg.mode)

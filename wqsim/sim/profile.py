@@ -1,0 +1,117 @@
+"""What each step of the real engine costs on one machine: the simulation's only inputs besides the config.
+
+A profile is measured by ``wqsim.sim.calibrate`` on a live server and saved
+as JSON; the one measured on the machine this package was built on ships
+with it (``default_profile``). Every figure is a mean, in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from importlib import resources
+from pathlib import Path
+
+from ..config import check_int_at_least, check_non_negative
+
+DEFAULT_PROFILE = "default_profile.json"
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """The costs the simulation charges, each measured (see wqsim.sim.calibrate).
+
+    Redis is one thread: a script call holds it for ``server_call_s`` plus a
+    per-task cost for each task it claims, settles or enqueues, and calls wait
+    their turn. A worker pays a ``round_trip_s`` per call (the network and both
+    kernels, without Redis's own time) and its own CPU: ``client_call_s`` per
+    call, ``client_task_s`` per task (decoding, dispatch, recording). Sleeping
+    handlers overrun by ``sleep_overshoot_s``. A worker process is ready
+    ``worker_start_s`` after it is started, which is also the supervisor's
+    restart delay after a crash. The run's listener spends ``listener_message_s``
+    of CPU on each progress message (one per settle call). ``cores``: the CPUs
+    the workers, Redis and the listener share (0: each has its own, as when
+    workers run on many hosts).
+    """
+
+    round_trip_s: float
+    server_call_s: float
+    server_claim_task_s: float
+    server_settle_task_s: float
+    server_enqueue_task_s: float
+    client_call_s: float
+    client_task_s: float
+    sleep_overshoot_s: float
+    worker_start_s: float
+    listener_message_s: float = 0.0
+    cores: int = 0
+    machine: str = ""  # where it was measured, in words
+    measured_at: str = ""  # when (ISO 8601, UTC)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name.endswith("_s"):
+                check_non_negative(f.name, getattr(self, f.name))
+        check_int_at_least("cores", self.cores, 0)
+
+    def call_s(self, claimed: int = 0, settled: int = 0, enqueued: int = 0) -> float:
+        """Redis's time for one script call that claims, settles and enqueues this many tasks."""
+        return (
+            self.server_call_s
+            + claimed * self.server_claim_task_s
+            + settled * self.server_settle_task_s
+            + enqueued * self.server_enqueue_task_s
+        )
+
+    def redis_capacity(self, batch_size: int) -> float:
+        """Tasks per second the Redis thread can settle-and-claim at most, in batches of ``batch_size``.
+
+        One call per batch settles the last batch and claims the next, so each
+        task costs its share of a call plus its own claim and settle: past this
+        rate, more workers only queue for Redis (the knee of a workers sweep).
+        """
+        check_int_at_least("batch_size", batch_size, 1)
+        per_task = self.server_call_s / batch_size + self.server_claim_task_s + self.server_settle_task_s
+        return 1.0 / per_task if per_task > 0 else float("inf")
+
+    def without_overheads(self) -> CostProfile:
+        """Every cost zero: the ideal queue of queueing theory (tasks take exactly their service time)."""
+        zero = {f.name: 0.0 for f in fields(self) if f.name.endswith("_s")}
+        return replace(self, **zero, cores=0)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> CostProfile:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("a cost profile is a JSON object of the CostProfile fields")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown field(s) in the cost profile: {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a field missing
+            raise ValueError(f"incomplete cost profile: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostProfile:
+        """A profile saved by ``save`` (or ``wqsim sim --calibrate``); ValueError names what is wrong."""
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read cost profile {path}: {exc.strerror or exc}") from None
+        try:
+            return cls.from_json(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"cost profile {path} is not JSON: {exc}") from None
+
+
+def default_profile() -> CostProfile:
+    """The profile measured on the machine this package was built on (2 cores; see its ``machine``)."""
+    return CostProfile.from_json(resources.files(__package__).joinpath(DEFAULT_PROFILE).read_text())
