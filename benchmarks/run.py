@@ -214,12 +214,22 @@ def main(argv: list[str] | None = None) -> int:
         help="instead, compare wqsim at commit REV with this tree: throughput and pick-up p99, before and after "
         "in alternate rounds of short runs",
     )
+    parser.add_argument(
+        "--sim",
+        action="store_true",
+        help="instead, the simulation's benchmark: 1,000,000 tasks on 1,000 workers, the Redis knee, and its "
+        "accuracy against the real engine (writes benchmarks/results/sim.json)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in ("wqsim", "rq", "celery", "huey", "kombu"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.compare:
         return compare.main(args.compare, max(args.rounds or 25, 1), pin_cpus)
+    if args.sim:
+        from . import sim
+
+        return sim.main(str(Path(args.out).with_name("sim.json")))
     started = time.time()
     with RedisServer() as server:
         pinned = pin_cpus(server.process.pid)

@@ -63,7 +63,9 @@ def grid(queue: str = "sim-accuracy") -> list[Point]:
         judged = ("throughput",) if sleep_ms == 0 else ("makespan",)
         config = RunConfig(
             queue=queue,
-            tasks=_sleep_tasks(workers, sleep_ms) if batch < 100 else max(_sleep_tasks(workers, sleep_ms), 200 * workers),
+            tasks=_sleep_tasks(workers, sleep_ms)
+            if batch < 100
+            else max(_sleep_tasks(workers, sleep_ms), 200 * workers),
             duration_ms=sleep_ms,
             workers=workers,
             worker=WorkerConfig(batch_size=batch),

@@ -12,6 +12,9 @@ purged afterwards (nothing else on the server is touched):
   no-op tasks on one worker without prefetch (so nothing overlaps), in batches
   of two sizes: the makespan per call minus the round trip and Redis's time;
 - the listener's CPU per progress message (it competes for the same cores);
+- how long a task takes to start when it finds the worker idle (the pick-up),
+  and how much longer than in a busy loop a hand-off takes after a sleeping
+  handler (the cold call);
 - the overshoot of ``time.sleep``, and how long a worker process takes to be ready.
 
 It takes a few seconds. Run it on an idle machine: a busy one measures its load.
@@ -22,21 +25,23 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import threading
 import platform
 import socket
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from urllib.parse import urlsplit
 
 import redis
 
+from .. import metrics
 from ..config import RunConfig, WorkerConfig
-from ..keys import Keys
-from ..listener import Listener
 from ..connection import connect, resolve_url
 from ..generator import generate
+from ..keys import Keys
+from ..listener import Listener
 from ..names import session_queue_name
 from ..pool import WorkerPool
 from ..queue import Queue
@@ -72,6 +77,15 @@ def _server_s(client: redis.Redis, action: Callable[[], object]) -> tuple[float,
     return (usec1 - usec0) / 1e6, calls1 - calls0
 
 
+def _claims(queue: Queue, batch: int, calls: int = 20) -> None:
+    for _ in range(calls):
+        queue.claim("calibrate", 60_000, batch)
+
+
+def _run_into(reports: list[RunReport], config: RunConfig, url: str) -> None:
+    reports.append(run(config, url=url))
+
+
 def _split(per_call_small: float, per_call_large: float) -> tuple[float, float]:
     """(fixed, per task) from the cost of one call of SMALL and one of LARGE tasks."""
     per_task = max((per_call_large - per_call_small) / (LARGE - SMALL), 0.0)
@@ -102,8 +116,8 @@ def round_trip_s(url: str, samples: int = 2000) -> float:
     return statistics.median(times)
 
 
-def sleep_overshoot_s(durations_s: tuple[float, ...] = (0.001, 0.01), samples: int = 40) -> float:
-    """How much longer than asked ``time.sleep`` lasts, on average."""
+def sleep_overshoot_s(durations_s: tuple[float, ...] = (0.0, 0.001, 0.01), samples: int = 40) -> float:
+    """How much longer than asked ``time.sleep`` lasts, on average (sleep(0) too: timer slack and a wake-up)."""
     over = []
     for d in durations_s:
         for _ in range(samples):
@@ -111,6 +125,39 @@ def sleep_overshoot_s(durations_s: tuple[float, ...] = (0.001, 0.01), samples: i
             time.sleep(d)
             over.append(time.perf_counter() - began - d)
     return statistics.fmean(over)
+
+
+def pickup_s(url: str, queue: str, samples: int = 100, spacing_s: float = 0.003) -> float:
+    """Mean time from a task's enqueue (Redis's clock) to its start, for tasks that find the worker idle."""
+    q = Queue(connect(url), queue)
+    q.hold_open("calibrate")
+    pool = WorkerPool(url, queue, ["pickup"], WorkerConfig(exit_when_drained=False, idle_wait_s=1.0)).start()
+    try:
+        if not pool.wait_ready(30):
+            raise CalibrationError("a worker process did not get ready within 30 s")
+        for i in range(samples):
+            time.sleep(spacing_s)  # the worker is idle again before each task: these are the samples' spacing
+            generate(q, 1, 0.0, "noop")
+            if i == 0:
+                deadline = time.monotonic() + 10
+                while q.counters().get("done", 0) < 1 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+        deadline = time.monotonic() + 30
+        while q.counters().get("done", 0) < samples and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waits = [
+            float(started) - float(enqueued)
+            for _, (enqueued, started) in q.iter_task_hashes(("enqueued_at", "started_at"))
+            if enqueued and started
+        ]
+    finally:
+        pool.stop()
+        pool.join(10)
+        q.release_hold("calibrate")
+        q.purge()
+    if len(waits) < samples:
+        raise CalibrationError(f"only {len(waits)} of {samples} pick-up samples finished within 30 s")
+    return statistics.fmean(waits)
 
 
 def worker_start_s(url: str, queue: str, samples: int = 3) -> float:
@@ -183,7 +230,7 @@ def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
         _enqueue_call, enqueue_task = _split(*per_enqueue)
         per_claim = []
         for batch in (SMALL, LARGE):
-            seconds, calls = _server_s(client, lambda b=batch: [queue.claim("calibrate", 60_000, b) for _ in range(20)])
+            seconds, calls = _server_s(client, partial(_claims, queue, batch))
             per_claim.append(seconds / max(calls, 1))
         claim_call, claim_task = _split(*per_claim)
         queue.purge()
@@ -196,7 +243,7 @@ def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
             config = RunConfig(
                 queue=queue.name, tasks=tasks, kind="noop", workers=1, worker=WorkerConfig(batch_size=batch, prefetch=0)
             )
-            seconds, calls = _server_s(client, lambda c=config: reports.append(run(c, url=url)))
+            seconds, calls = _server_s(client, partial(_run_into, reports, config, url))
             report = reports[-1]
             settles = max(math.ceil(tasks / batch), 1)
             server = (seconds - tasks * enqueue_task) / max(calls - 1, 1)  # less generate's one enqueue call
@@ -206,7 +253,14 @@ def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
         settle_task = max(per_task_both - claim_task, 0.0)
         call_s = statistics.fmean([claim_call, settle_fixed])
         client_call, client_task = _split(*own)
+        # A hand-off after a sleeping handler, beside the busy loop's: the cold call.
+        config = RunConfig(queue=queue.name, tasks=100, duration_ms=5.0, workers=1, worker=WorkerConfig(prefetch=0))
+        report = run(config, url=url)
+        handoff = float(metrics.handoff_gaps(report.attempts()).mean())
+        hot = client_call + client_task + rtt + call_s + claim_task + settle_task
+        cold = max(handoff - hot, 0.0)
         start = worker_start_s(url, queue.name)
+        pickup = pickup_s(url, queue.name)
         listener = listener_message_s(url, queue.name)
     finally:
         queue.purge()
@@ -220,6 +274,8 @@ def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
         client_task_s=client_task,
         sleep_overshoot_s=sleep_overshoot_s(),
         worker_start_s=start,
+        pickup_s=pickup,
+        cold_call_s=cold,
         listener_message_s=listener,
         cores=os.cpu_count() or 1,
         machine=f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",

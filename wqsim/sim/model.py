@@ -36,8 +36,9 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from functools import partial
 
 import simpy
 
@@ -52,8 +53,11 @@ QUEUED, RUNNING, SCHEDULED, WAITING, DONE, DEAD, CANCELLED = range(7)
 STATUS_NAMES = ("queued", "running", "scheduled", "waiting", "done", "dead", "cancelled")
 TERMINAL = (DONE, DEAD, CANCELLED)
 
+COLD_AFTER_S = 0.001  # a handler that sleeps this long leaves the worker's next call cold (see CostProfile)
+
 Event = simpy.events.Event
-Process = Generator[Event, object, object]
+Process = Generator[Event, object, None]  # a SimPy process: yields events, returns nothing
+Steps = Generator[Event, object, None]  # part of a process, run with ``yield from``
 
 
 @dataclass(eq=False)
@@ -100,6 +104,12 @@ class Settlement:
     error: str = ""
 
 
+def _succeed(event: Event, _: object) -> None:
+    """Trigger ``event`` unless something else has (a waiter that timed out marks its own)."""
+    if not event.triggered:
+        event.succeed()
+
+
 class Cores:
     """CPUs shared first come, first served; ``count`` 0 means one per caller (no waiting)."""
 
@@ -127,7 +137,9 @@ class Records:
         self.status: list[str] = []
         self.error: list[str] = []
 
-    def add(self, task: int, attempt: int, worker: str, started: float, finished: float, status: str, error: str) -> None:
+    def add(
+        self, task: int, attempt: int, worker: str, started: float, finished: float, status: str, error: str
+    ) -> None:
         self.task.append(task)
         self.attempt.append(attempt)
         self.worker.append(worker)
@@ -144,6 +156,7 @@ class WorkerState:
         self.id = worker_id
         self.held: set[Lease] = set()
         self.dead = False
+        self.slept = False  # its last handler blocked in a sleep: its next call is a cold one
 
 
 class Model:
@@ -156,6 +169,7 @@ class Model:
         self.chaos = config.chaos
         self.env = simpy.Environment()
         self.half_rtt = profile.round_trip_s / 2
+        self.wake_delay = profile.wake_delay_s()
         self.cores = Cores(profile.cores if cores is None else cores)
         self.redis_free_at = 0.0
         self.redis_busy_s = 0.0
@@ -216,9 +230,10 @@ class Model:
         return [(str(i), self._handler_s(d), ()) for i, d in enumerate(durations, 1)]
 
     def _handler_s(self, duration_ms: float) -> float:
+        """A handler's time: nothing for noop; for sleep its duration and the overshoot (time.sleep(0) too)."""
         if self.config.kind == "noop":
             return 0.0
-        return duration_ms / 1000 + (self.profile.sleep_overshoot_s if duration_ms > 0 else 0.0)
+        return duration_ms / 1000 + self.profile.sleep_overshoot_s
 
     # -- Redis: one thread, calls served in the order sent ---------------------------
 
@@ -240,8 +255,8 @@ class Model:
             worker, event = self.idle.popleft()
             if event.triggered or worker.dead:
                 continue
-            delay = max(at + self.half_rtt - self.env.now, 0.0)
-            self.env.timeout(delay).callbacks.append(lambda _, e=event: None if e.triggered else e.succeed())
+            delay = max(at + self.wake_delay - self.env.now, 0.0)
+            self.env.timeout(delay).callbacks.append(partial(_succeed, event))
             return
         self.token = True
 
@@ -329,7 +344,9 @@ class Model:
         if self.wcfg.heartbeat:
             self.heartbeats += int((self.env.now - lease.claimed_at) / self.wcfg.ping_every_s)
 
-    def _finish(self, task: int, status: int, started: float, finished: float, worker: str, error: str, at: float) -> None:
+    def _finish(
+        self, task: int, status: int, started: float, finished: float, worker: str, error: str, at: float
+    ) -> None:
         """A task ends done or dead: record it, then release or cancel its dependents."""
         self.status[task] = status
         self.started_at[task], self.finished_at[task] = started, finished
@@ -425,8 +442,7 @@ class Model:
 
     def _send_claim(self, worker: WorkerState, count: int, settlements: list[Settlement], backoff_s: float) -> Pending:
         """One call: settle ``settlements`` (if any), then claim ``count`` (lua/settle.lua or claim.lua)."""
-        now = self.env.now
-        sent = self._cpu(now, self.profile.client_call_s)
+        sent = self._cpu(self._after_sleep(worker), self.profile.client_call_s)
         settled = len(settlements)
         # Redis's cost depends on what the claim takes, known only once it runs: charge the claim's
         # tasks as they are taken, at the price per task, to a call of the settle's size first.
@@ -439,15 +455,22 @@ class Model:
         self.redis_busy_s += extra
         return Pending(self.redis_free_at + self.half_rtt, claim)
 
+    def _after_sleep(self, worker: WorkerState) -> float:
+        """When a call can leave: a worker whose handler slept pays the cold call first (see CostProfile)."""
+        if worker.slept:
+            worker.slept = False
+            return self.env.now + self.profile.cold_call_s
+        return self.env.now
+
     def _send_settle(self, worker: WorkerState, settlements: list[Settlement], backoff_s: float) -> None:
         """A flush: outcomes sent without waiting for the reply."""
-        sent = self._cpu(self.env.now, self.profile.client_call_s)
+        sent = self._cpu(self._after_sleep(worker), self.profile.client_call_s)
         at, _ = self._call(sent, self.profile.call_s(settled=len(settlements)))
         self.settle(worker, at, settlements, backoff_s)
         if settlements and self._drained():  # settle.lua's claim of nothing: it may have ended the last task
             self._wake(at)
 
-    def _collect(self, worker: WorkerState, pending: Pending) -> Iterator[Event]:
+    def _collect(self, worker: WorkerState, pending: Pending) -> Steps:
         if pending.reply_at > self.env.now:
             yield self.env.timeout(pending.reply_at - self.env.now)
 
@@ -485,7 +508,7 @@ class Model:
                 began = env.now
                 settlements = yield from self._work_on(me, claim)
                 if me.dead:
-                    return None
+                    return
                 short_tasks = (env.now - began) / len(claim.tasks) < cfg.prefetch_below_s
                 backoff_s = self._backoff_s(settlements)
                 if not ahead:
@@ -516,9 +539,8 @@ class Model:
         if self._drained():
             self._wake(at)
         self._exit(me)
-        return None
 
-    def _wait(self, me: WorkerState, next_due: float | None) -> Iterator[Event]:
+    def _wait(self, me: WorkerState, next_due: float | None) -> Steps:
         """Block for the wake-up token, at most idle_wait_s or until the next retry is due."""
         env = self.env
         wait_s = self.wcfg.idle_wait_s
@@ -541,7 +563,7 @@ class Model:
         if self.workers_running == 0 and not self.all_exited.triggered:
             self.all_exited.succeed()
 
-    def _work_on(self, me: WorkerState, claim: Claim) -> Iterator[Event]:
+    def _work_on(self, me: WorkerState, claim: Claim) -> Generator[Event, object, list[Settlement]]:
         """Run a claim's tasks; returns the outcomes not yet sent (None-like empty list if the worker died)."""
         env, cfg, chaos = self.env, self.wcfg, self.chaos
         lease = claim.lease
@@ -577,8 +599,12 @@ class Model:
                 self._crash(me)
                 return []
             yield env.timeout(done_at - env.now)
+            if service >= COLD_AFTER_S:
+                me.slept = True
             if faults is not None and faults.fail:
-                pending.append(Settlement(task, lease, "retry", started, env.now, f"injected failure (chaos seed {chaos.seed})"))
+                pending.append(
+                    Settlement(task, lease, "retry", started, env.now, f"injected failure (chaos seed {chaos.seed})")
+                )
             else:
                 pending.append(Settlement(task, lease, "done", started, env.now))
             if env.now - flushed_at >= cfg.flush_interval_s and i != last:

@@ -28,7 +28,11 @@ class CostProfile:
     call, ``client_task_s`` per task (decoding, dispatch, recording). Sleeping
     handlers overrun by ``sleep_overshoot_s``. A worker process is ready
     ``worker_start_s`` after it is started, which is also the supervisor's
-    restart delay after a crash. The run's listener spends ``listener_message_s``
+    restart delay after a crash. A task enqueued for an idle worker starts
+    ``pickup_s`` later (its wake-up, claim and decoding). A call made right after
+    a handler slept (a millisecond or more) takes ``cold_call_s`` longer than one
+    in a busy loop: the worker, and Redis idle meanwhile, must first be woken and
+    scheduled again (measured beside the hand-off of sleep tasks). The run's listener spends ``listener_message_s``
     of CPU on each progress message (one per settle call). ``cores``: the CPUs
     the workers, Redis and the listener share (0: each has its own, as when
     workers run on many hosts).
@@ -43,6 +47,8 @@ class CostProfile:
     client_task_s: float
     sleep_overshoot_s: float
     worker_start_s: float
+    pickup_s: float = 0.0
+    cold_call_s: float = 0.0
     listener_message_s: float = 0.0
     cores: int = 0
     machine: str = ""  # where it was measured, in words
@@ -74,10 +80,15 @@ class CostProfile:
         per_task = self.server_call_s / batch_size + self.server_claim_task_s + self.server_settle_task_s
         return 1.0 / per_task if per_task > 0 else float("inf")
 
+    def wake_delay_s(self) -> float:
+        """How long an idle worker takes to wake, beyond the claim it then makes: pickup_s less that claim."""
+        claim = self.client_call_s + self.round_trip_s + self.call_s(claimed=1) + self.client_task_s
+        return max(self.pickup_s - claim, 0.0)
+
     def without_overheads(self) -> CostProfile:
         """Every cost zero: the ideal queue of queueing theory (tasks take exactly their service time)."""
-        zero = {f.name: 0.0 for f in fields(self) if f.name.endswith("_s")}
-        return replace(self, **zero, cores=0)
+        zero: dict[str, float | int] = {f.name: 0.0 for f in fields(self) if f.name.endswith("_s")}
+        return replace(self, **zero, cores=0)  # type: ignore[arg-type]  # the names are the float fields
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
