@@ -96,7 +96,8 @@ def sleep(task: Task) -> dict[str, float]:
             f"sleep needs duration_ms to be a finite number of milliseconds >= 0 "
             f"(got {_shown(duration_ms)}, {_a(duration_ms)})"
         )
-    time.sleep(duration_ms / 1000)
+    if duration_ms > 0:  # sleep 0 returns at once, as the seed's Go time.Sleep(0) does (Python's would yield
+        time.sleep(duration_ms / 1000)  # the CPU and cost the kernel's timer slack, about 0.1 ms here)
     return {"slept_ms": duration_ms}
 
 

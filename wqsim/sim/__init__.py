@@ -43,7 +43,7 @@ def simulate(
 
     cfg = config or RunConfig()
     model = Model(cfg, profile or default_profile(), cores)
-    finished = model.run(until_s if until_s is not None else cfg.listener_timeout_s)
+    finished = model.run(until_s if until_s is not None else cfg.timeout_s)
     bounds = (
         graph_bounds(example(cfg.graph, cfg.tasks, cfg.duration_ms, cfg.graph_seed), cfg.workers) if cfg.graph else None
     )

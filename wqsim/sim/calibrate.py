@@ -3,19 +3,20 @@
 Each figure comes from running the engine itself, on a scratch queue that is
 purged afterwards (nothing else on the server is touched):
 
-- the round trip: raw PINGs on a plain socket, so that no client library's
-  time is counted in it;
 - Redis's time per script call and per task: ``INFO commandstats`` (the
   EVALSHA line's microseconds) read before and after claiming, settling and
   enqueueing in batches of two sizes, solved for the fixed and per-task parts;
 - the worker's own time per call and per task: real runs (``wqsim.run``) of
   no-op tasks on one worker without prefetch (so nothing overlaps), in batches
-  of two sizes: the makespan per call minus the round trip and Redis's time;
+  of two sizes, and the worker process's CPU time in them; the round trip is
+  what the makespan per call leaves beside Redis's and the worker's time;
 - the listener's CPU per progress message (it competes for the same cores);
+- what waking costs: real one-worker runs of sleep 0 and 10 ms tasks, without
+  and with prefetch, give the overshoot of a short and a long sleep and how
+  much longer a hand-off takes after a long one (the worker's warm-up, and
+  Redis's wake-up when it was idle as long);
 - how long a task takes to start when it finds the worker idle (the pick-up),
-  and how much longer than in a busy loop a hand-off takes after a sleeping
-  handler (the cold call);
-- the overshoot of ``time.sleep``, and how long a worker process takes to be ready.
+  and how long a worker process takes to be ready.
 
 It takes a few seconds. Run it on an idle machine: a busy one measures its load.
 """
@@ -26,13 +27,11 @@ import datetime
 import math
 import os
 import platform
-import socket
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from urllib.parse import urlsplit
 
 import redis
 
@@ -45,8 +44,8 @@ from ..listener import Listener
 from ..names import session_queue_name
 from ..pool import WorkerPool
 from ..queue import Queue
-from ..runner import RunReport, run
-from .profile import CostProfile
+from ..runner import run
+from .profile import LONG_SLEEP_S, SHORT_SLEEP_S, CostProfile
 
 SMALL, LARGE = 1, 100  # the two batch sizes each per-call and per-task pair is solved from
 
@@ -82,8 +81,12 @@ def _claims(queue: Queue, batch: int, calls: int = 20) -> None:
         queue.claim("calibrate", 60_000, batch)
 
 
-def _run_into(reports: list[RunReport], config: RunConfig, url: str) -> None:
-    reports.append(run(config, url=url))
+def _work(pool: WorkerPool) -> None:
+    """Run a pool until its queue is drained (the pool reaps its workers: their CPU time becomes ours)."""
+    pool.start()
+    if not pool.join(120):
+        pool.terminate()
+        raise CalibrationError("the calibration's worker did not finish its tasks within 120 s")
 
 
 def _split(per_call_small: float, per_call_large: float) -> tuple[float, float]:
@@ -92,43 +95,46 @@ def _split(per_call_small: float, per_call_large: float) -> tuple[float, float]:
     return max(per_call_small - SMALL * per_task, 0.0), per_task
 
 
-def round_trip_s(url: str, samples: int = 2000) -> float:
-    """Median PING round trip on a raw socket (TCP URLs; a unix socket or TLS falls back to redis-py's)."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis" or parts.password or parts.username:
-        client = connect(url)
-        times = []
-        for _ in range(samples):
-            began = time.perf_counter()
-            client.ping()
-            times.append(time.perf_counter() - began)
-        return statistics.median(times)
-    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=5) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        times = []
-        for _ in range(samples):
-            began = time.perf_counter()
-            sock.sendall(b"PING\r\n")
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                reply += sock.recv(64)
-            times.append(time.perf_counter() - began)
-    return statistics.median(times)
+def sleeping(url: str, queue: str, tasks: int = 100) -> dict[str, float]:
+    """Real one-worker runs that show what sleeping and waking cost.
+
+    The overshoot of a sleep of SHORT_SLEEP_S and LONG_SLEEP_S: batches of 100
+    tasks, where each task's whole cost shows (the sleep's own overrun, and the
+    worker's code running slower on a CPU that idled meanwhile), less the sleep
+    and the per-task cost of a busy worker. The hand-off after a long sleep,
+    beside a no-op's, with and without prefetch: with prefetch the reply is
+    waiting when the handler returns, so what the sleep adds is the worker's
+    own warm-up; without, Redis has idled as long and adds its wake-up on top.
+    Means, not medians: a makespan is a sum.
+    """
+    found: dict[str, float] = {}
+    for sleep_s in (SHORT_SLEEP_S, LONG_SLEEP_S):
+        config = RunConfig(
+            queue=queue,
+            tasks=tasks,
+            duration_ms=sleep_s * 1000,
+            workers=1,
+            worker=WorkerConfig(prefetch=0, batch_size=tasks),
+        )
+        found[f"per task {sleep_s}"] = run(config, url=url).makespan_s / tasks - sleep_s
+    for sleep_s, kind in ((0.0, "noop"), (LONG_SLEEP_S, "sleep")):
+        for prefetch in (0, 2):
+            config = RunConfig(
+                queue=queue,
+                tasks=tasks if sleep_s else 5 * tasks,
+                kind=kind,
+                duration_ms=sleep_s * 1000,
+                workers=1,
+                worker=WorkerConfig(prefetch=prefetch),
+            )
+            df = run(config, url=url).attempts()
+            found[f"handoff {kind} prefetch {prefetch}"] = float(metrics.handoff_gaps(df).mean())
+    return found
 
 
-def sleep_overshoot_s(durations_s: tuple[float, ...] = (0.0, 0.001, 0.01), samples: int = 40) -> float:
-    """How much longer than asked ``time.sleep`` lasts, on average (sleep(0) too: timer slack and a wake-up)."""
-    over = []
-    for d in durations_s:
-        for _ in range(samples):
-            began = time.perf_counter()
-            time.sleep(d)
-            over.append(time.perf_counter() - began - d)
-    return statistics.fmean(over)
-
-
-def pickup_s(url: str, queue: str, samples: int = 100, spacing_s: float = 0.003) -> float:
-    """Mean time from a task's enqueue (Redis's clock) to its start, for tasks that find the worker idle."""
+def pickup_s(url: str, queue: str, samples: int = 50, spacing_s: float = 0.010) -> float:
+    """Mean time from a task's enqueue (Redis's clock) to its start, for tasks that find the worker idle
+    (for ``spacing_s``: long enough for its CPU to have gone cold, as between Poisson arrivals)."""
     q = Queue(connect(url), queue)
     q.hold_open("calibrate")
     pool = WorkerPool(url, queue, ["pickup"], WorkerConfig(exit_when_drained=False, idle_wait_s=1.0)).start()
@@ -215,10 +221,7 @@ def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
     _evalsha(client)  # fails early, and clearly, without INFO
     queue = Queue(client, session_queue_name("calibrate"))
     queue.purge()
-    reports: list[RunReport] = []
     try:
-        rtt = round_trip_s(url)
-
         # Redis's side: enqueue and claim in SMALL and LARGE batches, then settle what was claimed.
         def enqueue(batch: int) -> Callable[[], object]:
             return lambda: [generate(queue, batch, 0.0, "noop") for _ in range(tasks // batch)]
@@ -235,30 +238,36 @@ def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
         claim_call, claim_task = _split(*per_claim)
         queue.purge()
 
-        # The worker's side: real runs (wqsim.run: a worker process, the listener, the reaper) of
-        # no-op tasks on one worker without prefetch, so nothing overlaps: the makespan per call less
-        # the round trip and Redis's time is what the worker spends itself, per call and per task.
-        per_call, own = [], []
-        for batch in (SMALL, LARGE):
-            config = RunConfig(
-                queue=queue.name, tasks=tasks, kind="noop", workers=1, worker=WorkerConfig(batch_size=batch, prefetch=0)
-            )
-            seconds, calls = _server_s(client, partial(_run_into, reports, config, url))
-            report = reports[-1]
-            settles = max(math.ceil(tasks / batch), 1)
-            server = (seconds - tasks * enqueue_task) / max(calls - 1, 1)  # less generate's one enqueue call
+        # The worker's side: one worker process on no-op tasks without prefetch, so nothing overlaps;
+        # Redis's time is read around the work alone (an audit's or a generator's scripts would count
+        # too). The worker process's CPU time (the pool reaps it: it counts among this process's
+        # children) gives its cost per call and per task; the makespan per call less that and Redis's
+        # time is the round trip: the network and the wake-ups of both processes, which prefetch can
+        # hide and CPU cannot. (The listener's share is measured on its own, below.)
+        per_call, cpu, latency = [], [], []
+        for batch, count in ((SMALL, tasks), (LARGE, 10 * tasks)):  # each about as long: the process's own
+            # start-up CPU is then a small share of either
+            generate(queue, count, 0.0, "noop")
+            pool = WorkerPool(url, queue.name, ["calibrate"], WorkerConfig(batch_size=batch, prefetch=0))
+            before = os.times()
+            seconds, calls = _server_s(client, partial(_work, pool))
+            after = os.times()
+            makespan = metrics.makespan(metrics.attempts(queue))
+            queue.purge()
+            settles = max(math.ceil(count / batch), 1)
+            server = seconds / max(calls, 1)
+            worker_cpu = after.children_user + after.children_system - before.children_user - before.children_system
             per_call.append(server)
-            own.append(report.makespan_s / settles - rtt - server)
+            cpu.append(worker_cpu / settles)
+            latency.append(makespan / settles - server - worker_cpu / settles)
         settle_fixed, per_task_both = _split(*per_call)
         settle_task = max(per_task_both - claim_task, 0.0)
         call_s = statistics.fmean([claim_call, settle_fixed])
-        client_call, client_task = _split(*own)
-        # A hand-off after a sleeping handler, beside the busy loop's: the cold call.
-        config = RunConfig(queue=queue.name, tasks=100, duration_ms=5.0, workers=1, worker=WorkerConfig(prefetch=0))
-        report = run(config, url=url)
-        handoff = float(metrics.handoff_gaps(report.attempts()).mean())
-        hot = client_call + client_task + rtt + call_s + claim_task + settle_task
-        cold = max(handoff - hot, 0.0)
+        client_call, client_task = _split(*cpu)
+        rtt = max(latency[0], 0.0)
+        woken = sleeping(url, queue.name)
+        cold_cpu = max(woken["handoff sleep prefetch 2"] - woken["handoff noop prefetch 2"], 0.0)
+        redis_wake = max(woken["handoff sleep prefetch 0"] - woken["handoff noop prefetch 0"] - cold_cpu, 0.0)
         start = worker_start_s(url, queue.name)
         pickup = pickup_s(url, queue.name)
         listener = listener_message_s(url, queue.name)
@@ -272,10 +281,12 @@ def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
         server_enqueue_task_s=enqueue_task,
         client_call_s=client_call,
         client_task_s=client_task,
-        sleep_overshoot_s=sleep_overshoot_s(),
+        sleep_overshoot_s=max(woken[f"per task {SHORT_SLEEP_S}"] - client_task, 0.0),
+        sleep_overshoot_long_s=max(woken[f"per task {LONG_SLEEP_S}"] - client_task, 0.0),
         worker_start_s=start,
         pickup_s=pickup,
-        cold_call_s=cold,
+        cold_cpu_s=cold_cpu,
+        redis_wake_s=redis_wake,
         listener_message_s=listener,
         cores=os.cpu_count() or 1,
         machine=f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",

@@ -15,9 +15,10 @@ What is modelled, and how:
   trips with work under the same rule as the real worker (``_may_claim_ahead``);
   results inside a batch are flushed every ``flush_interval_s``; an idle worker
   waits for a wake-up token, or until a retry falls due.
-- **CPU**: with ``cores`` > 0 the workers' own work and Redis's share that many
-  cores, first come first served, as on the machine the profile was measured
-  on. With 0, each worker has a core of its own (workers on many hosts).
+- **CPU**: with ``cores`` > 0 the workers' own work and the listener's share
+  that many cores, first come first served, as on the machine the profile was
+  measured on; Redis's one thread is not counted against them. With 0, each
+  worker has a core of its own (workers on many hosts).
 - **Leases** are renewed by heartbeats while their worker runs; one that
   crashes or hangs stops renewing, its lease expires ``lease_s`` after the last
   ping, the reaper (every ``reaper_interval_s``) returns its tasks, and a late
@@ -46,14 +47,12 @@ from ..chaos import draw
 from ..config import RunConfig
 from ..generator import arrival_offsets, service_durations
 from ..graph import example
-from .profile import CostProfile
+from .profile import CostProfile, cold
 
 # Task states: the Status values, as small ints for a million of them.
 QUEUED, RUNNING, SCHEDULED, WAITING, DONE, DEAD, CANCELLED = range(7)
 STATUS_NAMES = ("queued", "running", "scheduled", "waiting", "done", "dead", "cancelled")
 TERMINAL = (DONE, DEAD, CANCELLED)
-
-COLD_AFTER_S = 0.001  # a handler that sleeps this long leaves the worker's next call cold (see CostProfile)
 
 Event = simpy.events.Event
 Process = Generator[Event, object, None]  # a SimPy process: yields events, returns nothing
@@ -156,7 +155,8 @@ class WorkerState:
         self.id = worker_id
         self.held: set[Lease] = set()
         self.dead = False
-        self.slept = False  # its last handler blocked in a sleep: its next call is a cold one
+        self.slept_s = 0.0  # how long its last handler slept: its next call may be a cold one
+        self.busy_until = 0.0  # its CPU is sending a request until then
 
 
 class Model:
@@ -170,6 +170,8 @@ class Model:
         self.env = simpy.Environment()
         self.half_rtt = profile.round_trip_s / 2
         self.wake_delay = profile.wake_delay_s()
+        self.sleeps = config.kind == "sleep"  # handlers block (and the CPU idles) while they run
+        # The workers and the listener share the cores; Redis's one thread is not counted against them.
         self.cores = Cores(profile.cores if cores is None else cores)
         self.redis_free_at = 0.0
         self.redis_busy_s = 0.0
@@ -233,14 +235,17 @@ class Model:
         """A handler's time: nothing for noop; for sleep its duration and the overshoot (time.sleep(0) too)."""
         if self.config.kind == "noop":
             return 0.0
-        return duration_ms / 1000 + self.profile.sleep_overshoot_s
+        return duration_ms / 1000 + self.profile.overshoot_s(duration_ms / 1000)
 
     # -- Redis: one thread, calls served in the order sent ---------------------------
 
     def _call(self, now: float, cost: float) -> tuple[float, float]:
         """Send a call costing ``cost`` of Redis's time at ``now``: (when it runs, when its reply is back)."""
-        start = max(now + self.half_rtt, self.redis_free_at)
-        end = self.cores.run(start, cost) if self.cores.free else start + cost
+        arrive = now + self.half_rtt
+        start = max(arrive, self.redis_free_at)
+        if arrive > self.redis_free_at:  # Redis was idle: waking it takes longer the longer it slept
+            start += self.profile.redis_wake_s * cold(arrive - self.redis_free_at)
+        end = start + cost
         self.redis_free_at = end
         self.redis_busy_s += cost
         self.calls += 1
@@ -442,7 +447,7 @@ class Model:
 
     def _send_claim(self, worker: WorkerState, count: int, settlements: list[Settlement], backoff_s: float) -> Pending:
         """One call: settle ``settlements`` (if any), then claim ``count`` (lua/settle.lua or claim.lua)."""
-        sent = self._cpu(self._after_sleep(worker), self.profile.client_call_s)
+        sent = worker.busy_until = self._cpu(self._after_sleep(worker), self.profile.client_call_s)
         settled = len(settlements)
         # Redis's cost depends on what the claim takes, known only once it runs: charge the claim's
         # tasks as they are taken, at the price per task, to a call of the settle's size first.
@@ -456,23 +461,31 @@ class Model:
         return Pending(self.redis_free_at + self.half_rtt, claim)
 
     def _after_sleep(self, worker: WorkerState) -> float:
-        """When a call can leave: a worker whose handler slept pays the cold call first (see CostProfile)."""
-        if worker.slept:
-            worker.slept = False
-            return self.env.now + self.profile.cold_call_s
-        return self.env.now
+        """When a call can leave: a worker whose handler slept long warms up first (CostProfile.cold_cpu_s)."""
+        now = max(self.env.now, worker.busy_until)
+        if worker.slept_s:
+            now += self.profile.cold_cpu_s * cold(worker.slept_s)
+            worker.slept_s = 0.0
+        return now
 
     def _send_settle(self, worker: WorkerState, settlements: list[Settlement], backoff_s: float) -> None:
         """A flush: outcomes sent without waiting for the reply."""
-        sent = self._cpu(self._after_sleep(worker), self.profile.client_call_s)
+        sent = worker.busy_until = self._cpu(self._after_sleep(worker), self.profile.client_call_s)
         at, _ = self._call(sent, self.profile.call_s(settled=len(settlements)))
         self.settle(worker, at, settlements, backoff_s)
         if settlements and self._drained():  # settle.lua's claim of nothing: it may have ended the last task
             self._wake(at)
 
     def _collect(self, worker: WorkerState, pending: Pending) -> Steps:
-        if pending.reply_at > self.env.now:
-            yield self.env.timeout(pending.reply_at - self.env.now)
+        """Wait for a reply (and for the worker's own CPU, still encoding what it sent)."""
+        ready = max(pending.reply_at, worker.busy_until)
+        if ready > self.env.now:
+            yield self.env.timeout(ready - self.env.now)
+
+    def _catch_up(self, worker: WorkerState) -> Steps:
+        """The worker's CPU is busy sending until busy_until: nothing else happens on it before."""
+        if worker.busy_until > self.env.now:
+            yield self.env.timeout(worker.busy_until - self.env.now)
 
     def _may_claim_ahead(self, claim: Claim, ahead: int, short_tasks: bool) -> bool:
         left = claim.backlog - ahead * self.wcfg.batch_size
@@ -505,6 +518,7 @@ class Model:
             if claim.tasks:
                 while len(ahead) < prefetch and self._may_claim_ahead(claim, len(ahead), short_tasks):
                     ahead.append(self._send_claim(me, batch, [], 0.0))
+                yield from self._catch_up(me)
                 began = env.now
                 settlements = yield from self._work_on(me, claim)
                 if me.dead:
@@ -523,6 +537,7 @@ class Model:
                     ahead.append(self._send_claim(me, batch, settlements, backoff_s))
                 elif settlements:
                     self._send_settle(me, settlements, backoff_s)
+                yield from self._catch_up(me)
                 continue
             if ahead:
                 pending = ahead.popleft()
@@ -599,8 +614,8 @@ class Model:
                 self._crash(me)
                 return []
             yield env.timeout(done_at - env.now)
-            if service >= COLD_AFTER_S:
-                me.slept = True
+            if self.sleeps and service > 0:
+                me.slept_s = service
             if faults is not None and faults.fail:
                 pending.append(
                     Settlement(task, lease, "retry", started, env.now, f"injected failure (chaos seed {chaos.seed})")
@@ -609,6 +624,7 @@ class Model:
                 pending.append(Settlement(task, lease, "done", started, env.now))
             if env.now - flushed_at >= cfg.flush_interval_s and i != last:
                 self._send_settle(me, pending, self._backoff_s(pending))
+                yield from self._catch_up(me)
                 pending = []
                 flushed_at = env.now
         return pending

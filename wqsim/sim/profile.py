@@ -15,6 +15,17 @@ from pathlib import Path
 from ..config import check_int_at_least, check_non_negative
 
 DEFAULT_PROFILE = "default_profile.json"
+# Idleness after which waking is slow, ramping from nothing to the full cost: measured on the
+# virtual machines these were built on, where a hand-off after a 0.5 ms sleep cost what one in a
+# busy loop does, and one after 5 ms or more cost its most (see wqsim.sim.calibrate).
+COLD_FROM_S = 0.0005
+COLD_FULL_S = 0.005
+SHORT_SLEEP_S, LONG_SLEEP_S = 0.001, 0.010  # the sleeps the overshoot is measured at
+
+
+def cold(idle_s: float) -> float:
+    """How cold a CPU idle for ``idle_s`` is, from 0 (busy) to 1 (long idle): a linear ramp."""
+    return min(max((idle_s - COLD_FROM_S) / (COLD_FULL_S - COLD_FROM_S), 0.0), 1.0)
 
 
 @dataclass(frozen=True)
@@ -25,17 +36,23 @@ class CostProfile:
     per-task cost for each task it claims, settles or enqueues, and calls wait
     their turn. A worker pays a ``round_trip_s`` per call (the network and both
     kernels, without Redis's own time) and its own CPU: ``client_call_s`` per
-    call, ``client_task_s`` per task (decoding, dispatch, recording). Sleeping
-    handlers overrun by ``sleep_overshoot_s``. A worker process is ready
-    ``worker_start_s`` after it is started, which is also the supervisor's
-    restart delay after a crash. A task enqueued for an idle worker starts
-    ``pickup_s`` later (its wake-up, claim and decoding). A call made right after
-    a handler slept (a millisecond or more) takes ``cold_call_s`` longer than one
-    in a busy loop: the worker, and Redis idle meanwhile, must first be woken and
-    scheduled again (measured beside the hand-off of sleep tasks). The run's listener spends ``listener_message_s``
-    of CPU on each progress message (one per settle call). ``cores``: the CPUs
-    the workers, Redis and the listener share (0: each has its own, as when
-    workers run on many hosts).
+    call, ``client_task_s`` per task (decoding, dispatch, recording).
+
+    Waking costs time. A sleeping task costs its worker ``sleep_overshoot_s``
+    more than a 1 ms sleep and ``sleep_overshoot_long_s`` more than a 10 ms one
+    (the sleep's overrun, and the worker's code running slower on a CPU that idled); the
+    worker's first call after a long sleep takes ``cold_cpu_s`` more of its own
+    time, and a call that finds Redis idle for long waits ``redis_wake_s``
+    before it runs (the CPU, idle meanwhile, must be woken and warmed up again:
+    on a virtual machine, a halted virtual CPU). "Long" ramps from
+    ``COLD_FROM_S`` to ``COLD_FULL_S`` of idleness (see ``cold``). A task
+    enqueued for an idle worker starts ``pickup_s`` later.
+
+    A worker process is ready ``worker_start_s`` after it is started, which is
+    also the supervisor's restart delay after a crash. The run's listener
+    spends ``listener_message_s`` of CPU on each progress message (one per
+    settle call). ``cores``: the CPUs the workers, Redis and the listener share
+    (0: each has its own, as when workers run on many hosts).
     """
 
     round_trip_s: float
@@ -47,8 +64,10 @@ class CostProfile:
     client_task_s: float
     sleep_overshoot_s: float
     worker_start_s: float
+    sleep_overshoot_long_s: float = 0.0
+    cold_cpu_s: float = 0.0
+    redis_wake_s: float = 0.0
     pickup_s: float = 0.0
-    cold_call_s: float = 0.0
     listener_message_s: float = 0.0
     cores: int = 0
     machine: str = ""  # where it was measured, in words
@@ -79,6 +98,17 @@ class CostProfile:
         check_int_at_least("batch_size", batch_size, 1)
         per_task = self.server_call_s / batch_size + self.server_claim_task_s + self.server_settle_task_s
         return 1.0 / per_task if per_task > 0 else float("inf")
+
+    def overshoot_s(self, sleep_s: float) -> float:
+        """How much longer than ``sleep_s`` a sleeping task costs its worker (sleep 0 does not sleep: nothing).
+
+        Measured at a short and a long sleep (calibrate's SHORT_SLEEP_S and LONG_SLEEP_S), and
+        drawn as a line between them, flat beyond.
+        """
+        if sleep_s <= 0:
+            return 0.0
+        share = min(max((sleep_s - SHORT_SLEEP_S) / (LONG_SLEEP_S - SHORT_SLEEP_S), 0.0), 1.0)
+        return self.sleep_overshoot_s + share * (self.sleep_overshoot_long_s - self.sleep_overshoot_s)
 
     def wake_delay_s(self) -> float:
         """How long an idle worker takes to wake, beyond the claim it then makes: pickup_s less that claim."""
