@@ -66,7 +66,13 @@ class RunReport:
         It leaves out the start-up and shut-down that ``tasks_per_s`` includes, so it
         is the rate the pool sustains once running, and the one to compare with a
         model (workers / service time). With an arrival rate, both are bounded by it.
+        Counted over the tasks whose records the run kept: past the retention policy's
+        ``keep_done``, the oldest done tasks' hashes are retired, and with them their times.
         """
+        if self.attempts_frame is not None:
+            from .metrics import throughput
+
+            return throughput(self.attempts_frame)
         return self.audit.done / self.makespan_s if self.makespan_s > 0 else 0.0
 
     def attempts(self) -> pd.DataFrame:

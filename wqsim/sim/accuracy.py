@@ -18,10 +18,12 @@ import numpy as np
 
 from .. import metrics
 from ..config import ChaosConfig, RunConfig, WorkerConfig
+from ..retention import Retention
 from ..runner import run
 from .profile import CostProfile
 from .report import SimReport
 
+KEEP_ALL = Retention(keep_done=None)  # every task's times: a makespan over part of the run would be wrong
 TARGETS = {"makespan": 0.05, "throughput": 0.15, "p50 wait": 0.15, "p95 wait": 0.15, "re-executions": 0.20}
 
 
@@ -66,6 +68,7 @@ def grid(queue: str = "sim-accuracy") -> list[Point]:
         judged = ("throughput",) if sleep_ms == 0 else ("makespan",)
         config = RunConfig(
             queue=queue,
+            retention=KEEP_ALL,
             tasks=_tasks(workers, batch, sleep_ms),
             duration_ms=sleep_ms,
             workers=workers,
