@@ -38,18 +38,18 @@ def scale() -> dict[str, Any]:
     return {"command": " ".join(command[1:]), "wall_s": round(wall, 1), "summary": summary.split(" ", 1)[1]}
 
 
-def knee(tasks: int = 200_000) -> dict[str, Any]:
+def knee(tasks: int = 200_000, workers: tuple[int, ...] = KNEE_WORKERS) -> dict[str, Any]:
     """Throughput against workers for batch 1 and 100, workers on hosts of their own (cores=0)."""
     profile = default_profile()
     rows = []
     for batch in (1, 100):
-        for workers in KNEE_WORKERS:
-            config = RunConfig(tasks=tasks, workers=workers, kind="noop", worker=WorkerConfig(batch_size=batch))
+        for count in workers:
+            config = RunConfig(tasks=tasks, workers=count, kind="noop", worker=WorkerConfig(batch_size=batch))
             report = simulate(config, profile, cores=0)
             rows.append(
                 {
                     "batch": batch,
-                    "workers": workers,
+                    "workers": count,
                     "tasks_per_s": round(report.makespan_tasks_per_s),
                     "redis_utilisation": round(report.redis_utilisation, 3),
                 }
