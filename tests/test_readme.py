@@ -303,6 +303,11 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
         "tests/test_benchmarks_compare.py::test_a_probe_measures_the_tree_it_was_given",
         "tests/test_benchmarks_compare.py::test_the_verdict_reads_throughput_up_and_latency_down",
     ),
+    "wqsim sim": ("tests/test_sim.py::test_wqsim_sim_refuses_bad_input_in_one_line_with_exit_2",),
+    "wqsim sim --tasks 2000 --workers 8 --kind noop --batch-size 10": (
+        THIS + "test_shown_output_is_what_the_command_prints",
+        "tests/test_sim.py::test_wqsim_sim_prints_the_summary_lines_of_a_run_marked_as_simulated",
+    ),
     'make run ARGS="--tasks 1000 --workers 3 -q"': (
         "tests/test_cli.py::test_run_of_1000_tasks_with_3_workers_ends_all_done_none_lost_none_duplicated",
     ),
