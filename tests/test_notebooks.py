@@ -35,9 +35,9 @@ def source(cell: dict) -> str:
     return "".join(cell["source"])
 
 
-def test_there_are_seven_numbered_notebooks_covering_the_seed_sections():
+def test_there_are_eight_numbered_notebooks_covering_the_seed_sections():
     numbers = [p.name[:2] for p in NOTEBOOKS]
-    assert numbers == ["01", "02", "03", "04", "05", "06", "07"]
+    assert numbers == ["01", "02", "03", "04", "05", "06", "07", "08"]
     for path in NOTEBOOKS:
         number = path.name[:2]
         if number in SEED_SECTIONS:
@@ -253,6 +253,7 @@ TEACHING_NOTEBOOKS = (
     "05-sequential-tasks",
     "06-what-next",
     "07-break-it-yourself",
+    "08-simulating-at-scale",
 )
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
 PREDICT = re.compile(r"^\*\*Predict\.\*\*", flags=re.M)  # a paragraph of the cell before an experiment
