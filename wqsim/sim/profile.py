@@ -94,6 +94,9 @@ class CostProfile:
         One call per batch settles the last batch and claims the next, so each
         task costs its share of a call plus its own claim and settle: past this
         rate, more workers only queue for Redis (the knee of a workers sweep).
+        A worker also flushes a batch's results every ``flush_interval_s``: when a
+        batch runs longer than that, it makes more calls and the ceiling is lower
+        (notebook 08's first exercise measures how much).
         """
         check_int_at_least("batch_size", batch_size, 1)
         per_task = self.server_call_s / batch_size + self.server_claim_task_s + self.server_settle_task_s
