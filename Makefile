@@ -32,8 +32,11 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed-run
 	$(BIN)/wqsim run $(ARGS)
 
+# Two steps: the suite on four processes, then, by itself, what compares timings with the simulation
+# (tests marked "alone": measured beside three other test processes, a 2-core host times its neighbours).
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not alone" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m alone -n 0 $(or $(PYTEST_ARGS),tests)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
