@@ -38,7 +38,7 @@ def scale() -> dict[str, Any]:
     return {"command": " ".join(command[1:]), "wall_s": round(wall, 1), "summary": summary.split(" ", 1)[1]}
 
 
-def knee(tasks: int = 200_000, workers: tuple[int, ...] = KNEE_WORKERS) -> dict[str, Any]:
+def knee(tasks: int = 50_000, workers: tuple[int, ...] = KNEE_WORKERS) -> dict[str, Any]:
     """Throughput against workers for batch 1 and 100, workers on hosts of their own (cores=0)."""
     profile = default_profile()
     rows = []
