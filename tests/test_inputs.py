@@ -52,6 +52,8 @@ NUMERIC_FLAGS = [
         for flag in ("--keep-done", "--keep-done-s", "--events-maxlen")
     ),
 ]
+# wqsim sim takes the options of wqsim run, and --cores.
+NUMERIC_FLAGS += [("sim", flag) for command, flag in list(NUMERIC_FLAGS) if command == "run"] + [("sim", "--cores")]
 
 
 def wqsim(*args: str) -> subprocess.CompletedProcess[str]:
