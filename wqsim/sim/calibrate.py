@@ -213,7 +213,8 @@ def listener_message_s(url: str, queue: str, messages: int = 2000) -> float:
 def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
     """Measure a CostProfile on the Redis at ``url`` (default: ``$REDIS_URL``, else embedded).
 
-    ``tasks`` no-op tasks are run for each batch size; more gives steadier figures.
+    ``tasks`` no-op tasks are run for each batch size (ten times as many in batches), and the
+    other measurements scale with it; more gives steadier figures, 500 a quicker look.
     Raises CalibrationError where the server cannot say what it spends (fakeredis).
     """
     url = resolve_url(url)
@@ -265,12 +266,12 @@ def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
         call_s = statistics.fmean([claim_call, settle_fixed])
         client_call, client_task = _split(*cpu)
         rtt = max(latency[0], 0.0)
-        woken = sleeping(url, queue.name)
+        woken = sleeping(url, queue.name, tasks=max(tasks // 20, 20))
         cold_cpu = max(woken["handoff sleep prefetch 2"] - woken["handoff noop prefetch 2"], 0.0)
         redis_wake = max(woken["handoff sleep prefetch 0"] - woken["handoff noop prefetch 0"] - cold_cpu, 0.0)
         start = worker_start_s(url, queue.name)
-        pickup = pickup_s(url, queue.name)
-        listener = listener_message_s(url, queue.name)
+        pickup = pickup_s(url, queue.name, samples=max(tasks // 40, 20))
+        listener = listener_message_s(url, queue.name, messages=max(tasks, 200))
     finally:
         queue.purge()
     return CostProfile(
