@@ -98,11 +98,10 @@ def table(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Knee (no-op, workers on hosts of their own): tasks/s by workers")
     knee_rows = results["knee"]["rows"]
+    capacity = {int(b): c for b, c in results["knee"]["redis_capacity"].items()}  # JSON keys are strings
     for batch in (1, 100):
         cells = [f"{r['workers']}:{r['tasks_per_s']:,}" for r in knee_rows if r["batch"] == batch]
-        lines.append(
-            f"  batch {batch:>3} (Redis capacity {results['knee']['redis_capacity'][batch]:,}/s): {' '.join(cells)}"
-        )
+        lines.append(f"  batch {batch:>3} (Redis capacity {capacity[batch]:,}/s): {' '.join(cells)}")
     lines.append("")
     lines.append("| grid point | measure | measured | predicted | error | target |")
     lines.append("|---|---|---:|---:|---:|---:|")

@@ -308,6 +308,12 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
         THIS + "test_shown_output_is_what_the_command_prints",
         "tests/test_sim.py::test_wqsim_sim_prints_the_summary_lines_of_a_run_marked_as_simulated",
     ),
+    'make bench ARGS="--sim"': (
+        "tests/test_sim.py::test_the_knee_sweep_flattens_where_the_profile_says_redis_saturates_and_batching_moves_it",
+    ),
+    "python -m benchmarks --sim": (
+        "tests/test_sim.py::test_the_knee_sweep_flattens_where_the_profile_says_redis_saturates_and_batching_moves_it",
+    ),
     'make run ARGS="--tasks 1000 --workers 3 -q"': (
         "tests/test_cli.py::test_run_of_1000_tasks_with_3_workers_ends_all_done_none_lost_none_duplicated",
     ),
