@@ -126,3 +126,30 @@ def test_a_10_s_task_with_a_1_s_limit_fails_within_2_s_is_retried_and_dead_lette
     result = audit(q)
     assert result.clean and (result.done, result.dead, result.completed_twice) == (200, 1, 0), result.summary()
     q.purge()
+
+
+def test_a_handler_returning_while_the_watchdog_records_its_overrun_sends_no_late_result(
+    client, make_queue, queue_name
+):
+    """The watchdog's record reaches Redis before the loop hears of it: a handler that returns in
+    between must not have its result sent (it would be rejected as late). CI caught this once."""
+    q = make_queue()
+    q.enqueue([Task("slow", "block", max_attempts=1)])
+    release, recorded = threading.Event(), threading.Event()
+    worker = Worker(client, queue_name, "w1", WorkerConfig(idle_wait_s=0.05), registry=blocking_registry(release))
+    real_settle = worker._side.settle
+
+    def settle_then_return_the_handler(*args, **kwargs):  # the window: recorded in Redis, not yet in the worker
+        result = real_settle(*args, **kwargs)
+        release.set()
+        recorded.wait(0.3)  # the loop gets this long to send a late result, if it would
+        return result
+
+    worker._side.settle = settle_then_return_the_handler
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert wait_until(release.is_set, 10)
+    recorded.set()
+    thread.join(10)
+    assert q.task("slow").status is Status.DEAD
+    assert worker.stats.timed_out == 1 and worker.stats.rejected == 0

@@ -142,6 +142,7 @@ class Worker:
         self._in_hand: _InHand | None = None
         self._watch_until = float("inf")  # monotonic time the watchdog sleeps until
         self._timed_out: set[str] = set()  # tasks whose overrun the watchdog has recorded
+        self._recording: str | None = None  # the task whose overrun the watchdog is recording now
         self._held: set[str] = set()
         self._lost: set[str] = set()
         self._attempts: dict[str, int] = {}  # attempt numbers of failed tasks, for the backoff
@@ -506,8 +507,14 @@ class Worker:
                 self._watch.notify()
 
     def _end_watch(self, task_id: str) -> bool:
-        """The attempt has returned; True if it had already run past its limit (and was recorded so)."""
+        """The attempt has returned; True if it had already run past its limit (and was recorded so).
+
+        If the watchdog is recording the overrun at this moment, wait for it: Redis may already
+        hold the record, and a result sent now would only be rejected as late.
+        """
         with self._lock:
+            while self._recording == task_id:
+                self._watch.wait()
             self._in_hand = None
             if task_id in self._timed_out:
                 self._timed_out.discard(task_id)
@@ -603,22 +610,30 @@ class Worker:
         with self._watch:
             if self._in_hand is not in_hand:
                 return  # it returned meanwhile
-        outcome = Settlement(in_hand.task_id, in_hand.lease, "retry", message, in_hand.started_at, self.clock())
-        backoff_s = self.config.backoff_for(in_hand.attempt)
+            self._recording = in_hand.task_id  # until recorded, the loop waits rather than settle it too
         try:
-            rejected = self._side.settle(self.id, [outcome], self.config.lease_ms, 0, backoff_s).rejected
-        except RETRYABLE_REDIS_ERRORS as exc:
-            if not self._in_own_process:
-                self.log.warning("Worker %s: cannot record task %s's overrun yet (%s)", self.id, in_hand.task_id, exc)
-                with self._watch:  # try again shortly; until then the loop has not settled it either
-                    if self._in_hand is in_hand:
-                        self._in_hand = in_hand._replace(deadline=time.monotonic() + RECORD_RETRY_S)
-                return
-            rejected = [in_hand.task_id]  # its lease expires with this process, and the reaper returns it
-        with self._watch:
-            if self._in_hand is in_hand:
-                self._timed_out.add(in_hand.task_id)
-                self._in_hand = in_hand._replace(deadline=float("inf"))  # recorded: not again
+            outcome = Settlement(in_hand.task_id, in_hand.lease, "retry", message, in_hand.started_at, self.clock())
+            backoff_s = self.config.backoff_for(in_hand.attempt)
+            try:
+                rejected = self._side.settle(self.id, [outcome], self.config.lease_ms, 0, backoff_s).rejected
+            except RETRYABLE_REDIS_ERRORS as exc:
+                if not self._in_own_process:
+                    self.log.warning(
+                        "Worker %s: cannot record task %s's overrun yet (%s)", self.id, in_hand.task_id, exc
+                    )
+                    with self._watch:  # try again shortly; until then the loop has not settled it either
+                        if self._in_hand is in_hand:
+                            self._in_hand = in_hand._replace(deadline=time.monotonic() + RECORD_RETRY_S)
+                    return
+                rejected = [in_hand.task_id]  # its lease expires with this process, and the reaper returns it
+            with self._watch:
+                if self._in_hand is in_hand:
+                    self._timed_out.add(in_hand.task_id)
+                    self._in_hand = in_hand._replace(deadline=float("inf"))  # recorded: not again
+        finally:
+            with self._watch:
+                self._recording = None
+                self._watch.notify_all()
         self.stats.timed_out += 1
         recorded = "already settled or reaped" if rejected else "recorded as a failed attempt"
         if not self._in_own_process:
