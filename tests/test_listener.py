@@ -196,6 +196,19 @@ def test_should_stop_ends_the_wait_early_without_calling_it_a_timeout(make_queue
     assert not any("timed out" in m for m in handler.messages)
 
 
+def test_a_listener_stopped_before_reading_the_last_finish_still_counts_it(make_queue):
+    # wqsim listen is SIGTERMed as soon as the last worker exits: that worker's finish
+    # may still sit unread on the socket, so stopping reads what the streams recorded.
+    q = make_queue()
+    generate(q, 1, duration_ms=0)
+    listener = Listener(q.client, q.name, ["w1", "w2"]).start()
+    settle_all(q)
+    q.finish("w1")
+    q.finish("w2")  # both published and recorded; the listener has read neither
+    result = listener.wait(timeout_s=30, should_stop=lambda: True)
+    assert (result.finished, result.progress, result.stopped) == (["w1", "w2"], {"done": 1, "dead": 0}, True)
+
+
 # -- outages ---------------------------------------------------------------------------
 
 

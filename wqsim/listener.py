@@ -291,6 +291,20 @@ class Listener:
                 self.expected,
             )
 
+    def _drain_before_stopping(self) -> None:
+        """Count what was recorded before the stop, though its messages may still be unread.
+
+        A listener stopped just after the last worker exits (``wqsim listen`` under
+        SIGTERM) would otherwise miss a finish still buffered on its socket; the
+        streams hold every outcome and finish, so one catch-up reads them all.
+        """
+        if self._cursors is None:  # never connected: nothing to read
+            return
+        with contextlib.suppress(*RETRYABLE):  # Redis gone: stop with what was counted
+            caught = self._catch_up()
+            if caught:
+                self.log.info("Listener stopping; counted %d event(s) recorded before the stop", caught)
+
     # -- waiting -----------------------------------------------------------------------
     def wait(
         self,
@@ -315,6 +329,7 @@ class Listener:
             while self.open_ended or len(self.finished) < self.expected:
                 if should_stop is not None and should_stop():
                     stopped = True
+                    self._drain_before_stopping()
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
