@@ -333,7 +333,7 @@ def _connect(args: argparse.Namespace, url: str) -> redis.Redis:
     """A client for ``url``, once Redis has confirmed (where it can, see acl.check) that this
     user may run what this command needs: a missing permission is one line now, not mid-run.
     Called after the command's arguments are validated."""
-    client = connect(url)
+    client = connect(url, queue=args.queue)
     acl.check(client, args.queue, acl.needed_by(args.command))
     return client
 
@@ -414,7 +414,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     a = report.audit
     log.info("Audit: %s", a.summary())
     if config.chaos.active:
-        faults = injected(Queue(connect(resolve_url(args.redis_url)), config.queue))
+        faults = injected(Queue(connect(resolve_url(args.redis_url), queue=config.queue), config.queue))
         log.info(
             "Chaos (seed %d): %d failures, %d hangs, %d crashes and %d stragglers injected; "
             "%d executions for %d tasks (%d re-executions), %d late results rejected, "

@@ -266,6 +266,9 @@ class RunConfig:
     service: "fixed" gives every sleep task ``duration_ms``; "exponential" draws each
         one's duration with that mean from ``arrival_seed`` (M/M/c rather than M/D/c;
         see wqsim.generator.service_durations). Not with a graph, whose durations are its own.
+    shards: split the queue into that many shards, ``<queue>:0`` ... (see wqsim.shards): on a
+        Redis Cluster each is served by the master of its own slot. Not with an arrival rate
+        (an open-loop producer holds one queue open) nor a simulated run.
     """
 
     queue: str = "seed"
@@ -288,6 +291,7 @@ class RunConfig:
     arrival_rate: float | None = None
     arrival_seed: int = 0
     service: str = "fixed"
+    shards: int = 1
 
     def __post_init__(self) -> None:
         from .graph import GRAPHS
@@ -312,6 +316,14 @@ class RunConfig:
         if self.reap_interval_s is not None:
             check_positive("reap_interval_s", self.reap_interval_s)
         check_int("arrival_seed", self.arrival_seed)
+        from .shards import check_shards
+
+        check_shards(self.shards)
+        if self.shards > 1 and self.arrival_rate is not None:
+            raise ValueError(
+                "arrival_rate cannot be combined with shards: an open-loop producer holds one queue open "
+                "(drop arrival_rate or shards)"
+            )
         if self.service not in ("fixed", "exponential"):
             raise ValueError(f"service must be one of fixed, exponential (got {self.service!r})")
         if self.service != "fixed" and self.graph is not None:

@@ -1,7 +1,16 @@
-"""One way to get a Redis client: ``connect(url)``.
+"""One way to get a Redis client: ``connect(url)``, or ``connect(url, queue=name)`` for one queue's keys.
 
 The URL comes from the argument, else ``REDIS_URL``, else an embedded server
 started on first use and shared by the whole process (see :mod:`wqsim.server`).
+
+The URL may name any node of a Redis Cluster. Every key of a queue carries the
+queue's hash tag (see :mod:`wqsim.keys`), so all of a queue's keys live in one
+slot, on one master: ``connect(url, queue=name)`` asks the cluster which master
+serves that slot (``CLUSTER SLOTS``) and returns a plain client of that node.
+Every script then runs unchanged, each call touching one slot. A plain client
+rather than redis-py's ``RedisCluster``: the transport pipelines on a private
+connection and blocks on a wake-up list (see :mod:`wqsim.transport`), which a
+client of one node does as on a single server.
 """
 
 from __future__ import annotations
@@ -14,7 +23,9 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.crc import key_slot
 
+from .keys import Keys
 from .server import FakeRedisServer, RedisServer, start_embedded
 from .urls import check_url
 
@@ -69,6 +80,7 @@ def embedded_server() -> RedisServer | FakeRedisServer | None:
 def connect(
     url: str | None = None,
     *,
+    queue: str | None = None,
     attempts: int = 5,
     backend: str | None = None,
     logger: logging.Logger | None = None,
@@ -77,9 +89,52 @@ def connect(
 
     The Go original retried forever; a bounded retry fails with a message that
     names the URL, so a typo is an error rather than a hang.
+
+    ``queue``: the client is for that queue's keys. On a single server that changes
+    nothing; on a Redis Cluster the client is one of the master serving the queue's slot.
     """
     logger = logger or log
     url = resolve_url(url, backend)
+    client = _connect(url, attempts, logger)
+    if queue is None:
+        return client
+    node = queue_node(client, queue)
+    if node is None or node == _address(client):
+        return client
+    client.close()
+    logger.debug("Queue %r lives on cluster node %s:%d", queue, *node)
+    return _connect(node_url(url, *node), attempts, logger)
+
+
+def queue_node(client: redis.Redis, queue: str) -> tuple[str, int] | None:
+    """The (host, port) of the cluster master serving ``queue``'s slot; None if ``client``'s
+    server is not part of a cluster (or will not say: a user without CLUSTER, fakeredis)."""
+    try:
+        ranges = client.execute_command("CLUSTER SLOTS")
+    except redis.ResponseError:  # "cluster support disabled", an unknown command, NOPERM
+        return None
+    slot = key_slot(Keys(queue).ready.encode())
+    for first, last, master, *_replicas in ranges:
+        if int(first) <= slot <= int(last):
+            host = master[0] if isinstance(master[0], str) else master[0].decode()
+            return (host or _address(client)[0], int(master[1]))
+    raise RedisUnavailable(f"no cluster node serves queue {queue!r} (slot {slot} is not assigned)")
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """``url`` pointed at another node of the same cluster: credentials, TLS and options kept."""
+    parts = urlsplit(url)
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _address(client: redis.Redis) -> tuple[str, int]:
+    kwargs = client.connection_pool.connection_kwargs
+    return (str(kwargs.get("host", "")), int(kwargs.get("port", 0)))
+
+
+def _connect(url: str, attempts: int, logger: logging.Logger) -> redis.Redis:
     try:
         check_url(url)
         client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2.0)

@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .config import check_int_at_least, check_non_negative, check_positive
 from .graph import example
@@ -18,6 +18,20 @@ from .queue import Queue
 from .task import Task
 
 log = logging.getLogger("wqsim.generator")
+
+
+class TaskSink(Protocol):
+    """Where generated tasks go: a Queue, or a ShardedQueue that routes them to its shards."""
+
+    def reserve_ids(self, count: int) -> IdRange: ...
+
+    def enqueue(
+        self,
+        tasks: Sequence[Task],
+        package_size: int | None = None,
+        allow_failure: bool | None = None,
+        chunk: int = 5000,
+    ) -> list[str]: ...
 
 
 def make_tasks(
@@ -71,7 +85,7 @@ class PartialEnqueue(RuntimeError):
 
 
 def generate(
-    queue: Queue,
+    queue: TaskSink,
     count: int = 100,
     duration_ms: float = 10.0,
     kind: str = "sleep",
@@ -144,7 +158,7 @@ def generate(
 
 
 def generate_graph(
-    queue: Queue,
+    queue: TaskSink,
     name: str,
     tasks: int = 20,
     duration_ms: float = 10.0,

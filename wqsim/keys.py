@@ -14,6 +14,17 @@ from functools import cached_property
 from typing import overload
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A shard of a queue (see wqsim.shards): "<queue>:<index>". Queue names never contain ':',
+# so a shard's keys ("wqsim:{q:3}:...") can never be another queue's, and each shard has a slot of its own.
+SHARD_SEPARATOR = ":"
+SHARD_NAME = re.compile(rf"^(?P<queue>{QUEUE_NAME.pattern[1:-1]}){SHARD_SEPARATOR}(?P<index>\d{{1,4}})$")
+
+
+def shard_name(queue: str, index: int) -> str:
+    """The queue name of shard ``index`` of ``queue``: ``shard_name("q", 3) == "q:3"``."""
+    return f"{queue}{SHARD_SEPARATOR}{index}"
+
+
 # Task and worker ids: no ':' (package entries), '#' or '@' (lease ids), no glob characters.
 ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -126,7 +137,7 @@ class Keys:
     queue: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.queue, str) or not QUEUE_NAME.match(self.queue):
+        if not isinstance(self.queue, str) or not (QUEUE_NAME.match(self.queue) or SHARD_NAME.match(self.queue)):
             raise ValueError(
                 f"queue name must be 1-64 characters of letters, digits, '_', '.' or '-', "
                 f"starting with a letter or digit (got {self.queue!r})"

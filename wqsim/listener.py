@@ -380,3 +380,52 @@ class Listener:
         """Unsubscribe and close this listener's connections (the caller's client is untouched)."""
         self._close_pubsub()
         self._pool.disconnect()
+
+
+class Listeners:
+    """The listeners of a sharded queue's shards (see wqsim.shards), waited on as one.
+
+    Every worker serves every shard and says so on each when it finishes, so each
+    shard's listener expects every worker; the run is over when all of them have
+    heard all workers. One listener (one shard) is simply that listener.
+    """
+
+    def __init__(self, listeners: list[Listener]) -> None:
+        self.listeners = listeners
+
+    def start(self) -> Listeners:
+        for listener in self.listeners:
+            listener.start()
+        return self
+
+    def wait(
+        self,
+        timeout_s: float | None,
+        should_stop: Callable[[], bool] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> ListenResult:
+        """Wait on each shard's listener in turn, within one deadline; their results combined."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        results = []
+        for listener in self.listeners:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            results.append(listener.wait(left, should_stop=should_stop, on_idle=on_idle))
+        if len(results) == 1:
+            return results[0]
+        progress: dict[str, int] = {}
+        for result in results:
+            for status, count in result.progress.items():
+                progress[status] = progress.get(status, 0) + count
+        finished = [w for w in results[0].finished if all(w in r.finished for r in results[1:])]
+        missing = sorted({w for r in results for w in r.missing})
+        return ListenResult(
+            finished,
+            missing,
+            any(r.timed_out for r in results),
+            progress,
+            any(r.stopped for r in results),
+        )
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()

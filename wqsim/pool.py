@@ -39,6 +39,8 @@ from .acl import CONFIG_EXIT_CODE
 from .config import ChaosConfig, WorkerConfig
 from .connection import connect
 from .queue import Queue
+from .sharded_worker import ShardedWorker
+from .shards import ShardedQueue, check_shards
 from .stopping import STOP_SIGNALS
 from .worker import CRASH_EXIT_CODE, QUEUE_VANISHED_EXIT_CODE, TIME_LIMIT_EXIT_CODE, Worker
 
@@ -58,6 +60,25 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(ORPHAN_EXIT_CODE)
 
 
+def make_worker(
+    url: str,
+    queue: str,
+    shards: int,
+    worker_id: str,
+    config: WorkerConfig,
+    chaos: ChaosConfig,
+    in_own_process: bool = False,
+    on_ready: Callable[[], object] | None = None,
+) -> Worker | ShardedWorker:
+    """A worker of ``queue``: one loop, or with ``shards`` > 1 one loop per shard (see wqsim.sharded_worker)."""
+    if shards > 1:
+        return ShardedWorker(
+            url, queue, shards, worker_id, config, chaos=chaos, in_own_process=in_own_process, on_ready=on_ready
+        )
+    client = connect(url, queue=queue)
+    return Worker(client, queue, worker_id, config, chaos=chaos, in_own_process=in_own_process, on_ready=on_ready)
+
+
 def _process_main(
     url: str,
     queue: str,
@@ -67,6 +88,7 @@ def _process_main(
     parent_pid: int,
     refusals: mp.SimpleQueue[str] | None = None,
     ready: Callable[[], object] | None = None,
+    shards: int = 1,
 ) -> None:
     """Entry point of one worker process: SIGTERM and SIGINT stop it gracefully.
 
@@ -76,15 +98,14 @@ def _process_main(
     """
     _die_with_parent(parent_pid)
     signal.set_wakeup_fd(-1)  # the parent's wake-up pipe is not this process's
-    client = connect(url)
-    worker = Worker(client, queue, worker_id, config, chaos=chaos, in_own_process=True, on_ready=ready)
+    worker = make_worker(url, queue, shards, worker_id, config, chaos, in_own_process=True, on_ready=ready)
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: worker.stop())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         stats = worker.run()
     except Exception as exc:
-        message = acl.explain(exc, queue, acl.user_of(client))
+        message = acl.explain(exc, queue, acl.user_of_url(url))
         if message is None:
             raise
         if refusals is not None:
@@ -123,6 +144,7 @@ class WorkerPool:
         restart_crashed: bool = True,
         logger: logging.Logger | None = None,
         on_exit: Callable[[], None] | None = None,
+        shards: int = 1,
     ) -> None:
         if mode not in ("process", "thread"):
             raise ValueError(f"mode must be 'process' or 'thread' (got {mode!r})")
@@ -130,6 +152,7 @@ class WorkerPool:
             raise ValueError("a pool needs at least one worker id")
         self.url = url
         self.queue_name = queue
+        self.shards = check_shards(shards)
         self.ids = [str(i) for i in ids]
         self.config = config or WorkerConfig()
         self.chaos = chaos or ChaosConfig()
@@ -147,7 +170,7 @@ class WorkerPool:
         self._live: dict[str, mp.process.BaseProcess] = {}  # forked and not yet reaped
         self._exit_codes: dict[str, int | None] = {}
         self._threads: dict[str, threading.Thread] = {}
-        self._workers: dict[str, Worker] = {}
+        self._workers: dict[str, Worker | ShardedWorker] = {}
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._exited = threading.Event()  # every worker has exited and none will be replaced
@@ -196,6 +219,7 @@ class WorkerPool:
                 os.getpid(),
                 self._refusals,
                 self._ready.release,
+                self.shards,
             ),
             name=f"wqsim-worker-{worker_id}",
         )
@@ -203,16 +227,23 @@ class WorkerPool:
         self._live[worker_id] = proc
         self._exit_codes[worker_id] = None
 
+    def _queue(self) -> Queue | ShardedQueue:
+        """The queue the supervisor asks whether work is left (every shard of it)."""
+        if self.shards > 1:
+            return ShardedQueue.connect(self.url, self.queue_name, self.shards, attempts=1)
+        return Queue(connect(self.url, queue=self.queue_name, attempts=1), self.queue_name)
+
     def _run_threads(self) -> None:
         """Thread mode: run every worker in a thread of this process and wait for them all."""
         try:
             for worker_id in self.ids:
-                worker = Worker(
-                    connect(self.url),
+                worker = make_worker(
+                    self.url,
                     self.queue_name,
+                    self.shards,
                     worker_id,
                     self.config,
-                    chaos=self.chaos,
+                    self.chaos,
                     on_ready=self._ready.release,
                 )
                 thread = threading.Thread(
@@ -227,12 +258,12 @@ class WorkerPool:
             thread.join()
         self._finish()
 
-    def _run_thread(self, worker: Worker) -> None:
+    def _run_thread(self, worker: Worker | ShardedWorker) -> None:
         """Thread mode: one worker; a refused permission stops the pool, like a worker process's would."""
         try:
             worker.run()
         except Exception as exc:
-            message = acl.explain(exc, self.queue_name, acl.user_of(worker.queue.client))
+            message = acl.explain(exc, self.queue_name, acl.user_of_url(self.url))
             if message is None:
                 raise
             self._refuse(message)
@@ -262,7 +293,7 @@ class WorkerPool:
                         self._spawn(worker_id)
         finally:
             self._started.set()
-        queue: Queue | None = None
+        queue: Queue | ShardedQueue | None = None
         undecided: dict[str, int | None] = {}  # died, not yet replaced or let go: worker id -> exit code
         refused: list[str] = []  # refusal lines of workers that exited with CONFIG_EXIT_CODE
         while True:
@@ -301,7 +332,7 @@ class WorkerPool:
             if not undecided:
                 continue
             try:
-                queue = queue or Queue(connect(self.url, attempts=1), self.queue_name)
+                queue = queue or self._queue()
                 unfinished = not queue.drained()
             except Exception as exc:  # Redis down: ask again shortly
                 self.log.warning("Supervisor cannot read the queue (%s); asking again in %g s", exc, RECHECK_S)

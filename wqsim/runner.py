@@ -20,10 +20,11 @@ from .connection import connect, redact, resolve_url
 from .generator import ArrivalThread, generate, generate_graph
 from .graph import Bounds
 from .graph import bounds as graph_bounds
-from .listener import Listener, ListenResult, ProgressCallback
+from .listener import Listener, Listeners, ListenResult, ProgressCallback
 from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
+from .shards import ShardedQueue
 from .storage import check_eviction_policy
 
 if TYPE_CHECKING:
@@ -159,10 +160,12 @@ def run(
             if inner:
                 inner(status, task_id)
 
-    queue = Queue(connect(url), cfg.queue)
-    check_eviction_policy(queue.client, f"Redis at {redact(url)}", cfg.allow_eviction, logger)
-    queue.purge()
-    queue.set_retention(cfg.retention)
+    sharded = ShardedQueue.connect(url, cfg.queue, cfg.shards)
+    queue: Queue | ShardedQueue = sharded if cfg.shards > 1 else sharded.queues[0]
+    for shard in sharded:
+        check_eviction_policy(shard.client, f"Redis at {redact(url)}", cfg.allow_eviction, logger)
+        shard.purge()
+        shard.set_retention(cfg.retention)
     logger.info(
         "Work server: %d %s tasks on queue %r at %s, %d worker%s",
         cfg.tasks,
@@ -173,7 +176,12 @@ def run(
         "" if cfg.workers == 1 else "s",
     )
     worker_ids = [str(i) for i in range(1, cfg.workers + 1)]
-    listener = Listener(connect(url), cfg.queue, worker_ids, logger=logger, on_progress=on_progress).start()
+    listener = Listeners(
+        [
+            Listener(connect(url, queue=shard.name), shard.name, worker_ids, logger=logger, on_progress=on_progress)
+            for shard in sharded
+        ]
+    ).start()
     bounds = None
     producer: ArrivalThread | None = None
     created = 0
@@ -197,7 +205,7 @@ def run(
     elif cfg.arrival_rate is not None:
         # Open loop: tasks arrive while the workers run (see ArrivalThread), after they start.
         producer = ArrivalThread(
-            Queue(connect(url), cfg.queue),
+            Queue(connect(url, queue=cfg.queue), cfg.queue),
             cfg.tasks,
             cfg.arrival_rate,
             cfg.duration_ms,
@@ -221,8 +229,10 @@ def run(
                 service_seed=cfg.arrival_seed,
             )
         )
-    reaper = Reaper(Queue(connect(url), cfg.queue), cfg.reaper_interval_s).start()
-    pool = WorkerPool(url, cfg.queue, worker_ids, cfg.worker, cfg.chaos, cfg.mode)
+    reapers = [
+        Reaper(Queue(connect(url, queue=shard.name), shard.name), cfg.reaper_interval_s).start() for shard in sharded
+    ]
+    pool = WorkerPool(url, cfg.queue, worker_ids, cfg.worker, cfg.chaos, cfg.mode, shards=cfg.shards)
     started = time.perf_counter()
     try:
         pool.start()
@@ -254,7 +264,8 @@ def run(
             producer.stop()  # a no-op once every task has arrived
             producer.join(10.0)
         listener.close()
-        reaper.stop()
+        for reaper in reapers:
+            reaper.stop()
         if bar is not None:
             bar.close()
     if pool.refused is not None:
@@ -263,7 +274,9 @@ def run(
         if producer.error is not None:
             raise producer.error
         created = len(producer.enqueued)
-    result = audit(queue, expected=created)  # what this run created, even if Redis forgot it
+    # What this run created counts, even if Redis forgot it; a sharded queue's shards are each audited
+    # in one atomic read, and a loss on any of them is the run's.
+    result = queue.audit(expected=created).total if isinstance(queue, ShardedQueue) else audit(queue, expected=created)
     frame = _attempts(queue)
     counters = queue.counters()
     report = RunReport(
@@ -272,7 +285,7 @@ def run(
         listened,
         wall_s,
         pool.restarts,
-        reaper.returned,
+        sum(reaper.returned for reaper in reapers),
         _makespan(frame),
         bounds,
         heartbeats=counters.get("heartbeats", 0),
@@ -289,7 +302,7 @@ def run(
     return report
 
 
-def _attempts(queue: Queue) -> pd.DataFrame:
+def _attempts(queue: Queue | ShardedQueue) -> pd.DataFrame:
     """The run's attempts, as wqsim.metrics reads them from the queue's records.
 
     metrics (and pandas with it) is imported here, once the run is over, so the
@@ -297,7 +310,7 @@ def _attempts(queue: Queue) -> pd.DataFrame:
     """
     from . import metrics
 
-    return metrics.attempts(queue)
+    return queue.attempts() if isinstance(queue, ShardedQueue) else metrics.attempts(queue)
 
 
 def _makespan(frame: pd.DataFrame) -> float:

@@ -135,7 +135,7 @@ def sleeping(url: str, queue: str, tasks: int = 100) -> dict[str, float]:
 def pickup_s(url: str, queue: str, samples: int = 50, spacing_s: float = 0.010) -> float:
     """Mean time from a task's enqueue (Redis's clock) to its start, for tasks that find the worker idle
     (for ``spacing_s``: long enough for its CPU to have gone cold, as between Poisson arrivals)."""
-    q = Queue(connect(url), queue)
+    q = Queue(connect(url, queue=queue), queue)
     q.hold_open("calibrate")
     pool = WorkerPool(url, queue, ["pickup"], WorkerConfig(exit_when_drained=False, idle_wait_s=1.0)).start()
     try:
@@ -168,7 +168,7 @@ def pickup_s(url: str, queue: str, samples: int = 50, spacing_s: float = 0.010) 
 
 def worker_start_s(url: str, queue: str, samples: int = 3) -> float:
     """Median time from starting a one-process pool to its worker being ready to claim."""
-    q = Queue(connect(url), queue)
+    q = Queue(connect(url, queue=queue), queue)
     times = []
     for _ in range(samples):
         q.hold_open("calibrate")
@@ -189,7 +189,7 @@ def worker_start_s(url: str, queue: str, samples: int = 3) -> float:
 def listener_message_s(url: str, queue: str, messages: int = 2000) -> float:
     """CPU time the run's listener spends on one progress message (it shares the host's cores)."""
     keys = Keys(queue)
-    listener = Listener(connect(url), queue, ["calibrate"]).start()
+    listener = Listener(connect(url, queue=queue), queue, ["calibrate"]).start()
     spent: list[float] = []
 
     def listen() -> None:
