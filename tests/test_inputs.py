@@ -31,6 +31,7 @@ NUMERIC_FLAGS = [
     ("run", "--hang-p"),
     ("run", "--crash-p"),
     ("run", "--straggler-p"),
+    ("run", "--shards"),
     ("generate", "--tasks"),
     ("generate", "--duration-ms"),
     ("generate", "--package-size"),

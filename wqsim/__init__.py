@@ -27,6 +27,8 @@ from .reaper import Reaper
 from .retention import Retention
 from .runner import RunReport, run
 from .server import RedisServer
+from .sharded_worker import ShardedWorker
+from .shards import ShardedAudit, ShardedQueue, shard_names
 from .task import MalformedTask, Status, Task
 from .worker import Worker, WorkerStats
 
@@ -105,6 +107,10 @@ __all__ = [
     "RunReport",
     "run",
     "RedisServer",
+    "ShardedWorker",
+    "ShardedAudit",
+    "ShardedQueue",
+    "shard_names",
     "MalformedTask",
     "Status",
     "Task",

@@ -226,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
             "run, instead of all at once (not with --graph or --package-size)",
         )
         p.add_argument(
+            "--shards",
+            type=positive_int("shards"),
+            default=1,
+            help="split the queue into this many shards, <queue>:0 ... (on a Redis Cluster, each on the master "
+            "of its own slot; every worker serves every shard) (default: 1, not with --arrival-rate)",
+        )
+        p.add_argument(
             "--service",
             choices=("fixed", "exponential"),
             default="fixed",
@@ -391,6 +398,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         arrival_rate=args.arrival_rate,
         arrival_seed=args.seed,
         service=args.service,
+        shards=args.shards,
     )
 
 

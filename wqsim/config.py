@@ -295,7 +295,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         from .graph import GRAPHS
-        from .keys import Keys
+        from .keys import SHARD_NAME, Keys
 
         if self.graph is not None and self.graph not in GRAPHS:
             raise ValueError(f"graph must be one of {', '.join(GRAPHS)} (got {self.graph!r})")
@@ -303,6 +303,10 @@ class RunConfig:
             raise ValueError("a graph cannot be bundled into work packages (drop package_size)")
 
         Keys(self.queue)  # validates the name
+        if SHARD_NAME.match(self.queue):
+            raise ValueError(
+                f"queue name {self.queue!r} is a shard's ('<queue>:<index>'): name the queue and set shards instead"
+            )
         check_int_at_least("tasks", self.tasks, 1)
         check_int_at_least("workers", self.workers, 1)
         check_int_at_least("max_attempts", self.max_attempts, 1)

@@ -8,12 +8,12 @@ one queue is weakened. What is added is only routing:
 
 * a task goes to shard ``crc32(id) % S``: consecutive ids spread evenly, and
   anyone can tell where a task lives from its id alone;
-* a task with prerequisites goes where they are. Tasks enqueued together that
-  depend on one another (a connected component of the graph) all go to the shard
-  of the component's smallest id; a task whose prerequisites were enqueued
-  earlier goes to their shard. Prerequisites on two shards are refused before
-  anything is written (:class:`CrossShardDependency`): releasing a dependent is
-  one atomic script on one slot, and a release across slots could not be;
+* a task with prerequisites goes where they are. A graph is enqueued whole, as on
+  any queue (a prerequisite outside the call is refused, GraphError), and each of
+  its connected parts goes to the shard of its smallest id. So a dependency never
+  crosses shards: releasing a dependent stays one atomic script on one slot, which
+  a release across slots (two masters) could not be, and exactly-once release
+  keeps the same proof as on one queue;
 * ids are drawn from one counter (shard 0's), so they are unique across shards
   and the attempts of every shard join into one table.
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .audit import Audit, audit
 from .connection import connect
+from .graph import validate as validate_graph
 from .keys import IdRange, shard_name
 from .queue import Queue
 from .task import Task
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 MAX_SHARDS = 1024
-
-
-class CrossShardDependency(ValueError):
-    """A task's prerequisites live on more than one shard: nothing was written."""
 
 
 def shard_names(queue: str, shards: int) -> list[str]:
@@ -96,8 +93,9 @@ class ShardedQueue:
         chunk: int = 5000,
     ) -> list[str]:
         """Route each task to its shard (see the module docstring), then enqueue each shard's part
-        as Queue.enqueue does; returns the package ids of every shard. Every shard's part is
-        checked before any is written: a cross-shard dependency writes nothing."""
+        as Queue.enqueue does (each part atomic); returns the package ids of every shard."""
+        if any(t.depends_on for t in tasks):
+            validate_graph(tasks)  # the whole graph, before any shard's part is written
         parts: dict[int, list[Task]] = {}
         for task, shard in zip(tasks, self.placement(tasks), strict=True):
             parts.setdefault(shard, []).append(task)
@@ -107,39 +105,13 @@ class ShardedQueue:
         return packages
 
     def placement(self, tasks: Sequence[Task]) -> list[int]:
-        """The shard of each task: its component's, or its earlier prerequisites' shard."""
-        here = {t.id for t in tasks}
+        """The shard of each task: that of the smallest id of its part of the graph."""
         component = _Components(t.id for t in tasks)
         for t in tasks:
             for dep in t.depends_on:
-                if dep in here:
-                    component.join(t.id, dep)
-        pinned: dict[str, set[int]] = {}  # component root -> shards of prerequisites enqueued earlier
-        for t in tasks:
-            earlier = [dep for dep in t.depends_on if dep not in here]
-            if earlier:
-                pinned.setdefault(component.root(t.id), set()).update(self.shard_holding(dep) for dep in earlier)
-        shard_of_root: dict[str, int] = {}
-        for root, members in component.groups().items():
-            found = pinned.get(root, set())
-            if len(found) > 1:
-                raise CrossShardDependency(
-                    f"tasks {', '.join(sorted(members)[:5])} depend on tasks on shards "
-                    f"{', '.join(map(str, sorted(found)))} of queue {self.name!r}: a task and all it "
-                    "depends on must be on one shard (enqueue them together, or use one shard)"
-                )
-            shard_of_root[root] = found.pop() if found else shard_of(min(members), self.shards)
-        return [shard_of_root[component.root(t.id)] for t in tasks]
-
-    def shard_holding(self, task_id: str) -> int:
-        """The shard whose queue holds ``task_id``: where its id says, else wherever its hash is."""
-        guess = shard_of(task_id, self.shards)
-        order = [guess, *(i for i in range(self.shards) if i != guess)]
-        for shard in order:
-            q = self.queues[shard]
-            if q.client.exists(q.keys.task(task_id)):
-                return shard
-        return guess  # unknown everywhere: Queue.enqueue names it (GraphError) on that shard
+                if dep in component:
+                    component.join(t.id, dep)  # an unknown one is Queue.enqueue's to refuse
+        return [shard_of(component.root(t.id), self.shards) for t in tasks]
 
     # -- reading ----------------------------------------------------------------------
     def audit(self, expected: int | None = None) -> ShardedAudit:
@@ -214,6 +186,9 @@ class _Components:
     def __init__(self, ids: Iterable[str]) -> None:
         self._parent = {i: i for i in ids}
 
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._parent
+
     def root(self, task_id: str) -> str:
         parent = self._parent
         while parent[task_id] != task_id:
@@ -225,9 +200,3 @@ class _Components:
         ra, rb = self.root(a), self.root(b)
         if ra != rb:
             self._parent[max(ra, rb)] = min(ra, rb)
-
-    def groups(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for task_id in self._parent:
-            out.setdefault(self.root(task_id), []).append(task_id)
-        return out

@@ -42,6 +42,8 @@ def simulate(
     from .report import report
 
     cfg = config or RunConfig()
+    if cfg.shards > 1:
+        raise ValueError("the simulation models one queue on one Redis thread: drop shards (--shards)")
     model = Model(cfg, profile or default_profile(), cores)
     finished = model.run(until_s if until_s is not None else cfg.timeout_s)
     bounds = (
