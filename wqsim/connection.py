@@ -3,14 +3,11 @@
 The URL comes from the argument, else ``REDIS_URL``, else an embedded server
 started on first use and shared by the whole process (see :mod:`wqsim.server`).
 
-The URL may name any node of a Redis Cluster. Every key of a queue carries the
-queue's hash tag (see :mod:`wqsim.keys`), so all of a queue's keys live in one
-slot, on one master: ``connect(url, queue=name)`` asks the cluster which master
-serves that slot (``CLUSTER SLOTS``) and returns a plain client of that node.
-Every script then runs unchanged, each call touching one slot. A plain client
-rather than redis-py's ``RedisCluster``: the transport pipelines on a private
-connection and blocks on a wake-up list (see :mod:`wqsim.transport`), which a
-client of one node does as on a single server.
+The URL may name any node of a Redis Cluster: ``connect(url, queue=name)`` then
+returns a client of the master serving that queue's slot, which follows it across
+failovers (see :mod:`wqsim.cluster`). A plain client of one node rather than
+redis-py's ``RedisCluster``: the transport pipelines on a private connection and
+blocks on a wake-up list (see :mod:`wqsim.transport`), as on a single server.
 """
 
 from __future__ import annotations
@@ -23,9 +20,8 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.crc import key_slot
 
-from .keys import Keys
+from .cluster import cluster_slots, master_of, queue_slot, routed_client
 from .server import FakeRedisServer, RedisServer, start_embedded
 from .urls import check_url
 
@@ -98,27 +94,20 @@ def connect(
     client = _connect(url, attempts, logger)
     if queue is None:
         return client
-    node = queue_node(client, queue)
-    if node is None or node == _address(client):
+    slots = cluster_slots(client)
+    if slots is None:  # a single server (or a user who may not ask): the client serves every queue
         return client
+    if client.connection_pool.connection_class is not redis.Connection:
+        # TLS: connect to the master serving the queue's slot now (it is not followed across a failover).
+        master = master_of(slots, queue_slot(queue))
+        if master is None or master == _address(client):
+            return client
+        client.close()
+        return _connect(node_url(url, *master), attempts, logger)
+    routed = routed_client(client, queue, slots)
     client.close()
-    logger.debug("Queue %r lives on cluster node %s:%d", queue, *node)
-    return _connect(node_url(url, *node), attempts, logger)
-
-
-def queue_node(client: redis.Redis, queue: str) -> tuple[str, int] | None:
-    """The (host, port) of the cluster master serving ``queue``'s slot; None if ``client``'s
-    server is not part of a cluster (or will not say: a user without CLUSTER, fakeredis)."""
-    try:
-        ranges = client.execute_command("CLUSTER SLOTS")
-    except redis.ResponseError:  # "cluster support disabled", an unknown command, NOPERM
-        return None
-    slot = key_slot(Keys(queue).ready.encode())
-    for first, last, master, *_replicas in ranges:
-        if int(first) <= slot <= int(last):
-            host = master[0] if isinstance(master[0], str) else master[0].decode()
-            return (host or _address(client)[0], int(master[1]))
-    raise RedisUnavailable(f"no cluster node serves queue {queue!r} (slot {slot} is not assigned)")
+    logger.debug("Queue %r is served by cluster slot %d", queue, queue_slot(queue))
+    return routed
 
 
 def node_url(url: str, host: str, port: int) -> str:

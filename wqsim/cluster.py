@@ -1,0 +1,135 @@
+"""Redis Cluster routing: a queue's client talks to whichever master serves the queue's slot now.
+
+Every key of a queue carries its hash tag (see :mod:`wqsim.keys`), so a queue is
+one slot, served by one master, and every script runs there unchanged. The
+client is a plain ``redis.Redis`` (the transport pipelines on a private
+connection and blocks on a wake-up list, as on a single server), whose
+connections are :class:`SlotConnection`: each (re)connect first asks the
+cluster which master serves the slot. So after a failover, a connection that
+broke (the old master died) or that the old master redirected (MOVED: it is a
+replica now) reconnects to the new master through the reconnect logic every
+worker, listener and reaper already has for a Redis restart. During the
+failover itself (about twice ``cluster-node-timeout``) the slot answers
+CLUSTERDOWN or nothing; that is an outage like any other, ridden out the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.crc import key_slot
+
+from .keys import Keys
+
+log = logging.getLogger("wqsim.cluster")
+
+Address = tuple[str, int]
+LOCATE_TIMEOUT_S = 1.0  # one node's answer to CLUSTER SLOTS, while locating a slot's master
+
+# What a cluster node answers when the slot is not (or no longer) its to serve, or not served at all.
+REROUTE = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.ClusterDownError)
+
+
+def queue_slot(queue: str) -> int:
+    return int(key_slot(Keys(queue).ready.encode()))
+
+
+def cluster_slots(client: redis.Redis) -> list[Any] | None:
+    """CLUSTER SLOTS, or None if the server is not part of a cluster (or will not say:
+    cluster support disabled, an unknown command on fakeredis, a user without it)."""
+    try:
+        return list(client.execute_command("CLUSTER SLOTS"))
+    except redis.ResponseError:
+        return None
+
+
+def master_of(slots: Sequence[Any], slot: int) -> Address | None:
+    """The (host, port) of the master serving ``slot`` in a CLUSTER SLOTS reply (None: unassigned)."""
+    for first, last, master, *_replicas in slots:
+        if int(first) <= slot <= int(last):
+            host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+            return host, int(master[1])
+    return None
+
+
+def nodes_of(slots: Sequence[Any]) -> list[Address]:
+    """Every node a CLUSTER SLOTS reply names, masters and replicas, in order, once each."""
+    found: dict[Address, None] = {}
+    for _first, _last, *nodes in slots:
+        for node in nodes:
+            host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
+            found[(host, int(node[1]))] = None
+    return list(found)
+
+
+def locate(slot: int, seeds: Sequence[Address], kwargs: dict[str, Any]) -> Address:
+    """Ask the seeds in turn which master serves ``slot`` now; ConnectionError if none can say."""
+    errors = []
+    for host, port in seeds:
+        probe = redis.Redis(
+            host=host,
+            port=port,
+            socket_timeout=LOCATE_TIMEOUT_S,
+            socket_connect_timeout=LOCATE_TIMEOUT_S,
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+        )
+        try:
+            slots = cluster_slots(probe)
+            master = master_of(slots or [], slot)
+            if master is not None:
+                return master
+            errors.append(f"{host}:{port} knows no master for slot {slot}")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            errors.append(f"{host}:{port}: {exc}")
+        finally:
+            probe.close()
+    raise redis.ConnectionError(f"no cluster node could say which master serves slot {slot}: {'; '.join(errors)}")
+
+
+class SlotConnection(redis.Connection):
+    """A connection to the master serving one slot: located anew at every (re)connect."""
+
+    def __init__(self, *, slot: int, seeds: Sequence[Address], **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self.slot = slot
+        self.seeds = list(seeds)
+
+    def _connect(self) -> Any:
+        here = (self.host, self.port)
+        located = locate(
+            self.slot,
+            [here, *(s for s in self.seeds if s != here)],
+            {
+                "username": self.username,
+                "password": self.password,
+            },
+        )
+        if located != here:
+            log.info("Slot %d is served by %s:%d now (was %s:%d)", self.slot, *located, *here)
+            self.host, self.port = located
+        return super()._connect()  # type: ignore[no-untyped-call]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except REROUTE as exc:
+            # Not a command error: the slot has moved (a failover) or is being failed over.
+            # Dropped and raised as a connection error, the call is retried on the new master.
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise redis.ConnectionError(f"cluster slot {self.slot} is not served here now: {exc}") from exc
+
+
+def routed_client(client: redis.Redis, queue: str, slots: Sequence[Any]) -> redis.Redis:
+    """A client like ``client`` (same credentials and options) whose connections follow ``queue``'s slot."""
+    slot = queue_slot(queue)
+    master = master_of(slots, slot)
+    if master is None:
+        raise redis.ConnectionError(f"no cluster node serves queue {queue!r} (slot {slot} is not assigned)")
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    kwargs.update(host=master[0], port=master[1], slot=slot, seeds=nodes_of(slots))
+    pool = redis.ConnectionPool(connection_class=SlotConnection, **kwargs)
+    return redis.Redis(connection_pool=pool)
