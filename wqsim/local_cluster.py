@@ -246,7 +246,8 @@ class LocalCluster:
     def restart(self, node: ClusterNode) -> None:
         """Start a killed node again on its ports and directory, so it rejoins with its nodes.conf.
 
-        Returns once it answers PING; ``wait_ok`` waits for the cluster to accept it again."""
+        Returns once it answers PING; ``wait_ok`` waits for the cluster to accept it again. Without
+        ``appendonly`` it comes back empty, as a real node without persistence would."""
         state = self._state(node)
         if state.alive():
             raise RuntimeError(f"node {node.address} is still running: kill it first")
