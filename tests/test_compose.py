@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,12 +28,13 @@ import yaml
 from helpers import wait_until
 
 from wqsim import Queue, audit, connect, make_tasks
-from wqsim.server import free_port
+from wqsim.server import _die_with_parent, free_port
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 BIN = Path(sys.executable).parent  # the venv's wqsim and jupyter
+REDIS_NODES = {"redis-node-1": "7001", "redis-node-2": "7002", "redis-node-3": "7003"}  # service -> its port
 
 
 def service_command(name: str) -> list[str]:
@@ -80,13 +82,13 @@ def test_compose_file_is_valid_against_the_compose_specification():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_docker_compose_config_accepts_the_file_with_and_without_the_cluster_profile():
+def test_docker_compose_config_accepts_the_file_with_and_without_each_profile():
     docker_compose = shutil.which("docker-compose")
     if docker_compose is None:
         if os.environ.get("CI"):
             pytest.fail("docker-compose is missing: .ci/run installs Debian's package")
         pytest.skip("Debian's docker-compose is not installed here (.ci/run installs it in CI)")
-    for args in ([], ["--profile", "cluster"]):
+    for args in ([], ["--profile", "cluster"], ["--profile", "redis-cluster"]):
         proc = subprocess.run(
             [docker_compose, "-f", str(ROOT / "compose.yaml"), *args, "config", "-q"],
             capture_output=True,
@@ -102,7 +104,7 @@ def test_compose_file_has_the_promised_shape():
     redis_service = SERVICES["redis"]
     assert redis_service["image"].startswith("redis:7")
     assert "healthcheck" in redis_service
-    assert all(p.startswith("127.0.0.1:") for p in redis_service["ports"] + SERVICES["lab"]["ports"])
+    assert all(p.startswith("127.0.0.1:") for s in SERVICES.values() for p in s.get("ports", []))
     assert "--appendonly" in redis_service["command"] and "redis-data:/data" in redis_service["volumes"]
     for name in ("app", "lab", "generator", "worker", "reaper", "listener"):
         assert SERVICES[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}, name
@@ -113,6 +115,31 @@ def test_compose_file_has_the_promised_shape():
         "reaper",
         "listener",
     }
+    assert {n for n, s in SERVICES.items() if "redis-cluster" in s.get("profiles", [])} == {
+        *REDIS_NODES,
+        "redis-cluster-init",
+    }
+    for name, port in REDIS_NODES.items():
+        node = SERVICES[name]
+        assert node["image"].startswith("redis:7")
+        assert node["command"] == [
+            "redis-server",
+            "--port",
+            port,
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--appendonly",
+            "yes",
+        ]
+        assert node["ports"] == [f"127.0.0.1:{port}:{port}"]
+        assert node["healthcheck"]["test"] == ["CMD", "redis-cli", "-p", port, "ping"]
+    init = SERVICES["redis-cluster-init"]
+    assert init["depends_on"] == {name: {"condition": "service_healthy"} for name in REDIS_NODES}
+    assert init["restart"] == "no" and "ports" not in init
     lab = SERVICES["lab"]
     assert (
         lab["environment"]["JUPYTER_TOKEN"] == "${JUPYTER_TOKEN:-}"
@@ -178,6 +205,89 @@ def test_cluster_services_as_separate_processes_with_a_late_worker_and_an_early_
     assert outputs["listener"][1].count("Received finished message from worker") >= 3
     assert "Progress: " in outputs["listener"][1]
     queue.purge()
+
+
+@pytest.mark.real_redis
+@pytest.mark.slow
+def test_redis_cluster_profile_nodes_and_init_form_a_cluster_that_is_ok(tmp_path):
+    """The redis-cluster profile natively: each node's command and healthcheck on a free port instead of
+    700N, bound to loopback, in a directory of its own (the image's /data); then the init's command."""
+    ports = _free_cluster_ports(len(REDIS_NODES))
+    nodes: list[subprocess.Popen[bytes]] = []
+    try:
+        for (name, compose_port), port in zip(REDIS_NODES.items(), ports, strict=True):
+            workdir = tmp_path / name
+            workdir.mkdir()
+            command = [str(port) if arg == compose_port else arg for arg in SERVICES[name]["command"]]
+            nodes.append(
+                subprocess.Popen(
+                    [
+                        shutil.which(command[0]) or command[0],
+                        *command[1:],
+                        "--bind",
+                        "127.0.0.1",
+                        "--logfile",
+                        "node.log",
+                    ],
+                    cwd=workdir,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent,
+                )
+            )
+            health = [str(port) if arg == compose_port else arg for arg in SERVICES[name]["healthcheck"]["test"][1:]]
+            assert wait_until(lambda h=health: _output(h) == "PONG", 20), (workdir / "node.log").read_text()[-2000:]
+        local = dict(zip(REDIS_NODES.items(), ports, strict=True))  # (service, compose port) -> free port
+        addresses = {f"{name}:{compose_port}": f"127.0.0.1:{port}" for (name, compose_port), port in local.items()}
+        init = [addresses.get(arg, arg) for arg in SERVICES["redis-cluster-init"]["command"]]
+        created = subprocess.run(init, capture_output=True, text=True, timeout=60)
+        assert created.returncode == 0, created.stdout[-3000:] + created.stderr
+        assert "[OK] All 16384 slots covered." in created.stdout
+
+        def state(port: int) -> str:
+            info = _output(["redis-cli", "-p", str(port), "cluster", "info"])
+            return dict(line.split(":", 1) for line in info.splitlines() if ":" in line).get("cluster_state", "")
+
+        assert wait_until(lambda: all(state(port) == "ok" for port in ports), 30)
+        for port in ports:
+            assert _output(["redis-cli", "-p", str(port), "config", "get", "appendonly"]).split() == [
+                "appendonly",
+                "yes",
+            ]
+        again = subprocess.run(init, capture_output=True, text=True, timeout=60)  # what the comment promises
+        assert again.returncode != 0 and "is not empty" in again.stdout, again.stdout[-2000:]
+        assert all(state(port) == "ok" for port in ports)
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            try:
+                node.wait(10)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+
+
+def _free_cluster_ports(count: int) -> list[int]:
+    """Free loopback ports whose cluster bus port (port + 10000, as the services leave it) is free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports or port + 10000 in ports:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def _output(command: list[str]) -> str:
+    """What redis-cli printed, stripped; "" if it failed (the node is not up yet)."""
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def _workers_of(queue: Queue) -> list[str]:

@@ -9,6 +9,8 @@ Tasks may depend on others (``Task.depends_on``): a graph is released in
 Redis, atomically, as its prerequisites finish (see ``wqsim.graph``).
 """
 
+from typing import TYPE_CHECKING
+
 from . import acl, baselines
 from .acl import PermissionDenied
 from .audit import Audit, audit
@@ -34,10 +36,17 @@ from .worker import Worker, WorkerStats
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # the real types of the lazily loaded classes below, for type checkers
+    from .local_cluster import ClusterNode, LocalCluster
 
-# Names whose modules import pandas (and matplotlib): loaded on first use, so the CLI and
-# worker processes start without them. name -> (module, attribute; None for the module itself).
+
+# Names loaded on first use. Those of metrics, plots, sweeps and openloop import pandas (and
+# matplotlib): the CLI and worker processes start without them. local_cluster is also a script
+# (python -m wqsim.local_cluster): imported here already, runpy would warn that it runs a second copy.
+# name -> (module, attribute; None for the module itself).
 _LAZY = {
+    "ClusterNode": ("local_cluster", "ClusterNode"),
+    "LocalCluster": ("local_cluster", "LocalCluster"),
     "metrics": ("metrics", None),
     "plots": ("plots", None),
     "sweep": ("sweeps", "sweep"),
@@ -49,7 +58,8 @@ _LAZY = {
 
 def __getattr__(name: str) -> object:
     """``wqsim.metrics``, ``wqsim.plots``, ``wqsim.sweep``, ``wqsim.open_loop`` and ``wqsim.workbench``
-    import pandas and matplotlib: only on first use, so the CLI and worker processes start without them."""
+    import pandas and matplotlib: only on first use, so the CLI and worker processes start without them.
+    ``wqsim.LocalCluster`` and ``wqsim.ClusterNode`` too, so ``python -m wqsim.local_cluster`` runs one copy."""
     if name in _LAZY:
         import importlib
 
@@ -122,4 +132,6 @@ __all__ = [
     "open_loop",
     "workbench",
     "OpenLoop",
+    "ClusterNode",
+    "LocalCluster",
 ]
