@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from .keys import Keys
 
@@ -76,6 +78,7 @@ def locate(slot: int, seeds: Sequence[Address], kwargs: dict[str, Any]) -> Addre
             socket_connect_timeout=LOCATE_TIMEOUT_S,
             username=kwargs.get("username"),
             password=kwargs.get("password"),
+            retry=Retry(NoBackoff(), 0),  # the next seed, not redis-py's ~4 s of retries on a dead one
         )
         try:
             slots = cluster_slots(probe)

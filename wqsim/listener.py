@@ -404,14 +404,28 @@ class Listeners:
         should_stop: Callable[[], bool] | None = None,
         on_idle: Callable[[], None] | None = None,
     ) -> ListenResult:
-        """Wait on each shard's listener in turn, within one deadline; their results combined."""
+        """Wait on each shard's listener in turn, within one deadline; their results combined.
+
+        A shard whose Redis stays unreachable does not end the wait for the others (their
+        workers go on): once they are all heard, RedisUnavailable names every lost shard.
+        """
+        if len(self.listeners) == 1:
+            return self.listeners[0].wait(timeout_s, should_stop=should_stop, on_idle=on_idle)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         results = []
+        lost: dict[str, RedisUnavailable] = {}
         for listener in self.listeners:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            results.append(listener.wait(left, should_stop=should_stop, on_idle=on_idle))
-        if len(results) == 1:
-            return results[0]
+            try:
+                results.append(listener.wait(left, should_stop=should_stop, on_idle=on_idle))
+            except RedisUnavailable as exc:
+                lost[listener.keys.queue] = exc
+        if lost:
+            first = next(iter(lost.values()))
+            raise RedisUnavailable(
+                f"shard(s) {', '.join(lost)} lost ({first}); "
+                f"the other {len(self.listeners) - len(lost)} of {len(self.listeners)} shards finished"
+            )
         progress: dict[str, int] = {}
         for result in results:
             for status, count in result.progress.items():

@@ -115,7 +115,16 @@ class LocalCluster:
     the cluster decides who is master.
     """
 
-    def __init__(self, masters: int = 3, replicas: int = 0, host: str = "127.0.0.1", appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 0,
+        host: str = "127.0.0.1",
+        appendonly: bool = False,
+        full_coverage: bool = True,
+    ) -> None:
+        """``full_coverage`` False sets ``cluster-require-full-coverage no``: a master lost without a
+        replica then takes only its own slots out of service, not the whole cluster's (Redis's default)."""
         # redis-cli --cluster create refuses fewer than three masters: no majority can mark one failed.
         check_int_at_least("masters", masters, 3)
         check_int_at_least("replicas", replicas, 0)
@@ -123,6 +132,7 @@ class LocalCluster:
         self.replicas = replicas
         self.host = host
         self.appendonly = appendonly
+        self.full_coverage = full_coverage
         self._nodes: dict[ClusterNode, _Node] = {}  # in start order: masters, then replicas
         self._registered = False
 
@@ -336,6 +346,8 @@ class LocalCluster:
             # A replica's first sync: the master would wait 5 s for more replicas to share one transfer.
             "--repl-diskless-sync-delay",
             "0",
+            "--cluster-require-full-coverage",
+            "yes" if self.full_coverage else "no",
         ]
         with open(state.log_path, "ab") as stderr:  # errors before the log file is open (bad arguments) go there too
             state.process = subprocess.Popen(

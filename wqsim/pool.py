@@ -42,7 +42,14 @@ from .queue import Queue
 from .sharded_worker import ShardedWorker
 from .shards import ShardedQueue, check_shards
 from .stopping import STOP_SIGNALS
-from .worker import CRASH_EXIT_CODE, QUEUE_VANISHED_EXIT_CODE, TIME_LIMIT_EXIT_CODE, Worker
+from .worker import (
+    CRASH_EXIT_CODE,
+    QUEUE_VANISHED_EXIT_CODE,
+    REDIS_GONE_EXIT_CODE,
+    TIME_LIMIT_EXIT_CODE,
+    RedisGone,
+    Worker,
+)
 
 log = logging.getLogger("wqsim.pool")
 
@@ -104,6 +111,9 @@ def _process_main(
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         stats = worker.run()
+    except RedisGone as exc:  # said in one line, here; the supervisor decides whether to replace it
+        log.error("%s", exc)
+        sys.exit(REDIS_GONE_EXIT_CODE)
     except Exception as exc:
         message = acl.explain(exc, queue, acl.user_of_url(url))
         if message is None:
@@ -123,6 +133,7 @@ def describe_exit(code: int | None) -> str:
         ORPHAN_EXIT_CODE: "found its parent gone",
         CONFIG_EXIT_CODE: "stopped: Redis refused it a permission",
         QUEUE_VANISHED_EXIT_CODE: "stopped: its queue vanished from Redis",
+        REDIS_GONE_EXIT_CODE: "gave up on an unreachable Redis",
     }.get(code or 0, f"died (exit code {code})")
 
 

@@ -178,7 +178,14 @@ def run(
     worker_ids = [str(i) for i in range(1, cfg.workers + 1)]
     listener = Listeners(
         [
-            Listener(connect(url, queue=shard.name), shard.name, worker_ids, logger=logger, on_progress=on_progress)
+            Listener(
+                connect(url, queue=shard.name),
+                shard.name,
+                worker_ids,
+                logger=logger,
+                on_progress=on_progress,
+                reconnect_s=cfg.worker.reconnect_s,
+            )
             for shard in sharded
         ]
     ).start()

@@ -30,7 +30,7 @@ from .handlers import Handler, HandlerRegistry
 from .handlers import registry as default_registry
 from .shards import shard_names
 from .task import Task
-from .worker import Worker, WorkerStats
+from .worker import RedisGone, Worker, WorkerStats
 
 log = logging.getLogger("wqsim.worker")
 
@@ -76,6 +76,8 @@ class ShardedWorker:
         on_ready: Callable[[], object] | None = None,
     ) -> None:
         self.id = worker_id
+        self.log = logger or log
+        self.lost: dict[str, str] = {}  # shard -> why its loop gave up on Redis
         self._on_ready = on_ready
         self._ready_count = 0
         self._ready_lock = threading.Lock()
@@ -89,7 +91,7 @@ class ShardedWorker:
                 config,
                 registry=one_at_a_time,
                 chaos=chaos,
-                logger=logger or log,
+                logger=self.log,
                 in_own_process=in_own_process,
                 on_ready=self._loop_ready,
             )
@@ -113,13 +115,22 @@ class ShardedWorker:
             loop.stop()
 
     def run(self) -> WorkerStats:
-        """Run every shard's loop in a thread; the first error (a refused permission) is raised."""
+        """Run every shard's loop in a thread; the first error (a refused permission) is raised.
+
+        A shard whose Redis stays unreachable (``reconnect_s``) ends its own loop only; once the
+        others are done, RedisGone names the lost shards.
+        """
         errors: list[BaseException] = []
 
         def serve(loop: Worker) -> None:
             try:
                 loop.run()
-            except BaseException as exc:  # re-raised below, in the caller's thread
+            except RedisGone as exc:
+                # One shard's node is gone (a master lost without a replica): its tasks wait for it,
+                # and this worker goes on serving the shards that are still there.
+                self.lost[loop.queue.name] = str(exc)
+                self.log.error("Worker %s: shard %s lost: %s; serving the other shards", self.id, loop.queue.name, exc)
+            except BaseException as exc:  # a refused permission and the like: re-raised below
                 errors.append(exc)
                 self.stop()
 
@@ -133,6 +144,8 @@ class ShardedWorker:
             thread.join()
         if errors:
             raise errors[0]
+        if self.lost:
+            raise RedisGone(f"worker {self.id}: shard(s) {', '.join(sorted(self.lost))} unreachable; the others served")
         return self.stats
 
 

@@ -59,6 +59,7 @@ T = TypeVar("T")
 CRASH_EXIT_CODE = 70
 TIME_LIMIT_EXIT_CODE = 71  # a worker process ended because its task ran past its time limit
 QUEUE_VANISHED_EXIT_CODE = 72  # a worker process stopped because its queue vanished from Redis
+REDIS_GONE_EXIT_CODE = 73  # a worker process gave up on a Redis unreachable for longer than reconnect_s
 RECORD_RETRY_S = 0.5  # while Redis is unreachable, how often the watchdog tries to record an overrun
 FROZEN_POLL_S = 0.05  # how often a watchdog frozen by a chaos hang looks whether it has ended
 RETRYABLE_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
