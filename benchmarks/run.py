@@ -220,12 +220,22 @@ def main(argv: list[str] | None = None) -> int:
         help="instead, the simulation's benchmark: 1,000,000 tasks on 1,000 workers, the Redis knee, and its "
         "accuracy against the real engine (writes benchmarks/results/sim.json)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="instead, Redis Cluster: no-op throughput on one server and on 1, 3 and 6 shards over a 3-master "
+        "local cluster, with each node's server time per task (writes benchmarks/results/cluster.json)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in ("wqsim", "rq", "celery", "huey", "kombu"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.compare:
         return compare.main(args.compare, max(args.rounds or 25, 1), pin_cpus)
+    if args.cluster:
+        from . import cluster
+
+        return cluster.main(str(Path(args.out).with_name("cluster.json")))
     if args.sim:
         from . import sim
 

@@ -6,6 +6,8 @@ Every cluster here is started from the redis-server binary by wqsim.LocalCluster
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -113,3 +115,19 @@ def test_a_master_lost_without_a_replica_stops_only_its_shards_and_the_error_nam
         for q in elsewhere:  # the other shards' tasks all finished
             a = audit(q)
             assert a.clean and a.done == a.generated > 0, (q.name, a.summary())
+
+
+def test_wqsim_run_with_chaos_on_6_shards_of_the_cluster_exits_0_with_a_clean_audit(cluster, queue_name):
+    url = cluster.url
+    command = [sys.executable, "-m", "wqsim", "run", "--redis-url", url, "--queue", queue_name, "--shards", "6"]
+    proc = subprocess.run(
+        [*command, "--tasks", "300", "--workers", "3", "--duration-ms", "2", "--chaos", "--seed", "4", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audit_line = next(line for line in proc.stderr.splitlines() if " Audit: " in line)
+    assert "generated 300" in audit_line and "lost 0, completed twice 0" in audit_line
+    assert "Traceback" not in proc.stderr
+    ShardedQueue.connect(url, queue_name, 6).purge()

@@ -332,7 +332,7 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
     ),
     # Docker Compose: tests/test_compose.py runs each service's command natively
     "docker compose up": (
-        "tests/test_compose.py::test_docker_compose_config_accepts_the_file_with_and_without_the_cluster_profile",
+        "tests/test_compose.py::test_docker_compose_config_accepts_the_file_with_and_without_each_profile",
     ),
     "docker compose up app": ("tests/test_compose.py::test_app_service_runs_the_seed_scenario",),
     "JUPYTER_TOKEN=pick-a-secret docker compose up lab": (
@@ -367,7 +367,7 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
         "tests/test_compose.py::test_compose_file_is_valid_against_the_compose_specification",
     ),
     "docker-compose -f compose.yaml config -q": (
-        "tests/test_compose.py::test_docker_compose_config_accepts_the_file_with_and_without_the_cluster_profile",
+        "tests/test_compose.py::test_docker_compose_config_accepts_the_file_with_and_without_each_profile",
     ),
     # One role per command: the block is run as written, on a redis-server of the test's own
     "export REDIS_URL=redis://127.0.0.1:6379/0": (THIS + "test_one_role_per_command_block_runs_as_written",),
@@ -379,6 +379,16 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
     "wqsim work --queue demo --once": (THIS + "test_one_role_per_command_block_runs_as_written",),
     "wqsim work": (THIS + "test_one_role_per_command_block_runs_as_written",),
     "wqsim listen": (THIS + "test_one_role_per_command_block_runs_as_written",),
+    # Redis Cluster
+    "python -m wqsim.local_cluster --masters 3": (
+        "tests/test_local_cluster.py::test_the_module_serves_until_sigterm_then_stops_the_cluster",
+    ),
+    "wqsim run --redis-url redis://127.0.0.1:PORT/0 --shards 6 --chaos": (
+        "tests/test_cluster.py::test_wqsim_run_with_chaos_on_6_shards_of_the_cluster_exits_0_with_a_clean_audit",
+    ),
+    "docker compose --profile redis-cluster up": (
+        "tests/test_compose.py::test_redis_cluster_profile_nodes_and_init_form_a_cluster_that_is_ok",
+    ),
     # Use your own Redis
     "REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/wqsim run": (
         "tests/test_compose.py::test_app_service_runs_the_seed_scenario",
