@@ -6,6 +6,7 @@ Every cluster here is started from the redis-server binary by wqsim.LocalCluster
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -131,3 +132,16 @@ def test_wqsim_run_with_chaos_on_6_shards_of_the_cluster_exits_0_with_a_clean_au
     assert "generated 300" in audit_line and "lost 0, completed twice 0" in audit_line
     assert "Traceback" not in proc.stderr
     ShardedQueue.connect(url, queue_name, 6).purge()
+
+
+def test_the_cluster_benchmark_measures_every_layout_with_a_clean_audit(monkeypatch, tmp_path, capsys):
+    from benchmarks import cluster as bench
+
+    monkeypatch.setattr(bench, "TASKS", 600)  # the layouts and the table, not figures to quote
+    assert bench.main(str(tmp_path / "cluster.json")) == 0
+    printed = capsys.readouterr().out
+    assert all(f"| {layout} |" in printed for layout in ("single server", "cluster, 3 shard(s)", "cluster, 6 shard(s)"))
+    rows = json.loads((tmp_path / "cluster.json").read_text())["rows"]
+    assert [r["shards"] for r in rows] == [1, 1, 3, 6] and all(r["clean"] and r["tasks_per_s"] > 0 for r in rows)
+    three = rows[2]["server_us_per_task"]
+    assert len(three) == 3 and all(us > 0 for us in three.values())  # three shards: every master works

@@ -380,6 +380,9 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
     "wqsim work": (THIS + "test_one_role_per_command_block_runs_as_written",),
     "wqsim listen": (THIS + "test_one_role_per_command_block_runs_as_written",),
     # Redis Cluster
+    'make bench ARGS="--cluster"': (
+        "tests/test_cluster.py::test_the_cluster_benchmark_measures_every_layout_with_a_clean_audit",
+    ),
     "python -m wqsim.local_cluster --masters 3": (
         "tests/test_local_cluster.py::test_the_module_serves_until_sigterm_then_stops_the_cluster",
     ),
