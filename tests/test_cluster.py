@@ -145,3 +145,38 @@ def test_the_cluster_benchmark_measures_every_layout_with_a_clean_audit(monkeypa
     assert [r["shards"] for r in rows] == [1, 1, 3, 6] and all(r["clean"] and r["tasks_per_s"] > 0 for r in rows)
     three = rows[2]["server_us_per_task"]
     assert len(three) == 3 and all(us > 0 for us in three.values())  # three shards: every master works
+
+
+def test_generate_and_work_with_shards_as_separate_commands_finish_every_shard(cluster, queue_name):
+    def wqsim(*args: str) -> subprocess.CompletedProcess[str]:
+        base = [
+            sys.executable,
+            "-m",
+            "wqsim",
+            *args,
+            "--redis-url",
+            cluster.url,
+            "--queue",
+            queue_name,
+            "--shards",
+            "4",
+        ]
+        return subprocess.run(base, capture_output=True, text=True, timeout=120)
+
+    made = wqsim("generate", "--tasks", "200", "--duration-ms", "1", "--fresh")
+    assert made.returncode == 0 and "200 task(s) in 4 shards" in made.stderr, made.stderr
+    worked = wqsim("work", "--workers", "2", "--once", "-q")
+    assert worked.returncode == 0, worked.stderr[-2000:]
+    result = ShardedQueue.connect(cluster.url, queue_name, 4).audit()
+    assert result.clean and result.total.done == 200 and all(a.done > 0 for a in result.shards)
+    for role in (["status"], ["reap", "--once"]):  # a shard is a queue of its own for the per-queue roles
+        shard = subprocess.run(
+            [sys.executable, "-m", "wqsim", *role, "--redis-url", cluster.url, "--queue", f"{queue_name}:2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shard.returncode == 0, shard.stderr
+        if role == ["status"]:
+            assert f"done {result.shards[2].done}" in shard.stdout + shard.stderr
+    ShardedQueue.connect(cluster.url, queue_name, 4).purge()

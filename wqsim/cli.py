@@ -55,6 +55,7 @@ from .queue import Queue
 from .reaper import Reaper
 from .retention import Retention
 from .runner import run
+from .shards import ShardedQueue
 from .stopping import StopRequest
 from .storage import check_eviction_policy
 
@@ -94,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--queue", default="seed", help="queue name (default: seed)")
         p.add_argument("--redis-url", default=None, help="default: $REDIS_URL, else an embedded Redis")
+
+    def shards(p: argparse.ArgumentParser, note: str = "") -> None:
+        p.add_argument(
+            "--shards",
+            type=positive_int("shards"),
+            default=1,
+            help="the queue is split into this many shards, <queue>:0 ... (on a Redis Cluster each is on the master "
+            f"of its own slot; every worker serves every shard; give generate and work the same number){note} "
+            "(default: 1)",
+        )
 
     def imports(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -225,13 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="tasks arrive one by one at this many per second (Poisson, seeded by --seed) while the workers "
             "run, instead of all at once (not with --graph or --package-size)",
         )
-        p.add_argument(
-            "--shards",
-            type=positive_int("shards"),
-            default=1,
-            help="split the queue into this many shards, <queue>:0 ... (on a Redis Cluster, each on the master "
-            "of its own slot; every worker serves every shard) (default: 1, not with --arrival-rate)",
-        )
+        shards(p, " (not with --arrival-rate)")
         p.add_argument(
             "--service",
             choices=("fixed", "exponential"),
@@ -270,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write tasks (or work packages, or a graph) into a queue, then exit")
     common(p)
+    shards(p)
     imports(p)
     tasks(p, doing="write")
     p.add_argument(
@@ -292,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "work", help="a pool of workers on a queue, until stopped (or, with --once, until it is drained)"
     )
     common(p)
+    shards(p)
     imports(p)
     workers(p, lease_default=30.0, lease_help="lease length (default: 30)")
     p.add_argument("--id-prefix", default=None, help="worker ids are <prefix><n> (default: <hostname>-<pid>-)")
@@ -475,13 +482,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("a graph cannot be bundled into work packages (drop --package-size)")
     _check_kind(args.kind)
     url = resolve_url(args.redis_url)
-    queue = Queue(_connect(args, url), args.queue)
-    check_eviction_policy(queue.client, f"Redis at {redact(url)}", args.allow_eviction)
-    if args.fresh:
-        queue.purge()
+    _connect(args, url)  # unreachable Redis or a missing permission: one line, now
+    sharded = ShardedQueue.connect(url, args.queue, args.shards)
     retention = _retention(args)
-    if retention is not None:
-        queue.set_retention(retention)
+    for shard in sharded:
+        check_eviction_policy(shard.client, f"Redis at {redact(url)}", args.allow_eviction)
+        if args.fresh:
+            shard.purge()
+        if retention is not None:
+            shard.set_retention(retention)
+    queue: Queue | ShardedQueue = sharded if args.shards > 1 else sharded.queues[0]
     if args.graph:
         tasks = generate_graph(
             queue,
@@ -505,6 +515,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         timeout_s=args.task_timeout_s,
     )
     total = queue.counters().get("total", 0)
+    if args.shards > 1:
+        log.info(
+            "Queue %r at %s now holds %d task(s) in %d shards, %s:0 to %s:%d (wqsim status --queue %s:N shows one)",
+            args.queue,
+            redact(url),
+            total,
+            args.shards,
+            args.queue,
+            args.queue,
+            args.shards - 1,
+            args.queue,
+        )
+        return EXIT_OK
     log.info(
         "Queue %r at %s now holds %d task(s) (check later with: wqsim status --queue %s --expected %d)",
         args.queue,
@@ -532,9 +555,10 @@ def _cmd_work(args: argparse.Namespace) -> int:
     # Unreachable Redis, a missing permission, or a Redis that may evict keys: fail now, in one line.
     client = _connect(args, url)
     check_eviction_policy(client, f"Redis at {redact(url)}", args.allow_eviction)
-    vanished_before = Queue(client, args.queue).counters().get("vanished", 0)
+    sharded = ShardedQueue.connect(url, args.queue, args.shards)
+    vanished_before = sharded.counters().get("vanished", 0)
     with StopRequest() as stop:  # from here on SIGTERM and SIGINT are only recorded, never raised
-        pool = WorkerPool(url, args.queue, ids, config, mode=args.mode, on_exit=stop.set)
+        pool = WorkerPool(url, args.queue, ids, config, mode=args.mode, on_exit=stop.set, shards=args.shards)
         log.info(
             "Working on queue %r at %s with %d worker(s): %s%s",
             args.queue,
@@ -563,7 +587,7 @@ def _cmd_work(args: argparse.Namespace) -> int:
             args.queue,
         )
         return EXIT_UNCLEAN
-    hashless = Queue(client, args.queue).counters().get("vanished", 0) - vanished_before
+    hashless = sharded.counters().get("vanished", 0) - vanished_before
     if hashless > 0:
         log.error(
             "%d task id(s) of queue %r had no hash when claimed (deleted, or evicted by Redis): "
