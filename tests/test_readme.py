@@ -389,9 +389,8 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
     "wqsim status --queue q:2": (
         "tests/test_cluster.py::test_generate_and_work_with_shards_as_separate_commands_finish_every_shard",
     ),
-    "wqsim reap --queue q:2": ("tests/test_cli.py::test_status_and_reap_once_report_on_a_queue",),
-    "wqsim listen --queue q:2": (
-        "tests/test_listener.py::test_wqsim_listen_rides_out_a_sigkilled_aof_redis_and_prints_the_exact_final_count",
+    "wqsim reap --queue q:2 --once": (
+        "tests/test_cluster.py::test_generate_and_work_with_shards_as_separate_commands_finish_every_shard",
     ),
     'make bench ARGS="--cluster"': (
         "tests/test_cluster.py::test_the_cluster_benchmark_measures_every_layout_with_a_clean_audit",
