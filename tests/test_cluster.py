@@ -7,15 +7,17 @@ Every cluster here is started from the redis-server binary by wqsim.LocalCluster
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+import redis
 from helpers import running, wait_until
 
-from wqsim import Killer, LocalCluster, Reaper, RunConfig, WorkerConfig, WorkerPool, connect, generate, run
+from wqsim import Killer, LocalCluster, Queue, Reaper, RunConfig, WorkerConfig, WorkerPool, connect, generate, run
 from wqsim.audit import audit
 from wqsim.connection import RedisUnavailable
 from wqsim.shards import ShardedQueue
@@ -180,3 +182,27 @@ def test_generate_and_work_with_shards_as_separate_commands_finish_every_shard(c
         if role == ["status"]:
             assert f"done {result.shards[2].done}" in shard.stdout + shard.stderr
     ShardedQueue.connect(cluster.url, queue_name, 4).purge()
+
+
+def test_writes_acknowledged_by_a_master_but_not_replicated_are_lost_in_its_failover_and_counted(queue_name):
+    # At-least-once across a failover: replication is asynchronous, so a master acknowledges a write
+    # before any replica has it. Here the replica is paused and its link cut, five tasks are enqueued
+    # (the master says OK), and the master is killed: its replica, promoted, never saw them. The audit,
+    # told how many tasks were created, counts them lost; WAIT is how a producer learns it in time.
+    with LocalCluster(masters=3, replicas=1) as cl:
+        q = Queue(connect(cl.url, queue=queue_name), queue_name)
+        generate(q, 10, duration_ms=0)
+        master = cl.node_for_key(q.keys.ready)
+        (replica,) = cl.replicas_of(master)
+        assert q.client.execute_command("WAIT", 1, 5000) == 1  # the first ten are on the replica
+        cl.kill(replica, signal.SIGSTOP)  # paused: it cannot reconnect before the master dies
+        redis.Redis(host=master.host, port=master.port).execute_command("CLIENT", "KILL", "TYPE", "replica")
+        generate(q, 5, duration_ms=0)  # acknowledged by the master alone
+        assert q.client.execute_command("WAIT", 1, 100) == 0  # what a producer asking WAIT would have learnt
+        cl.kill(master)
+        cl.kill(replica, signal.SIGCONT)
+        assert wait_until(lambda: cl.node_for_key(q.keys.ready) == replica, 30, interval_s=0.1)
+        cl.wait_ok()
+        survivor = f"redis://{replica.address}/0"  # cl.url may name the killed master
+        result = audit(Queue(connect(survivor, queue=queue_name), queue_name), expected=15)
+        assert (result.generated, result.queued, result.lost) == (15, 10, 5), result.summary()
