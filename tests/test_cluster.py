@@ -72,11 +72,13 @@ def test_a_sharded_run_under_the_chaos_killer_ends_with_a_clean_audit_on_every_s
 def test_a_killed_master_with_a_replica_fails_over_and_the_run_completes(queue_name):
     with LocalCluster(masters=3, replicas=1) as cl:
         sq = ShardedQueue.connect(cl.url, queue_name, 6)
-        victim = cl.node_for_key(sq.queues[0].keys.ready)
+        # A master other than the URL's node: a worker process that starts (or restarts) connects there first.
+        shard = next(q for q in sq if port_of(q.client) != cl.nodes[0].port)
+        victim = cl.node_for_key(shard.keys.ready)
         started = threading.Event()
 
         def kill_once_running() -> None:
-            if wait_until(lambda: sq.queues[0].counters().get("done", 0) > 5, 30, interval_s=0.02):
+            if wait_until(lambda: shard.counters().get("done", 0) > 5, 30, interval_s=0.02):
                 cl.kill(victim)
                 started.set()
 
@@ -85,7 +87,7 @@ def test_a_killed_master_with_a_replica_fails_over_and_the_run_completes(queue_n
             RunConfig(queue=queue_name, tasks=600, duration_ms=10, workers=3, shards=6, timeout_s=120), url=cl.url
         )
         assert started.is_set(), "the master was never killed"
-        assert cl.node_for_key(sq.queues[0].keys.ready) != victim  # its replica serves the slot now
+        assert cl.node_for_key(shard.keys.ready) != victim  # its replica serves the slot now
         # Replication is asynchronous: a write acknowledged just before the kill may be lost with the
         # master. The audit then says exactly what went (lost ids); here nothing did, or it is counted.
         a = report.audit
@@ -97,13 +99,14 @@ def test_a_killed_master_with_a_replica_fails_over_and_the_run_completes(queue_n
 def test_a_master_lost_without_a_replica_stops_only_its_shards_and_the_error_names_it(queue_name):
     with LocalCluster(masters=3, full_coverage=False) as cl:
         sq = ShardedQueue.connect(cl.url, queue_name, 6)
-        victim = cl.node_for_key(sq.queues[0].keys.ready)
+        shard = next(q for q in sq if port_of(q.client) != cl.nodes[0].port)  # not the URL's node (see above)
+        victim = cl.node_for_key(shard.keys.ready)
         on_victim = [q.name for q in sq if port_of(q.client) == victim.port]
         elsewhere = [q for q in sq if port_of(q.client) != victim.port]
         assert elsewhere, "every shard on one node: nothing would be left to finish"
 
         def kill_once_running() -> None:
-            if wait_until(lambda: sq.queues[0].counters().get("done", 0) > 5, 30, interval_s=0.02):
+            if wait_until(lambda: shard.counters().get("done", 0) > 5, 30, interval_s=0.02):
                 cl.kill(victim)
 
         threading.Thread(target=kill_once_running, daemon=True).start()

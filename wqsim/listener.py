@@ -292,7 +292,7 @@ class Listener:
             )
 
     def _drain_before_stopping(self) -> None:
-        """Count what was recorded before the stop, though its messages may still be unread.
+        """Count what was recorded before the stop (or the deadline), though its messages may still be unread.
 
         A listener stopped just after the last worker exits (``wqsim listen`` under
         SIGTERM) would otherwise miss a finish still buffered on its socket; the
@@ -333,6 +333,7 @@ class Listener:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self._drain_before_stopping()  # what the streams already hold is no timeout
                     break
                 message = None
                 try:
