@@ -6,7 +6,14 @@ machine can run, and each node's server time per task (``INFO commandstats``:
 the microseconds Redis spent in commands, over the tasks done). One queue is
 one slot on one master: its single thread is the ceiling. Shards spread the
 work over masters, until the client side (the worker processes, on the same
-two cores here) becomes the ceiling instead. Writes benchmarks/results/cluster.json.
+two cores here) becomes the ceiling instead.
+
+Then the simulation, calibrated on each master of the same cluster
+(``wqsim.sim.cluster``): first the one layout it can check here, one shard on
+this machine's cores, beside its measured row; then 1, 3, 10 and 50 masters
+with workers on hosts of their own, where what grows with the masters is the
+cluster bus (every PUBLISH forwarded to every other node). Writes
+benchmarks/results/cluster.json.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ import redis
 
 from wqsim import LocalCluster, RedisServer, RunConfig, WorkerConfig, run
 from wqsim.retention import Retention
+from wqsim.sim import simulate
+from wqsim.sim.cluster import ClusterProfile, calibrate_nodes, predict_scaling
 
 log = logging.getLogger("benchmarks.cluster")
 
 TASKS = 20_000
 WORKERS = 3
 BATCH = 10
+CALIBRATION_TASKS = 500  # per master: a few seconds each
+PREDICTED_NODES = (1, 3, 10, 50)
+PREDICTED_WORKERS = (1, 4)  # per master: one worker is its round trips' bound, four keep a master's thread busy
 
 
 def _server_usec(urls: list[str]) -> dict[str, float]:
@@ -69,6 +81,35 @@ def measure(name: str, url: str, node_urls: list[str], shards: int, queue: str) 
     return row
 
 
+def workload(workers: int) -> RunConfig:
+    return RunConfig(tasks=TASKS, kind="noop", workers=workers, worker=WorkerConfig(batch_size=BATCH))
+
+
+def predictions(nodes: ClusterProfile, one_shard: dict[str, Any]) -> dict[str, Any]:
+    """The one-shard layout simulated on this machine's cores (its check), and the predicted scaling."""
+    per_node = one_shard["server_us_per_task"]
+    measured_node = max(per_node, key=per_node.get)  # the master the one shard's slot is on
+    profile = nodes.profiles[[a.rsplit(":", 1)[-1] for a in nodes.addresses].index(measured_node)]
+    check = simulate(workload(WORKERS), profile)  # the profile's cores: the machine it was measured on
+    scaling = [
+        {
+            "nodes": p.nodes,
+            "workers_per_node": p.workers_per_node,
+            "tasks_per_s": round(p.tasks_per_s),
+            "tasks_per_s_per_node": round(p.tasks_per_s_per_node),
+            "redis_utilisation": round(p.redis_utilisation, 3),
+            "bus_share": round(p.bus_share, 3),
+        }
+        for workers in PREDICTED_WORKERS
+        for p in predict_scaling(workload(workers), nodes, PREDICTED_NODES)
+    ]
+    return {
+        "bus_message_us": round(nodes.bus_message_s * 1e6, 3),
+        "one_shard_here": {"measured": one_shard["tasks_per_s"], "simulated": round(check.makespan_tasks_per_s)},
+        "scaling": scaling,
+    }
+
+
 def main(out: str) -> int:
     rows = []
     with RedisServer() as server:
@@ -77,9 +118,14 @@ def main(out: str) -> int:
         node_urls = [f"redis://{n.address}/0" for n in cluster.nodes]
         for shards in (1, 3, 6):
             rows.append(measure(f"cluster, {shards} shard(s)", cluster.url, node_urls, shards, f"bench-c{shards}"))
+        nodes = calibrate_nodes(cluster.url, tasks=CALIBRATION_TASKS)
+    predicted = predictions(nodes, rows[1])
     print(table(rows))
+    print()
+    print(prediction_table(predicted))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps({"tasks": TASKS, "workers": WORKERS, "batch": BATCH, "rows": rows}, indent=2))
+    results = {"tasks": TASKS, "workers": WORKERS, "batch": BATCH, "rows": rows, "predicted": predicted}
+    Path(out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out}")
     return 0
 
@@ -94,4 +140,22 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         nodes = ", ".join(f"{port}: {us}" for port, us in r["server_us_per_task"].items())
         lines.append(f"| {r['layout']} | {r['tasks_per_s']:,} | {nodes} |")
+    return "\n".join(lines)
+
+
+def prediction_table(predicted: dict[str, Any]) -> str:
+    here = predicted["one_shard_here"]
+    lines = [
+        "Simulated, calibrated on each master: "
+        f"one shard here {here['simulated']:,} tasks/s (measured {here['measured']:,}); "
+        f"a forwarded PUBLISH costs each other master {predicted['bus_message_us']} µs",
+        "",
+        "| masters | workers per master | tasks/s | per master | busiest master's thread | of it, the bus |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in predicted["scaling"]:
+        lines.append(
+            f"| {p['nodes']} | {p['workers_per_node']} | {p['tasks_per_s']:,} | {p['tasks_per_s_per_node']:,} "
+            f"| {p['redis_utilisation']:.0%} | {p['bus_share']:.0%} |"
+        )
     return "\n".join(lines)

@@ -142,7 +142,8 @@ def test_wqsim_run_with_chaos_on_6_shards_of_the_cluster_exits_0_with_a_clean_au
 def test_the_cluster_benchmark_measures_every_layout_with_a_clean_audit(monkeypatch, tmp_path, capsys):
     from benchmarks import cluster as bench
 
-    monkeypatch.setattr(bench, "TASKS", 600)  # the layouts and the table, not figures to quote
+    monkeypatch.setattr(bench, "TASKS", 600)  # the layouts and the tables, not figures to quote
+    monkeypatch.setattr(bench, "CALIBRATION_TASKS", 100)
     assert bench.main(str(tmp_path / "cluster.json")) == 0
     printed = capsys.readouterr().out
     assert all(f"| {layout} |" in printed for layout in ("single server", "cluster, 3 shard(s)", "cluster, 6 shard(s)"))
@@ -150,6 +151,12 @@ def test_the_cluster_benchmark_measures_every_layout_with_a_clean_audit(monkeypa
     assert [r["shards"] for r in rows] == [1, 1, 3, 6] and all(r["clean"] and r["tasks_per_s"] > 0 for r in rows)
     three = rows[2]["server_us_per_task"]
     assert len(three) == 3 and all(us > 0 for us in three.values())  # three shards: every master works
+    predicted = json.loads((tmp_path / "cluster.json").read_text())["predicted"]
+    assert predicted["one_shard_here"]["simulated"] > 0 and predicted["bus_message_us"] > 0
+    assert [(p["workers_per_node"], p["nodes"]) for p in predicted["scaling"]] == [
+        (w, n) for w in bench.PREDICTED_WORKERS for n in bench.PREDICTED_NODES
+    ]
+    assert "| 50 | 4 |" in printed
 
 
 def test_generate_and_work_with_shards_as_separate_commands_finish_every_shard(cluster, queue_name):

@@ -9,7 +9,8 @@ one measured on the machine the package was built on.
 
 Use it for what a real run cannot ask on one machine: a thousand workers, a
 million tasks, a crash a minute, Redis near saturation. ``tests/test_sim_accuracy.py``
-checks it against the real engine on the same machine.
+checks it against the real engine on the same machine. ``wqsim.sim.cluster``
+calibrates each master of a Redis Cluster and predicts clusters of many masters.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def listener_message_s(url: str, queue: str, messages: int = 2000) -> float:
 
     thread = threading.Thread(target=listen, name="wqsim-calibrate-listener")
     thread.start()
-    publisher = connect(url).pipeline(transaction=False)
+    publisher = connect(url, queue=queue).pipeline(transaction=False)
     last = int(time.time() * 1000) + 60_000  # entry ids after any the listener has seen
     for i in range(messages):
         publisher.publish(keys.progress_channel, f"{last}-{i} done {i}")
@@ -210,17 +210,20 @@ def listener_message_s(url: str, queue: str, messages: int = 2000) -> float:
     return spent[0] / messages
 
 
-def calibrate(url: str | None = None, tasks: int = 2000) -> CostProfile:
+def calibrate(url: str | None = None, tasks: int = 2000, queue_name: str | None = None) -> CostProfile:
     """Measure a CostProfile on the Redis at ``url`` (default: ``$REDIS_URL``, else embedded).
 
     ``tasks`` no-op tasks are run for each batch size (ten times as many in batches), and the
     other measurements scale with it; more gives steadier figures, 500 a quicker look.
+    ``queue_name``: the scratch queue (default: one of this session's own). On a Redis
+    Cluster its slot decides which master is measured (``wqsim.sim.cluster`` measures each).
     Raises CalibrationError where the server cannot say what it spends (fakeredis).
     """
     url = resolve_url(url)
-    client = connect(url)
+    name = queue_name or session_queue_name("calibrate")
+    client = connect(url, queue=name)  # on a cluster: the master of the queue's slot, whose INFO is read
     _evalsha(client)  # fails early, and clearly, without INFO
-    queue = Queue(client, session_queue_name("calibrate"))
+    queue = Queue(client, name)
     queue.purge()
     try:
         # Redis's side: enqueue and claim in SMALL and LARGE batches, then settle what was claimed.
