@@ -43,8 +43,10 @@ def knee(tasks: int = 50_000, workers: tuple[int, ...] = KNEE_WORKERS) -> dict[s
     profile = default_profile()
     rows = []
     for batch in (1, 100):
-        # Batches of 100 on more than 200 workers hold more tasks than a run of this size has: all start-up.
-        for count in [w for w in workers if batch == 1 or w * batch * 2 <= tasks]:
+        # A worker holds its batch and the batches it claims ahead: past half of the run's tasks in
+        # hand (batches of 100 on more than 80 workers here), the run is all start-up and no steady state.
+        in_hand = batch * (1 + WorkerConfig().prefetch)
+        for count in [w for w in workers if batch == 1 or w * in_hand * 2 <= tasks]:
             config = RunConfig(tasks=tasks, workers=count, kind="noop", worker=WorkerConfig(batch_size=batch))
             report = simulate(config, profile, cores=0)
             # The steady rate: the median of 20 bins. Short runs on many workers are mostly start-up and

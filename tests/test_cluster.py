@@ -17,9 +17,23 @@ import pytest
 import redis
 from helpers import running, wait_until
 
-from wqsim import Killer, LocalCluster, Queue, Reaper, RunConfig, WorkerConfig, WorkerPool, connect, generate, run
+from wqsim import (
+    ChaosConfig,
+    ClusterNode,
+    Killer,
+    LocalCluster,
+    Queue,
+    Reaper,
+    RunConfig,
+    WorkerConfig,
+    WorkerPool,
+    connect,
+    generate,
+    run,
+)
 from wqsim.audit import audit
 from wqsim.connection import RedisUnavailable
+from wqsim.server import free_port
 from wqsim.shards import ShardedQueue
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
@@ -35,6 +49,19 @@ def cluster() -> Iterator[LocalCluster]:
 
 def port_of(client) -> int:  # type: ignore[no-untyped-def]
     return int(client.connection_pool.connection_kwargs["port"])
+
+
+def kill_once_working(cl: LocalCluster, node: ClusterNode, shard: Queue) -> threading.Event:
+    """Kill ``node`` from a thread once ``shard`` has done a few tasks; the event is set once it is killed."""
+    killed = threading.Event()
+
+    def kill() -> None:
+        if wait_until(lambda: shard.counters().get("done", 0) > 5, 30, interval_s=0.02):
+            cl.kill(node)
+            killed.set()
+
+    threading.Thread(target=kill, daemon=True).start()
+    return killed
 
 
 def test_a_queue_is_served_by_the_master_of_its_slot_whichever_node_the_url_names(cluster, queue_name):
@@ -75,14 +102,7 @@ def test_a_killed_master_with_a_replica_fails_over_and_the_run_completes(queue_n
         # A master other than the URL's node: a worker process that starts (or restarts) connects there first.
         shard = next(q for q in sq if port_of(q.client) != cl.nodes[0].port)
         victim = cl.node_for_key(shard.keys.ready)
-        started = threading.Event()
-
-        def kill_once_running() -> None:
-            if wait_until(lambda: shard.counters().get("done", 0) > 5, 30, interval_s=0.02):
-                cl.kill(victim)
-                started.set()
-
-        threading.Thread(target=kill_once_running, daemon=True).start()
+        started = kill_once_working(cl, victim, shard)
         report = run(
             RunConfig(queue=queue_name, tasks=600, duration_ms=10, workers=3, shards=6, timeout_s=120), url=cl.url
         )
@@ -96,6 +116,44 @@ def test_a_killed_master_with_a_replica_fails_over_and_the_run_completes(queue_n
         assert sorted(report.listen.finished) == WORKER_IDS
 
 
+def test_a_list_of_startup_nodes_reaches_the_cluster_when_the_first_one_is_down(cluster, queue_name):
+    dead = f"127.0.0.1:{free_port()}"
+    url = cluster.startup_url.replace("redis://", f"redis://{dead},", 1)
+    client = connect(url, queue=queue_name, attempts=1)
+    assert port_of(client) == cluster.node_for_key(Queue(client, queue_name).keys.ready).port
+    assert client.ping()
+
+
+def test_workers_restarted_after_the_first_startup_node_died_connect_through_the_next_and_the_run_completes(
+    queue_name,
+):
+    with LocalCluster(masters=3, replicas=1) as cl:
+        sq = ShardedQueue.connect(cl.url, queue_name, 6)
+        shard = sq.queues[0]
+        first = cl.node_for_key(shard.keys.ready)  # a master: its replica takes its slots over
+        url = "redis://" + ",".join([first.address, *(n.address for n in cl.nodes if n != first)]) + "/0"
+        killed = kill_once_working(cl, first, shard)
+        # Chaos crashes keep restarting worker processes, after the kill too: each new one connects
+        # through the list, whose first node is dead.
+        config = RunConfig(
+            queue=queue_name,
+            tasks=600,
+            duration_ms=5,
+            workers=3,
+            shards=6,
+            timeout_s=120,
+            chaos=ChaosConfig(seed=5, crash_p=0.02),
+            max_attempts=20,  # leases on the dead master expire while its replica takes over: more attempts
+            worker=WorkerConfig(lease_s=0.5),
+        )
+        report = run(config, url=url)
+        assert killed.is_set(), "the first startup node was never killed"
+        assert report.restarts > 0
+        a = report.audit
+        assert (a.generated, a.dead, a.completed_twice) == (600, 0, 0), a.summary()
+        assert a.done + a.lost == 600 and len(a.lost_ids) == a.lost  # a failover may lose what it says
+
+
 def test_a_master_lost_without_a_replica_stops_only_its_shards_and_the_error_names_it(queue_name):
     with LocalCluster(masters=3, full_coverage=False) as cl:
         sq = ShardedQueue.connect(cl.url, queue_name, 6)
@@ -104,12 +162,7 @@ def test_a_master_lost_without_a_replica_stops_only_its_shards_and_the_error_nam
         on_victim = [q.name for q in sq if port_of(q.client) == victim.port]
         elsewhere = [q for q in sq if port_of(q.client) != victim.port]
         assert elsewhere, "every shard on one node: nothing would be left to finish"
-
-        def kill_once_running() -> None:
-            if wait_until(lambda: shard.counters().get("done", 0) > 5, 30, interval_s=0.02):
-                cl.kill(victim)
-
-        threading.Thread(target=kill_once_running, daemon=True).start()
+        kill_once_working(cl, victim, shard)
         config = RunConfig(
             queue=queue_name, tasks=600, duration_ms=10, workers=3, shards=6, worker=WorkerConfig(reconnect_s=2)
         )

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from wqsim import RedisUnavailable, connect
-from wqsim.connection import redact
+from wqsim.connection import BadRedisUrl, redact
 from wqsim.server import free_port
+from wqsim.urls import check_url, startup_urls
 
 PROBE = """
 import logging, wqsim
@@ -56,6 +57,48 @@ def test_connect_gives_up_after_bounded_attempts_naming_the_url():
 def test_a_malformed_url_is_a_clear_error():
     with pytest.raises(RedisUnavailable, match="bad Redis URL"):
         connect("http://example.invalid")
+
+
+def test_a_url_listing_several_hosts_gives_one_url_per_host_with_its_credentials_database_and_options():
+    assert startup_urls("redis://u:pw@h1:7000,h2:7001/2?ssl_ca_certs=x") == [
+        "redis://u:pw@h1:7000/2?ssl_ca_certs=x",
+        "redis://u:pw@h2:7001/2?ssl_ca_certs=x",
+    ]
+    assert startup_urls("redis://h1:7000/0") == ["redis://h1:7000/0"]
+    check_url("redis://u:pw@h1:7000,h2:7001/0")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://h1:7000,,h2:7001/0", "an empty entry"),
+        ("redis://h1:7000,h2:port/0", "Port could not be cast"),
+        ("redis://h1:7000,h2:70000/0", "Port out of range"),
+    ],
+)
+def test_a_list_of_hosts_with_an_empty_or_bad_entry_is_a_bad_url(url, problem):
+    with pytest.raises(ValueError, match=problem):
+        check_url(url)
+    with pytest.raises(BadRedisUrl, match=problem):
+        connect(url, attempts=1)
+
+
+@pytest.mark.real_redis
+def test_a_list_of_hosts_skips_one_that_is_down_and_is_refused_in_one_line_when_it_names_a_single_server(redis_url):
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    url = f"redis://127.0.0.1:{free_port()},127.0.0.1:{port}/0"  # the first is down: the second answers
+    with pytest.raises(BadRedisUrl, match=rf"127\.0\.0\.1:{port}/0 is not a cluster node") as refused:
+        connect(url, attempts=1)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_list_of_hosts_none_of_which_answers_names_each_in_one_line():
+    first, second = free_port(), free_port()
+    url = f"redis://127.0.0.1:{first},127.0.0.1:{second}/0"
+    with pytest.raises(RedisUnavailable, match=r"cannot reach any startup node .* after 2 attempts") as unreachable:
+        connect(url, attempts=2)
+    message = str(unreachable.value)
+    assert f"127.0.0.1:{first}/0" in message and f"127.0.0.1:{second}/0" in message and "\n" not in message
 
 
 def test_redact_hides_the_password_only():

@@ -126,13 +126,18 @@ class SlotConnection(redis.Connection):
             raise redis.ConnectionError(f"cluster slot {self.slot} is not served here now: {exc}") from exc
 
 
-def routed_client(client: redis.Redis, queue: str, slots: Sequence[Any]) -> redis.Redis:
-    """A client like ``client`` (same credentials and options) whose connections follow ``queue``'s slot."""
+def routed_client(client: redis.Redis, queue: str, slots: Sequence[Any], also: Sequence[Address] = ()) -> redis.Redis:
+    """A client like ``client`` (same credentials and options) whose connections follow ``queue``'s slot.
+
+    At each reconnect the slot's master is asked of the nodes CLUSTER SLOTS named, then of ``also``
+    (the startup nodes the URL listed, which may be spelled otherwise).
+    """
     slot = queue_slot(queue)
     master = master_of(slots, slot)
     if master is None:
         raise redis.ConnectionError(f"no cluster node serves queue {queue!r} (slot {slot} is not assigned)")
+    known = nodes_of(slots)
     kwargs = dict(client.connection_pool.connection_kwargs)
-    kwargs.update(host=master[0], port=master[1], slot=slot, seeds=nodes_of(slots))
+    kwargs.update(host=master[0], port=master[1], slot=slot, seeds=[*known, *(a for a in also if a not in known)])
     pool = redis.ConnectionPool(connection_class=SlotConnection, **kwargs)
     return redis.Redis(connection_pool=pool)

@@ -3,9 +3,10 @@
 The URL comes from the argument, else ``REDIS_URL``, else an embedded server
 started on first use and shared by the whole process (see :mod:`wqsim.server`).
 
-The URL may name any node of a Redis Cluster: ``connect(url, queue=name)`` then
-returns a client of the master serving that queue's slot, which follows it across
-failovers (see :mod:`wqsim.cluster`). A plain client of one node rather than
+The URL may name any node of a Redis Cluster, or list several as startup nodes
+(``redis://h1:7000,h2:7001/0``: the first that answers is used): ``connect(url,
+queue=name)`` then returns a client of the master serving that queue's slot,
+which follows it across failovers (see :mod:`wqsim.cluster`). A plain client of one node rather than
 redis-py's ``RedisCluster``: the transport pipelines on a private connection and
 blocks on a wake-up list (see :mod:`wqsim.transport`), as on a single server.
 """
@@ -23,7 +24,7 @@ import redis
 
 from .cluster import cluster_slots, master_of, queue_slot, routed_client
 from .server import FakeRedisServer, RedisServer, start_embedded
-from .urls import check_url
+from .urls import check_url, startup_urls
 
 log = logging.getLogger("wqsim.connection")
 
@@ -91,11 +92,21 @@ def connect(
     """
     logger = logger or log
     url = resolve_url(url, backend)
-    client = _connect(url, attempts, logger)
-    if queue is None:
+    startup = startup_urls(url)
+    client = _connect(url, attempts, logger) if len(startup) == 1 else _connect_any(url, startup, attempts, logger)
+    if queue is None and len(startup) == 1:
         return client
     slots = cluster_slots(client)
     if slots is None:  # a single server (or a user who may not ask): the client serves every queue
+        if len(startup) > 1:
+            client.close()
+            raise BadRedisUrl(
+                f"bad Redis URL {redact(url)!r}: a list of hosts names a Redis Cluster's startup nodes, "
+                f"and {redact(node_url(url, *_address(client)))} is not a cluster node "
+                "(or this user may not ask CLUSTER SLOTS)"
+            )
+        return client
+    if queue is None:
         return client
     if client.connection_pool.connection_class is not redis.Connection:
         # TLS: connect to the master serving the queue's slot now (it is not followed across a failover).
@@ -104,7 +115,8 @@ def connect(
             return client
         client.close()
         return _connect(node_url(url, *master), attempts, logger)
-    routed = routed_client(client, queue, slots)
+    listed = [_address_of(u) for u in startup]
+    routed = routed_client(client, queue, slots, also=listed)
     client.close()
     logger.debug("Queue %r is served by cluster slot %d", queue, queue_slot(queue))
     return routed
@@ -116,6 +128,37 @@ def node_url(url: str, host: str, port: int) -> str:
     userinfo, _, _ = parts.netloc.rpartition("@")
     netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _address_of(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return (parts.hostname or "", parts.port or 6379)
+
+
+def _connect_any(url: str, startup: list[str], attempts: int, logger: logging.Logger) -> redis.Redis:
+    """The first of ``startup`` (one URL per listed node) that answers, each tried once a round, ``attempts`` rounds."""
+    try:
+        check_url(url)  # the list as a whole: an empty entry is named as such
+    except ValueError as exc:
+        raise BadRedisUrl(f"bad Redis URL {redact(url)!r}: {exc}") from None
+    delay_s = 0.1
+    failures: list[str] = []
+    for attempt in range(1, attempts + 1):
+        failures = []
+        for one in startup:
+            try:
+                return _connect(one, 1, logger)
+            except BadRedisUrl:
+                raise
+            except RedisUnavailable as exc:
+                failures.append(str(exc))
+        if attempt < attempts:
+            logger.debug("No startup node of %s answered; retry %d/%d", redact(url), attempt, attempts - 1)
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, 1.0)
+    raise RedisUnavailable(
+        f"cannot reach any startup node of {redact(url)} after {attempts} attempts: {'; '.join(failures)}"
+    )
 
 
 def _address(client: redis.Redis) -> tuple[str, int]:

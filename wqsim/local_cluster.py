@@ -206,6 +206,13 @@ class LocalCluster:
         return f"redis://{first.host}:{first.port}/0"
 
     @property
+    def startup_url(self) -> str:
+        """Every node, as a list of startup nodes (``redis://h:p1,h:p2,.../0``): any one that answers will do."""
+        if not self._nodes:
+            raise RuntimeError("the cluster is not running")
+        return "redis://" + ",".join(f"{n.host}:{n.port}" for n in self._nodes) + "/0"
+
+    @property
     def nodes(self) -> list[ClusterNode]:
         """Every node started, in start order: the masters first, then the replicas."""
         return list(self._nodes)

@@ -7,19 +7,43 @@ a word. ``check_url`` refuses those, and names what is wrong.
 Accepted: ``redis://[user[:password]@]host[:port][/db][?option=value...]``,
 the same with ``rediss://`` (TLS; e.g. ``?ssl_ca_certs=/path/ca.pem`` to trust
 a private CA), and ``unix:///path/to/socket[?db=N]``.
+
+A Redis Cluster's startup nodes are a list of hosts in one URL, sharing its
+credentials, database and options: ``redis://h1:7000,h2:7001,h3:7002/0``
+(``startup_urls`` gives one URL per host). Any one that answers will do, so a
+process that starts while one of them is down still finds the cluster.
 """
 
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 SCHEMES = ("redis", "rediss", "unix")
 FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")  # must name existing paths
 
 
+def startup_urls(url: str) -> list[str]:
+    """One URL per host that ``url`` lists (``redis://h1:7000,h2:7001/0``), in order; ``[url]`` for one host."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return [url]
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}")) for host in hosts.split(",")]
+
+
 def check_url(url: str) -> None:
-    """Raise ValueError naming the problem if ``url`` is not a complete Redis URL."""
+    """Raise ValueError naming the problem if ``url`` is not a complete Redis URL (each host of a list)."""
+    urls = startup_urls(url)
+    if len(urls) > 1 and urlsplit(url).scheme == "unix":
+        raise ValueError("a list of hosts names a Redis Cluster's nodes: not a unix:// socket")
+    for one in urls:
+        if len(urls) > 1 and not urlsplit(one).hostname:
+            raise ValueError("the list of hosts has an empty entry (hosts are separated by single commas)")
+        _check_one(one)
+
+
+def _check_one(url: str) -> None:
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError for a port that is not a number in range
