@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from helpers import wait_until
 
 from wqsim import ChaosConfig, Queue, RunConfig, Settlement, Task, WorkerConfig, generate, run
 from wqsim.graph import GraphError
@@ -171,3 +172,55 @@ def test_shards_are_refused_with_an_arrival_rate_and_by_the_simulation():
 
     with pytest.raises(ValueError, match="drop shards"):
         simulate(RunConfig(shards=2, tasks=5))
+
+
+# -- the per-queue roles, on every shard -----------------------------------------------------
+
+
+@pytest.mark.real_redis
+def test_status_reap_and_listen_with_shards_cover_every_shard(redis_url, queue_name):
+    import subprocess
+    import sys
+
+    def wqsim(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "wqsim", *args, "--redis-url", redis_url, "--queue", queue_name]
+        return subprocess.run([*command, "--shards", "3"], capture_output=True, text=True, timeout=timeout)
+
+    sq = ShardedQueue.connect(redis_url, queue_name, 3)
+    generate(sq, 30, duration_ms=0)
+    stuck = sq.queues[1]
+    claim = stuck.claim("gone", 1, 2)  # a worker that died holding two tasks of shard 1: a 1 ms lease
+    assert len(claim.tasks) == 2
+    deadline = max(score for _, score in stuck.client.zrange(stuck.keys.inflight, 0, -1, withscores=True))
+
+    def redis_now() -> float:
+        seconds, micros = stuck.client.time()
+        return seconds + micros / 1e6
+
+    assert wait_until(lambda: redis_now() > deadline, timeout_s=5)  # expired: the reaper's to return
+
+    status = wqsim("status")
+    assert status.returncode == 0, status.stderr
+    assert all(f"shard {q.name!r}" in status.stdout for q in sq)
+    assert "audit, all shards: generated 30" in status.stdout and "lost 0" in status.stdout
+    reaped = wqsim("reap", "--once")
+    assert reaped.returncode == 0 and "Returned 2 task(s), dead-lettered 0" in reaped.stderr, reaped.stderr
+    assert stuck.lengths()["inflight"] == 0
+
+    listen = [sys.executable, "-m", "wqsim", "listen", "--redis-url", redis_url, "--queue", queue_name]
+    listener = subprocess.Popen(
+        [*listen, "--shards", "3", "--workers", "1", "--timeout-s", "60"], stderr=subprocess.PIPE, text=True
+    )
+    assert listener.stderr is not None
+    first = listener.stderr.readline()  # logged once every shard's listener is subscribed
+    assert "Listening on queue" in first and "(3 shards)" in first, first
+    worked = wqsim("work", "--workers", "1", "--once", "--id-prefix", "w", "-q")
+    assert worked.returncode == 0, worked.stderr[-2000:]
+    _, rest = listener.communicate(timeout=60)
+    assert listener.returncode == 0, rest[-2000:]
+    assert "30 done" in rest  # every shard's outcomes, counted by one printer
+
+    missing = wqsim("status", "--expected", "31")  # one task more than any shard remembers: lost
+    assert missing.returncode == 1 and "lost 1" in missing.stdout
+    assert "1 task(s) of queue" in missing.stderr and "\n" not in missing.stderr.strip()
+    sq.purge()

@@ -33,6 +33,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import cast
@@ -41,7 +42,7 @@ import redis
 
 from . import acl
 from .arguments import non_negative_float, non_negative_int, positive_float, positive_int, probability
-from .audit import audit
+from .audit import Audit, audit
 from .chaos import injected
 from .config import ChaosConfig, RunConfig, WorkerConfig, default_workers
 from .connection import BadRedisUrl, RedisUnavailable, connect, redact, resolve_url
@@ -49,13 +50,13 @@ from .generator import generate, generate_graph
 from .graph import GRAPHS
 from .handlers import IMPORTS_ENV, ImportFailed, UnknownKind, import_modules, modules_to_import, registry
 from .keys import Keys, check_id
-from .listener import Listener
+from .listener import Listener, Listeners
 from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
 from .retention import Retention
 from .runner import run
-from .shards import ShardedQueue
+from .shards import ShardedAudit, ShardedQueue
 from .stopping import StopRequest
 from .storage import check_eviction_policy
 
@@ -307,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("listen", help="the pub/sub listener: print finished messages and progress")
     common(p)
+    shards(p, note="; with shards, each shard's listener waits for --workers")
     p.add_argument(
         "--workers",
         type=positive_int("workers"),
@@ -322,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reap", help="return tasks whose lease expired, in a loop")
     common(p)
+    shards(p, note="; one reaper a shard")
     p.add_argument("--interval-s", type=positive_float("interval_s"), default=1.0)
     p.add_argument("--once", action="store_true", help="reap once and exit")
 
@@ -329,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="queue counts, leases in flight, dead letters and the audit (exit 1 if tasks were lost)"
     )
     common(p)
+    shards(p, note="; each shard's status, then the audit of all of them")
     p.add_argument(
         "--expected",
         type=positive_int("expected"),
@@ -604,10 +608,13 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     url = resolve_url(args.redis_url)
     printer = _ProgressPrinter(args.every_s)
     with StopRequest() as stop:
-        listener = Listener(_connect(args, url), args.queue, args.workers, on_progress=printer).start()
+        listener = Listeners(
+            [Listener(q.client, q.name, args.workers, on_progress=printer) for q in _queues(args, url)]
+        ).start()
         log.info(
-            "Listening on queue %r at %s%s",
+            "Listening on queue %r%s at %s%s",
             args.queue,
+            f" ({args.shards} shards)" if args.shards > 1 else "",
             redact(url),
             f" for {args.workers} worker(s)" if args.workers else "; Ctrl-C or SIGTERM to stop",
         )
@@ -628,10 +635,12 @@ class _ProgressPrinter:
         self.counts: dict[str, int] = {}
         self._last = 0.0
         self._dirty = False
+        self._lock = threading.Lock()  # a sharded queue's listeners call it from a thread each
 
     def __call__(self, status: str, task_id: str) -> None:
-        self.counts[status] = self.counts.get(status, 0) + 1
-        self._dirty = True
+        with self._lock:
+            self.counts[status] = self.counts.get(status, 0) + 1
+            self._dirty = True
         self.flush_if_due()
 
     def flush_if_due(self) -> None:
@@ -639,55 +648,89 @@ class _ProgressPrinter:
             self.flush()
 
     def flush(self) -> None:
-        if self._dirty:
-            log.info("Progress: %s", ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items())))
-            self._last = time.monotonic()
-            self._dirty = False
+        with self._lock:
+            if self._dirty:
+                log.info("Progress: %s", ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items())))
+                self._last = time.monotonic()
+                self._dirty = False
 
 
 def _cmd_reap(args: argparse.Namespace) -> int:
-    reaper = Reaper(Queue(_connect(args, resolve_url(args.redis_url)), args.queue), interval_s=args.interval_s)
+    reapers = [Reaper(q, interval_s=args.interval_s) for q in _queues(args, resolve_url(args.redis_url))]
+    # Here, not in the threads: a refused permission ends the command in one line.
+    results = [reaper.reap_once() for reaper in reapers]
     if args.once:
-        result = reaper.reap_once()
-        log.info("Returned %d task(s), dead-lettered %d", result.returned, result.buried)
+        returned, buried = sum(r.returned for r in results), sum(r.buried for r in results)
+        log.info("Returned %d task(s), dead-lettered %d", returned, buried)
         return EXIT_OK
-    log.info("Reaping queue %r every %g s; Ctrl-C or SIGTERM to stop", args.queue, args.interval_s)
-    reaper.reap_once()  # here, not in the thread: a refused permission ends the command in one line
+    log.info(
+        "Reaping queue %r%s every %g s; Ctrl-C or SIGTERM to stop",
+        args.queue,
+        f" ({args.shards} shards)" if args.shards > 1 else "",
+        args.interval_s,
+    )
     with StopRequest() as stop:
-        reaper.start()
+        for reaper in reapers:
+            reaper.start()
         stop.wait()
-        reaper.stop()
+        for reaper in reapers:
+            reaper.stop()
     return EXIT_OK
+
+
+def _queues(args: argparse.Namespace, url: str) -> list[Queue]:
+    """The queue, or with ``--shards`` S its S shards (each a queue on the master of its own slot)."""
+    client = _connect(args, url)  # the permission check, in one line, before anything starts
+    if args.shards == 1:
+        return [Queue(client, args.queue)]
+    client.close()
+    return list(ShardedQueue.connect(url, args.queue, args.shards))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     url = resolve_url(args.redis_url)
-    queue = Queue(_connect(args, url), args.queue)
-    lengths = queue.lengths()
-    counters = queue.counters()
-    print(f"queue {args.queue!r} at {redact(url)}")
-    print("  " + ", ".join(f"{k} {v}" for k, v in lengths.items()))
-    print("  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none"))
-    now = time.time()
-    # wqsim's clients decode replies (see connection.connect): members are str, scores float.
-    leases = cast("list[tuple[str, float]]", queue.client.zrange(queue.keys.inflight, 0, 19, withscores=True))
-    if leases:
-        print(f"  leases in flight ({lengths['inflight']}, soonest deadline first):")
-        for lease, deadline in leases:
-            held = queue.client.scard(queue.keys.held(lease))
-            print(f"    {lease}: {held} task(s), deadline in {deadline - now:.1f} s")
-    dead = cast("list[str]", queue.client.lrange(queue.keys.dead, 0, 9))
-    if dead:
-        print(f"  dead letters ({lengths['dead']}, newest first):")
-        for task_id in dead:
-            error = cast("str | None", queue.client.hget(queue.keys.task(task_id), "error"))
-            print(f"    {task_id}: {error}")
-    result = audit(queue, expected=args.expected)
-    print("  audit: " + result.summary())
+    queues = _queues(args, url)
+    if len(queues) == 1:
+        print(f"queue {args.queue!r} at {redact(url)}")
+        result = _print_status(queues[0], args.expected)
+    else:
+        print(f"queue {args.queue!r} in {len(queues)} shards at {redact(url)}")
+        audits = []
+        for queue in queues:
+            print(f"  shard {queue.name!r}")
+            audits.append(_print_status(queue, None, indent="    "))
+        sharded = ShardedAudit(tuple(audits), args.expected)
+        result = sharded.total
+        print("  audit, all shards: " + result.summary())
     if result.lost or result.counters_lost:
         print(f"wqsim: {result.lost} task(s) of queue {args.queue!r} lost from Redis", file=sys.stderr)
         return EXIT_UNCLEAN
     return EXIT_OK
+
+
+def _print_status(queue: Queue, expected: int | None, indent: str = "  ") -> Audit:
+    """Print one queue's counts, leases in flight, dead letters and audit; return the audit."""
+    lengths = queue.lengths()
+    counters = queue.counters()
+    print(indent + ", ".join(f"{k} {v}" for k, v in lengths.items()))
+    print(f"{indent}counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none"))
+    now = time.time()
+    # wqsim's clients decode replies (see connection.connect): members are str, scores float.
+    leases = cast("list[tuple[str, float]]", queue.client.zrange(queue.keys.inflight, 0, 19, withscores=True))
+    if leases:
+        print(f"{indent}leases in flight ({lengths['inflight']}, soonest deadline first):")
+        for lease, deadline in leases:
+            held = queue.client.scard(queue.keys.held(lease))
+            print(f"{indent}  {lease}: {held} task(s), deadline in {deadline - now:.1f} s")
+    dead = cast("list[str]", queue.client.lrange(queue.keys.dead, 0, 9))
+    if dead:
+        print(f"{indent}dead letters ({lengths['dead']}, newest first):")
+        for task_id in dead:
+            error = cast("str | None", queue.client.hget(queue.keys.task(task_id), "error"))
+            print(f"{indent}  {task_id}: {error}")
+    result = audit(queue, expected=expected)
+    print(f"{indent}audit: " + result.summary())
+    return result
 
 
 def _cmd_acl(args: argparse.Namespace) -> int:
