@@ -21,7 +21,7 @@ from wqsim.graph import GraphError
 from wqsim.handlers import HandlerRegistry
 from wqsim.keys import Keys, shard_name
 from wqsim.sharded_worker import ShardedWorker
-from wqsim.shards import ShardedQueue, shard_names, shard_of
+from wqsim.shards import ShardedQueue, ShardLayoutError, shard_names, shard_of
 
 
 @pytest.fixture
@@ -174,6 +174,16 @@ def test_shards_are_refused_with_an_arrival_rate_and_by_the_simulation():
         simulate(RunConfig(shards=2, tasks=5))
 
 
+def test_enqueueing_records_the_number_of_shards_on_every_shard_and_another_number_is_refused(sharded, client):
+    generate(sharded, 10, duration_ms=0)
+    assert [q.recorded_shards() for q in sharded] == [4, 4, 4, 4]
+    sharded.check_layout()  # the same number: nothing to say
+    for other in (3, 6):
+        wrong = ShardedQueue(sharded.name, tuple(Queue(client, n) for n in shard_names(sharded.name, other)))
+        with pytest.raises(ShardLayoutError, match=rf"is in 4 shards \(.*\), not {other}: give --shards 4"):
+            wrong.check_layout()
+
+
 # -- the per-queue roles, on every shard -----------------------------------------------------
 
 
@@ -224,3 +234,38 @@ def test_status_reap_and_listen_with_shards_cover_every_shard(redis_url, queue_n
     assert missing.returncode == 1 and "lost 1" in missing.stdout
     assert "1 task(s) of queue" in missing.stderr and "\n" not in missing.stderr.strip()
     sq.purge()
+
+
+@pytest.mark.real_redis
+def test_roles_given_another_number_of_shards_than_the_queue_has_are_refused_in_one_line(redis_url, queue_name):
+    import subprocess
+    import sys
+
+    def wqsim(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "wqsim", *args, "--redis-url", redis_url, "--queue", queue_name]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    made = wqsim("generate", "--tasks", "20", "--shards", "3")
+    assert made.returncode == 0, made.stderr
+    for role in (["work", "--once"], ["reap", "--once"], ["status"], ["generate", "--tasks", "1"]):
+        for shards in ("1", "2"):
+            refused = wqsim(*role, "--shards", shards)
+            assert refused.returncode == 2, (role, shards, refused.stderr)
+            line = refused.stderr.strip()
+            assert "\n" not in line and "is in 3 shards" in line and "give --shards 3" in line, line
+    sq = ShardedQueue.connect(redis_url, queue_name, 3)
+    assert sq.counters().get("total") == 20 and sq.counters().get("done", 0) == 0  # nothing was touched
+    assert sq.home is not None and sq.home.split_into() == 3
+    # Starting afresh in another layout purges the old one's shards too: none is left unserved.
+    fresh = wqsim("generate", "--tasks", "5", "--shards", "2", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    assert sq.queues[2].lengths()["ready"] == 0 and sq.queues[2].recorded_shards() is None
+    assert sq.home.split_into() == 2
+    assert ShardedQueue.connect(redis_url, queue_name, 2).counters().get("total") == 5
+    assert wqsim("status", "--shards", "2").returncode == 0
+    # And back to one queue: its tasks are not where a worker of shards would look.
+    assert wqsim("generate", "--tasks", "4", "--fresh").returncode == 0
+    assert sq.home.split_into() is None and sq.queues[0].lengths()["ready"] == 0
+    unsharded = wqsim("work", "--once", "--shards", "2")
+    assert unsharded.returncode == 2 and "holds its tasks unsharded" in unsharded.stderr, unsharded.stderr
+    sq.home.purge()

@@ -21,7 +21,8 @@ had to be killed, a queue that vanished from Redis, a ``status`` whose audit
 finds tasks lost), or an enqueue Redis refused for want of memory (nothing was
 written: try again once there is room); 2 bad arguments or configuration (a bad
 Redis URL, a Redis user without a permission wqsim needs, a Redis whose
-maxmemory-policy may evict keys, a module to import that cannot be imported); 3 Redis unreachable, not Redis, or TLS
+maxmemory-policy may evict keys, a module to import that cannot be imported, a
+number of shards other than the queue's); 3 Redis unreachable, not Redis, or TLS
 verification failed; 130 ``run`` interrupted. Errors are one readable line,
 never a traceback.
 """
@@ -56,7 +57,7 @@ from .queue import Queue
 from .reaper import Reaper
 from .retention import Retention
 from .runner import run
-from .shards import ShardedAudit, ShardedQueue
+from .shards import ShardedAudit, ShardedQueue, check_layout, recorded_layout
 from .stopping import StopRequest
 from .storage import check_eviction_policy
 
@@ -491,8 +492,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     retention = _retention(args)
     for shard in sharded:
         check_eviction_policy(shard.client, f"Redis at {redact(url)}", args.allow_eviction)
-        if args.fresh:
-            shard.purge()
+    if args.fresh:  # the whole queue, as it was laid out too: nothing of another layout is left behind
+        recorded = recorded_layout(url, args.queue)
+        for shards in {recorded or 1, 1} - {args.shards}:
+            ShardedQueue.connect(url, args.queue, shards).purge()
+        sharded.purge()
+    check_layout(url, args.queue, args.shards)  # tasks added in another layout would go unserved
+    for shard in sharded:
         if retention is not None:
             shard.set_retention(retention)
     queue: Queue | ShardedQueue = sharded if args.shards > 1 else sharded.queues[0]
@@ -559,6 +565,7 @@ def _cmd_work(args: argparse.Namespace) -> int:
     # Unreachable Redis, a missing permission, or a Redis that may evict keys: fail now, in one line.
     client = _connect(args, url)
     check_eviction_policy(client, f"Redis at {redact(url)}", args.allow_eviction)
+    check_layout(url, args.queue, args.shards)  # another number of shards would leave some unserved
     sharded = ShardedQueue.connect(url, args.queue, args.shards)
     vanished_before = sharded.counters().get("vanished", 0)
     with StopRequest() as stop:  # from here on SIGTERM and SIGINT are only recorded, never raised
@@ -679,8 +686,14 @@ def _cmd_reap(args: argparse.Namespace) -> int:
 
 
 def _queues(args: argparse.Namespace, url: str) -> list[Queue]:
-    """The queue, or with ``--shards`` S its S shards (each a queue on the master of its own slot)."""
+    """The queue, or with ``--shards`` S its S shards (each a queue on the master of its own slot).
+
+    A reaper or status given another number of shards than the queue's is refused (one line): it
+    would miss some shards without a word. A listener is not checked: it may read nothing else.
+    """
     client = _connect(args, url)  # the permission check, in one line, before anything starts
+    if args.command != "listen":
+        check_layout(url, args.queue, args.shards)
     if args.shards == 1:
         return [Queue(client, args.queue)]
     client.close()

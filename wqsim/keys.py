@@ -196,6 +196,12 @@ class Keys:
         return self.prefix + "retention"
 
     @property
+    def layout(self) -> str:
+        """HASH how a sharded queue is laid out: on the queue itself ``split_into``, the number of its
+        shards; on each shard ``shards``, the same number. Roles given another are refused (wqsim.shards)."""
+        return self.prefix + "layout"
+
+    @property
     def producers(self) -> str:
         """SET of producers still adding tasks (an open-loop run's arrivals): while it has a
         member, the queue is not drained, even when every task so far is terminal, so workers

@@ -276,6 +276,18 @@ class Queue:
         """Make ``retention`` this queue's policy: every worker's scripts apply it from now on."""
         self.client.hset(self.keys.retention, items=[x for pair in retention.to_fields().items() for x in pair])
 
+    def recorded_shards(self) -> int | None:
+        """If this queue is a shard: how many shards its logical queue has, as recorded (else None)."""
+        return self._layout("shards")
+
+    def split_into(self) -> int | None:
+        """If this queue's tasks went to shards: how many, as recorded (else None: it is not split)."""
+        return self._layout("split_into")
+
+    def _layout(self, field: str) -> int | None:
+        recorded = cast("str | None", self.client.hget(self.keys.layout, field))
+        return int(recorded) if recorded else None
+
     def retention(self) -> Retention:
         """The policy the scripts apply to this queue (the defaults unless one was set)."""
         return Retention.from_fields(cast("dict[str, str]", self.client.hgetall(self.keys.retention)))

@@ -19,6 +19,12 @@ one queue is weakened. What is added is only routing:
 
 On a single server the shards simply share it: sharding changes nothing there
 but the names, which is how the fast tests run it on fakeredis.
+
+When tasks are enqueued, the queue records how many shards it is split into, and
+so does each shard (``Keys.layout``). A worker, reaper or status given another
+number would leave some shards unserved or unseen without a word;
+``check_layout`` refuses it in one line (ShardLayoutError, a ValueError: the
+CLI's exit code 2).
 """
 
 from __future__ import annotations
@@ -53,6 +59,46 @@ def check_shards(shards: int) -> int:
     return shards
 
 
+class ShardLayoutError(ValueError):
+    """A queue's shards record another number of shards than the one given."""
+
+
+def recorded_layout(url: str | None, queue: str) -> int | None:
+    """How many shards ``queue`` is split into, as recorded (None: it is not split)."""
+    home = Queue(connect(url, queue=queue), queue)
+    try:
+        return home.split_into()
+    finally:
+        home.client.close()
+
+
+def check_layout(url: str | None, queue: str, shards: int) -> None:
+    """ShardLayoutError if ``queue`` was split into another number of shards than ``shards``.
+
+    One shard is the queue itself: where it was split, its tasks are in the shards and
+    a worker of the queue itself would find none of them; where it was not and holds
+    tasks, a worker of shards would find none.
+    """
+    home = Queue(connect(url, queue=queue), queue)
+    try:
+        split = home.split_into()
+        unsplit_tasks = split is None and shards > 1 and home.counters().get("total", 0) > 0
+    finally:
+        home.client.close()
+    if split is not None and split != shards:
+        raise ShardLayoutError(
+            f"queue {queue!r} is in {split} shards ({queue}:0 to {queue}:{split - 1}), not {shards}: "
+            f"give --shards {split}, or purge them first (generate --fresh)"
+        )
+    if unsplit_tasks:
+        raise ShardLayoutError(
+            f"queue {queue!r} holds its tasks unsharded, not in {shards} shards: drop --shards, "
+            "or purge it first (generate --fresh)"
+        )
+    if shards > 1:
+        ShardedQueue.connect(url, queue, shards).check_layout()  # and every shard agrees
+
+
 def shard_of(task_id: str, shards: int) -> int:
     """The shard a task without prerequisites goes to (CRC-32 of its id: stable across processes)."""
     return zlib.crc32(task_id.encode()) % shards
@@ -64,11 +110,14 @@ class ShardedQueue:
 
     name: str
     queues: tuple[Queue, ...]
+    home: Queue | None = None  # the queue itself, where its layout is recorded (connect gives it)
 
     @classmethod
     def connect(cls, url: str | None, name: str, shards: int, attempts: int = 5) -> ShardedQueue:
         """Each shard's queue on the node that serves its slot (see wqsim.connection.connect)."""
-        return cls(name, tuple(Queue(connect(url, queue=n, attempts=attempts), n) for n in shard_names(name, shards)))
+        queues = tuple(Queue(connect(url, queue=n, attempts=attempts), n) for n in shard_names(name, shards))
+        home = queues[0] if shards == 1 else Queue(connect(url, queue=name, attempts=attempts), name)
+        return cls(name, queues, home)
 
     def __post_init__(self) -> None:
         check_shards(len(self.queues))
@@ -80,7 +129,25 @@ class ShardedQueue:
     def __iter__(self) -> Iterator[Queue]:
         return iter(self.queues)
 
+    def check_layout(self) -> None:
+        """ShardLayoutError if a shard records another number of shards than this queue has."""
+        for q in self.queues:
+            recorded = q.recorded_shards()
+            if recorded is not None and recorded != self.shards:
+                raise ShardLayoutError(
+                    f"queue {self.name!r} is in {recorded} shards ({q.name} says so), not {self.shards}: "
+                    f"give --shards {recorded}, or purge its shards first"
+                )
+
     # -- writing ----------------------------------------------------------------------
+    def record_layout(self) -> None:
+        """Write on the queue and on every shard how many shards there are (enqueue does): roles
+        given another number are refused."""
+        if self.home is not None:
+            self.home.client.hset(self.home.keys.layout, "split_into", str(self.shards))
+        for q in self.queues:
+            q.client.hset(q.keys.layout, "shards", str(self.shards))
+
     def reserve_ids(self, count: int) -> IdRange:
         """Ids unique across the shards, from one counter (shard 0's)."""
         return self.queues[0].reserve_ids(count)
@@ -96,6 +163,8 @@ class ShardedQueue:
         as Queue.enqueue does (each part atomic); returns the package ids of every shard."""
         if any(t.depends_on for t in tasks):
             validate_graph(tasks)  # the whole graph, before any shard's part is written
+        if self.shards > 1:
+            self.record_layout()
         parts: dict[int, list[Task]] = {}
         for task, shard in zip(tasks, self.placement(tasks), strict=True):
             parts.setdefault(shard, []).append(task)
@@ -143,8 +212,11 @@ class ShardedQueue:
         return pd.concat(frames, ignore_index=True) if frames else metrics.attempts(self.queues[0])
 
     def purge(self) -> None:
+        """Every shard's keys, and the record of the layout on the queue itself (its other keys are its own)."""
         for q in self.queues:
             q.purge()
+        if self.home is not None and self.shards > 1:
+            self.home.client.delete(self.home.keys.layout)
 
 
 @dataclass(frozen=True)
