@@ -47,8 +47,11 @@ NUMERIC_FLAGS = [
     ("listen", "--workers"),
     ("listen", "--timeout-s"),
     ("listen", "--every-s"),
+    ("listen", "--shards"),
     ("reap", "--interval-s"),
+    ("reap", "--shards"),
     ("status", "--expected"),
+    ("status", "--shards"),
     *(
         (command, flag)
         for command in ("run", "generate")
