@@ -52,6 +52,7 @@ NUMERIC_FLAGS = [
     ("reap", "--shards"),
     ("status", "--expected"),
     ("status", "--shards"),
+    ("acl", "--shards"),
     *(
         (command, flag)
         for command in ("run", "generate")

@@ -389,6 +389,9 @@ WHERE_EXERCISED: dict[str, tuple[str, ...]] = {
     "wqsim listen --shards S": ("tests/test_shards.py::test_status_reap_and_listen_with_shards_cover_every_shard",),
     "wqsim reap --shards S": ("tests/test_shards.py::test_status_reap_and_listen_with_shards_cover_every_shard",),
     "wqsim status --shards S": ("tests/test_shards.py::test_status_reap_and_listen_with_shards_cover_every_shard",),
+    "wqsim acl --queue NAME --shards S": (
+        "tests/test_security.py::test_wqsim_acl_with_shards_grants_the_queue_and_every_shard_and_nothing_more",
+    ),
     "wqsim status --queue q:2": (
         "tests/test_cluster.py::test_generate_and_work_with_shards_as_separate_commands_finish_every_shard",
     ),

@@ -109,10 +109,15 @@ def admin(acl_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 def make_user(
-    admin: redis.Redis, name: str, queue: str, without: tuple[str, ...] = (), extra: tuple[str, ...] = ()
+    admin: redis.Redis,
+    name: str,
+    queue: str,
+    without: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
+    shards: int = 1,
 ) -> None:
     """A user with ``wqsim acl``'s rule for ``queue``, minus the commands ``without``, plus ``extra``."""
-    rule = acl.rule(queue).split() + [f"-{c}" for c in without] + list(extra)
+    rule = acl.rule(queue, shards).split() + [f"-{c}" for c in without] + list(extra)
     admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">{PASSWORD}", *rule)
 
 
@@ -182,6 +187,45 @@ def test_every_cli_command_runs_as_a_user_with_exactly_the_rule(acl_server, admi
     # because CONFIG GET would reveal the password.
     refused = {entry["object"] for entry in admin.execute_command("ACL", "LOG")}
     assert refused <= {"acl|whoami", "config|get", "info"}, f"refused and swallowed: {refused}"
+
+
+def test_wqsim_acl_with_shards_grants_the_queue_and_every_shard_and_nothing_more():
+    proc = wqsim_cli("acl", "--queue", "demo", "--shards", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"ACL SETUSER wqsim-demo on {acl.rule('demo', 3)}\n"
+    patterns = [word for word in proc.stdout.split() if word[0] in "~&"]
+    names = ["demo", "demo:0", "demo:1", "demo:2"]
+    assert patterns == [f"~wqsim:{{{n}}}:*" for n in names] + [f"&wqsim:{{{n}}}:*" for n in names]
+
+
+def test_every_sharded_role_runs_as_a_user_with_the_rule_for_the_queue_and_its_shards(acl_server, admin):
+    make_user(admin, "wq-sharded", "sharded", shards=3)
+    url = user_url(acl_server, "wq-sharded")
+
+    def ok(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = wqsim_cli(*args, "--queue", "sharded", "--shards", "3", url=url)
+        assert proc.returncode == 0, f"{args}: {proc.stderr[-2000:]}"
+        assert "NOPERM" not in proc.stderr and "Traceback" not in proc.stderr
+        return proc
+
+    ok("run", "--tasks", "30", "--workers", "2", "--duration-ms", "1", "-q")
+    ok("generate", "--tasks", "60", "--kind", "noop", "--fresh")
+    ok("work", "--once", "--workers", "2", "-q")
+    ok("reap", "--once")
+    assert "audit, all shards: generated 60, done 60" in ok("status").stdout
+    refused = {entry["object"] for entry in admin.execute_command("ACL", "LOG")}
+    assert refused <= {"acl|whoami", "config|get", "info"}, f"refused and swallowed: {refused}"
+
+
+def test_a_user_with_the_rule_of_the_queue_alone_is_told_to_add_its_shards(acl_server, admin):
+    make_user(admin, "wq-plain", "plain")
+    proc = wqsim_cli(
+        "generate", "--queue", "plain", "--shards", "3", "--tasks", "5", url=user_url(acl_server, "wq-plain")
+    )
+    assert proc.returncode == 2, proc.stderr
+    [line] = error_lines(proc.stderr)
+    assert "may not use the keys of queue 'plain'" in line
+    assert line.endswith("grant them with: wqsim acl --queue plain --user wq-plain --shards 3")
 
 
 def test_a_user_limited_to_another_queues_keys_is_refused_in_one_line(acl_server, admin):

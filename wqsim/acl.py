@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 
-from .keys import Keys
+from .keys import Keys, shard_name
 from .scripts import SCRIPT_NAMES, full_source, source
 
 CONFIG_EXIT_CODE = 78  # EX_CONFIG (sysexits.h): a worker process stopped for a configuration error
@@ -134,25 +134,30 @@ def channel_pattern(queue: str) -> str:
     return Keys(queue).pattern
 
 
-def rule(queue: str) -> str:
-    """The ACL rule for one queue: its keys, its channels, and exactly the commands wqsim sends."""
+def rule(queue: str, shards: int = 1) -> str:
+    """The ACL rule for one queue: its keys, its channels, and exactly the commands wqsim sends.
+
+    A queue split into ``shards`` shards (see wqsim.shards): its own keys, where its layout is
+    recorded, and every shard's keys and channels (each shard has a hash tag of its own).
+    """
+    queues = [queue] if shards == 1 else [queue, *(shard_name(queue, i) for i in range(shards))]
     return " ".join(
         [
             "resetkeys",
-            f"~{key_pattern(queue)}",
+            *(f"~{key_pattern(q)}" for q in queues),
             "resetchannels",
-            f"&{channel_pattern(queue)}",
+            *(f"&{channel_pattern(q)}" for q in queues),
             "-@all",
             *(f"+{command}" for command in sorted(COMMANDS)),
         ]
     )
 
 
-def setuser(queue: str, user: str) -> str:
+def setuser(queue: str, user: str, shards: int = 1) -> str:
     """The ACL SETUSER line for ``user``. No password: the user cannot log in until one is set."""
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", user):
         raise ValueError(f"user must be 1-64 characters of letters, digits, '_', '.', '@' or '-' (got {user!r})")
-    return f"ACL SETUSER {user} on {rule(queue)}"
+    return f"ACL SETUSER {user} on {rule(queue, shards)}"
 
 
 def default_user(queue: str) -> str:
@@ -206,8 +211,10 @@ def is_permission_error(exc: BaseException) -> bool:
     )
 
 
-def explain(exc: BaseException, queue: str, user: str = "default") -> str | None:
-    """One line naming what ``user`` may not do and the fix; None if ``exc`` is no permission error."""
+def explain(exc: BaseException, queue: str, user: str = "default", shards: int = 1) -> str | None:
+    """One line naming what ``user`` may not do and the fix; None if ``exc`` is no permission error.
+
+    ``shards``: the queue is split into that many (the fix then names them too)."""
     if not is_permission_error(exc):
         return None
     text = str(exc)
@@ -215,13 +222,13 @@ def explain(exc: BaseException, queue: str, user: str = "default") -> str | None
     if script is None:
         top = _TOP_COMMAND.search(text)
         if top:
-            return _missing(user, queue, [top[1]], None)
+            return _missing(user, queue, [top[1]], None, shards)
         if "channel" in text:
-            return _outside(user, queue, "channels")
-        return _outside(user, queue, "keys")
+            return _outside(user, queue, "channels", shards)
+        return _outside(user, queue, "keys", shards)
     name = _script_by_sha().get(script["sha"])
     if not script["what"].startswith("run"):
-        return _outside(user, queue, "keys" if "keys" in script["what"] else "channels")
+        return _outside(user, queue, "keys" if "keys" in script["what"] else "channels", shards)
     where, commands = "a wqsim script", []
     if name:
         lines, number = full_source(name).splitlines(), int(script["line"])
@@ -229,10 +236,14 @@ def explain(exc: BaseException, queue: str, user: str = "default") -> str | None
         where = f"{name}.lua" + (" through _lib.lua" if in_lib else "")
         if 0 < number <= len(lines):
             commands = list(dict.fromkeys(_commands_in(lines[number - 1])))
-    return _missing(user, queue, commands, where)
+    return _missing(user, queue, commands, where, shards)
 
 
-def _missing(user: str, queue: str, commands: list[str], where: str | None) -> str:
+def _fix(queue: str, user: str, shards: int) -> str:
+    return f"wqsim acl --queue {queue} --user {user}" + (f" --shards {shards}" if shards > 1 else "")
+
+
+def _missing(user: str, queue: str, commands: list[str], where: str | None, shards: int = 1) -> str:
     """The line for a refused command; ``where`` is the script it ran in, if any."""
     shown = " or ".join(c.upper() for c in commands) or "a command"
     if where is None and len(commands) == 1 and commands[0] in COMMANDS:
@@ -243,13 +254,14 @@ def _missing(user: str, queue: str, commands: list[str], where: str | None) -> s
             f"Redis user {user!r} may not run {shown}{needed}, which is not in wqsim's ACL rule either; "
             f"see: wqsim acl --queue {queue}"
         )
-    return f"Redis user {user!r} may not run {shown}{needed}; add it with: wqsim acl --queue {queue} --user {user}"
+    return f"Redis user {user!r} may not run {shown}{needed}; add it with: {_fix(queue, user, shards)}"
 
 
-def _outside(user: str, queue: str, what: str) -> str:
+def _outside(user: str, queue: str, what: str, shards: int = 1) -> str:
+    where = f"wqsim:{{{queue}}}:*" + (f" and its shards' wqsim:{{{queue}:N}}:*" if shards > 1 else "")
     return (
-        f"Redis user {user!r} may not use the {what} of queue {queue!r} (wqsim:{{{queue}}}:*); "
-        f"grant them with: wqsim acl --queue {queue} --user {user}"
+        f"Redis user {user!r} may not use the {what} of queue {queue!r} ({where}); "
+        f"grant them with: {_fix(queue, user, shards)}"
     )
 
 

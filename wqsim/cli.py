@@ -345,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("acl", help="print the least-privilege ACL rule for one queue (ACL SETUSER ...)")
     p.add_argument("--queue", required=True, help="queue name")
     p.add_argument("--user", default=None, help="Redis user name (default: wqsim-<queue>)")
+    shards(p, note="; the rule covers the queue and every shard")
     return parser
 
 
@@ -748,7 +749,7 @@ def _print_status(queue: Queue, expected: int | None, indent: str = "  ") -> Aud
 
 def _cmd_acl(args: argparse.Namespace) -> int:
     user = args.user or acl.default_user(args.queue)
-    print(acl.setuser(args.queue, user))
+    print(acl.setuser(args.queue, user, args.shards))
     log.info(
         "Then give %s a password (ACL SETUSER %s >password) and connect with redis://%s:password@host:port/0",
         user,
@@ -807,7 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if acl.is_permission_error(exc) and not verbose:
             user = acl.user_of_url(resolve_url(args.redis_url))
-            print(f"wqsim: error: {acl.explain(exc, args.queue, user)}", file=sys.stderr)
+            print(f"wqsim: error: {acl.explain(exc, args.queue, user, getattr(args, 'shards', 1))}", file=sys.stderr)
             return EXIT_CONFIG
         if verbose:
             raise

@@ -115,7 +115,7 @@ def _process_main(
         log.error("%s", exc)
         sys.exit(REDIS_GONE_EXIT_CODE)
     except Exception as exc:
-        message = acl.explain(exc, queue, acl.user_of_url(url))
+        message = acl.explain(exc, queue, acl.user_of_url(url), shards)
         if message is None:
             raise
         if refusals is not None:
@@ -274,7 +274,7 @@ class WorkerPool:
         try:
             worker.run()
         except Exception as exc:
-            message = acl.explain(exc, self.queue_name, acl.user_of_url(self.url))
+            message = acl.explain(exc, self.queue_name, acl.user_of_url(self.url), self.shards)
             if message is None:
                 raise
             self._refuse(message)
