@@ -19,7 +19,7 @@ from helpers import wait_until
 
 from wqsim import Queue, Reaper, RedisServer, RunConfig, Worker, WorkerConfig, audit, connect, generate, make_tasks, run
 from wqsim.queue import Claim, EnqueueRefused
-from wqsim.storage import EvictionRisk, check_eviction_policy, eviction_policy
+from wqsim.storage import EvictionRisk, check_each_server, check_eviction_policy, eviction_policy
 
 
 def wqsim(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -70,6 +70,19 @@ def test_allow_eviction_accepts_the_risk_with_a_warning(lru_server, queue_name, 
     result = wqsim("generate", "--tasks", "3", "--allow-eviction", "--redis-url", lru_server.url, "--queue", queue_name)
     assert result.returncode == 0, result.stderr
     Queue(client, queue_name).purge()
+
+
+@pytest.mark.real_redis
+def test_the_shards_of_a_queue_on_one_server_are_checked_and_warned_of_once_per_server(
+    lru_server, redis_url, captured_logger
+):
+    connect(lru_server.url).config_set("maxmemory-policy", "allkeys-lru")
+    logger, handler = captured_logger
+    shards = [connect(lru_server.url) for _ in range(3)] + [connect(redis_url)]  # two servers
+    check_each_server(shards, "Redis", allow_eviction=True, logger=logger)
+    assert len(handler.messages) == 1 and "may evict wqsim's keys" in handler.messages[0]
+    with pytest.raises(EvictionRisk):
+        check_each_server(shards, "Redis", logger=logger)
 
 
 @pytest.mark.real_redis

@@ -59,7 +59,7 @@ from .retention import Retention
 from .runner import run
 from .shards import ShardedAudit, ShardedQueue, check_layout, recorded_layout
 from .stopping import StopRequest
-from .storage import check_eviction_policy
+from .storage import check_each_server, check_eviction_policy
 
 log = logging.getLogger("wqsim.cli")
 
@@ -491,8 +491,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     _connect(args, url)  # unreachable Redis or a missing permission: one line, now
     sharded = ShardedQueue.connect(url, args.queue, args.shards)
     retention = _retention(args)
-    for shard in sharded:
-        check_eviction_policy(shard.client, f"Redis at {redact(url)}", args.allow_eviction)
+    check_each_server((shard.client for shard in sharded), f"Redis at {redact(url)}", args.allow_eviction)
     if args.fresh:  # the whole queue, as it was laid out too: nothing of another layout is left behind
         recorded = recorded_layout(url, args.queue)
         for shards in {recorded or 1, 1} - {args.shards}:

@@ -25,7 +25,7 @@ from .pool import WorkerPool
 from .queue import Queue
 from .reaper import Reaper
 from .shards import ShardedQueue
-from .storage import check_eviction_policy
+from .storage import check_each_server
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -162,8 +162,8 @@ def run(
 
     sharded = ShardedQueue.connect(url, cfg.queue, cfg.shards)
     queue: Queue | ShardedQueue = sharded if cfg.shards > 1 else sharded.queues[0]
+    check_each_server((shard.client for shard in sharded), f"Redis at {redact(url)}", cfg.allow_eviction, logger)
     for shard in sharded:
-        check_eviction_policy(shard.client, f"Redis at {redact(url)}", cfg.allow_eviction, logger)
         shard.purge()
         shard.set_retention(cfg.retention)
     logger.info(

@@ -32,6 +32,7 @@ How the loss is seen (see also the audit's docstring):
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import redis
 
@@ -97,6 +98,23 @@ def check_eviction_policy(
         f"{where} has maxmemory-policy {policy}, so it may evict wqsim's keys and lose tasks; "
         f"run '{FIX}' (and set it in redis.conf), or pass --allow-eviction to accept the risk"
     )
+
+
+def check_each_server(
+    clients: Iterable[redis.Redis],
+    where: str = "Redis",
+    allow_eviction: bool = False,
+    logger: logging.Logger | None = None,
+) -> None:
+    """check_eviction_policy once for each server among ``clients``: a sharded queue's shards
+    share servers (all of them on a single one), and one server is checked, and warned of, once."""
+    seen: set[tuple[object, ...]] = set()
+    for client in clients:
+        kwargs = client.connection_pool.connection_kwargs
+        server = (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"))
+        if server not in seen:
+            seen.add(server)
+            check_eviction_policy(client, where, allow_eviction, logger)
 
 
 def vanished_message(queue: str, lost: int, how: str, exact: bool = True) -> str:
