@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from wqsim import Queue, Reaper, WorkerPool
 
@@ -53,3 +55,59 @@ def shut_down(pool: WorkerPool) -> None:
     pool.stop()
     if not pool.join(10):
         pool.terminate()
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_certificates(d: Path) -> Path:
+    """In ``d``: a CA (ca.pem), a server certificate it signed for 127.0.0.1 (server.pem, server.key),
+    and an unrelated CA (wrong-ca.pem), made with openssl; returns ``d``."""
+    for ca in ("ca", "wrong-ca"):
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(d / f"{ca}.key"),
+            "-out",
+            str(d / f"{ca}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=wqsim test {ca}",
+        )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(d / "server.key"),
+        "-out",
+        str(d / "server.csr"),
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(d / "server.csr"),
+        "-CA",
+        str(d / "ca.pem"),
+        "-CAkey",
+        str(d / "ca.key"),
+        "-CAcreateserial",
+        "-out",
+        str(d / "server.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        str(d / "ext.cnf"),
+    )
+    return d

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from helpers import running, wait_until
+from helpers import make_certificates, running, wait_until
 
 from wqsim import (
     ChaosConfig,
@@ -32,7 +32,9 @@ from wqsim import (
     run,
 )
 from wqsim.audit import audit
+from wqsim.cluster import SlotSSLConnection
 from wqsim.connection import RedisUnavailable
+from wqsim.local_cluster import TlsFiles
 from wqsim.server import free_port
 from wqsim.shards import ShardedQueue
 
@@ -152,6 +154,31 @@ def test_workers_restarted_after_the_first_startup_node_died_connect_through_the
         a = report.audit
         assert (a.generated, a.dead, a.completed_twice) == (600, 0, 0), a.summary()
         assert a.done + a.lost == 600 and len(a.lost_ids) == a.lost  # a failover may lose what it says
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    d = make_certificates(tmp_path_factory.mktemp("cluster-tls"))
+    return TlsFiles(cert_file=str(d / "server.pem"), key_file=str(d / "server.key"), ca_file=str(d / "ca.pem"))
+
+
+def test_a_tls_cluster_fails_over_and_the_run_completes_over_tls_throughout(queue_name, tls_files):
+    with LocalCluster(masters=3, replicas=1, tls=tls_files) as cl:
+        assert cl.url.startswith("rediss://")
+        sq = ShardedQueue.connect(cl.url, queue_name, 6)
+        assert all(isinstance(q.client.connection_pool.get_connection(), SlotSSLConnection) for q in sq)
+        shard = next(q for q in sq if port_of(q.client) != cl.nodes[0].port)  # not the URL's node (see above)
+        victim = cl.node_for_key(shard.keys.ready)
+        killed = kill_once_working(cl, victim, shard)
+        report = run(
+            RunConfig(queue=queue_name, tasks=600, duration_ms=10, workers=3, shards=6, timeout_s=120), url=cl.url
+        )
+        assert killed.is_set(), "the master was never killed"
+        assert cl.node_for_key(shard.keys.ready) != victim  # its replica serves the slot now
+        a = report.audit
+        assert (a.generated, a.completed_twice) == (600, 0), a.summary()
+        assert a.done + a.lost == 600 and len(a.lost_ids) == a.lost
+        assert sorted(report.listen.finished) == WORKER_IDS
 
 
 def test_a_master_lost_without_a_replica_stops_only_its_shards_and_the_error_names_it(queue_name):

@@ -13,7 +13,6 @@ import hashlib
 import http.server
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from helpers import make_certificates
 
 import wqsim
 from wqsim import RedisServer, acl
@@ -341,63 +341,10 @@ def test_a_user_who_may_ask_acl_dryrun_is_checked_before_anything_is_written(acl
 # -- TLS ------------------------------------------------------------------------------------------
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate it signed for 127.0.0.1, and an unrelated CA (made with openssl)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not on PATH")
-    d = tmp_path_factory.mktemp("tls")
-    for ca in ("ca", "wrong-ca"):
-        _openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(d / f"{ca}.key"),
-            "-out",
-            str(d / f"{ca}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            f"/CN=wqsim test {ca}",
-        )
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        str(d / "server.key"),
-        "-out",
-        str(d / "server.csr"),
-        "-subj",
-        "/CN=127.0.0.1",
-    )
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(d / "server.csr"),
-        "-CA",
-        str(d / "ca.pem"),
-        "-CAkey",
-        str(d / "ca.key"),
-        "-CAcreateserial",
-        "-out",
-        str(d / "server.pem"),
-        "-days",
-        "2",
-        "-extfile",
-        str(d / "ext.cnf"),
-    )
-    return d
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ replica now) reconnects to the new master through the reconnect logic every
 worker, listener and reaper already has for a Redis restart. During the
 failover itself (about twice ``cluster-node-timeout``) the slot answers
 CLUSTERDOWN or nothing; that is an outage like any other, ridden out the same way.
+Over TLS (``rediss://``) the same holds: :class:`SlotSSLConnection` asks the
+cluster over TLS, with the URL's certificates, and connects the same way.
 """
 
 from __future__ import annotations
@@ -67,19 +69,24 @@ def nodes_of(slots: Sequence[Any]) -> list[Address]:
     return list(found)
 
 
-def locate(slot: int, seeds: Sequence[Address], kwargs: dict[str, Any]) -> Address:
-    """Ask the seeds in turn which master serves ``slot`` now; ConnectionError if none can say."""
+def locate(
+    slot: int, seeds: Sequence[Address], kwargs: dict[str, Any], connection_class: type[redis.Connection]
+) -> Address:
+    """Ask the seeds in turn which master serves ``slot`` now; ConnectionError if none can say.
+
+    ``kwargs`` and ``connection_class``: how the client connects (credentials, TLS and its
+    certificates), for the probes to connect the same way."""
     errors = []
     for host, port in seeds:
-        probe = redis.Redis(
+        options = {k: v for k, v in kwargs.items() if k not in ("host", "port", "retry", "slot", "seeds")}
+        options.update(
             host=host,
             port=port,
             socket_timeout=LOCATE_TIMEOUT_S,
             socket_connect_timeout=LOCATE_TIMEOUT_S,
-            username=kwargs.get("username"),
-            password=kwargs.get("password"),
             retry=Retry(NoBackoff(), 0),  # the next seed, not redis-py's ~4 s of retries on a dead one
         )
+        probe = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=connection_class, **options))
         try:
             slots = cluster_slots(probe)
             master = master_of(slots or [], slot)
@@ -93,37 +100,48 @@ def locate(slot: int, seeds: Sequence[Address], kwargs: dict[str, Any]) -> Addre
     raise redis.ConnectionError(f"no cluster node could say which master serves slot {slot}: {'; '.join(errors)}")
 
 
-class SlotConnection(redis.Connection):
-    """A connection to the master serving one slot: located anew at every (re)connect."""
+class _FollowsSlot:
+    """What makes a connection follow one slot: locate its master at every connect, and treat a
+    redirection as a broken connection. Mixed into redis-py's plain and TLS connection classes."""
+
+    host: str
+    port: int
+    plain: type[redis.Connection]  # the redis-py class it extends, which the probes use too
 
     def __init__(self, *, slot: int, seeds: Sequence[Address], **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(**kwargs)
         self.slot = slot
         self.seeds = list(seeds)
+        self.options = kwargs  # how to connect: the probes connect the same way
 
     def _connect(self) -> Any:
         here = (self.host, self.port)
-        located = locate(
-            self.slot,
-            [here, *(s for s in self.seeds if s != here)],
-            {
-                "username": self.username,
-                "password": self.password,
-            },
-        )
+        located = locate(self.slot, [here, *(s for s in self.seeds if s != here)], self.options, self.plain)
         if located != here:
             log.info("Slot %d is served by %s:%d now (was %s:%d)", self.slot, *located, *here)
             self.host, self.port = located
-        return super()._connect()  # type: ignore[no-untyped-call]
+        return super()._connect()  # type: ignore[misc]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().read_response(*args, **kwargs)
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except REROUTE as exc:
             # Not a command error: the slot has moved (a failover) or is being failed over.
             # Dropped and raised as a connection error, the call is retried on the new master.
-            self.disconnect()  # type: ignore[no-untyped-call]
+            self.disconnect()  # type: ignore[attr-defined]
             raise redis.ConnectionError(f"cluster slot {self.slot} is not served here now: {exc}") from exc
+
+
+class SlotConnection(_FollowsSlot, redis.Connection):
+    """A connection to the master serving one slot: located anew at every (re)connect."""
+
+    plain = redis.Connection
+
+
+class SlotSSLConnection(_FollowsSlot, redis.SSLConnection):
+    """The same over TLS (``rediss://``), located with the URL's certificates."""
+
+    plain = redis.SSLConnection
 
 
 def routed_client(client: redis.Redis, queue: str, slots: Sequence[Any], also: Sequence[Address] = ()) -> redis.Redis:
@@ -139,5 +157,6 @@ def routed_client(client: redis.Redis, queue: str, slots: Sequence[Any], also: S
     known = nodes_of(slots)
     kwargs = dict(client.connection_pool.connection_kwargs)
     kwargs.update(host=master[0], port=master[1], slot=slot, seeds=[*known, *(a for a in also if a not in known)])
-    pool = redis.ConnectionPool(connection_class=SlotConnection, **kwargs)
+    tls = issubclass(client.connection_pool.connection_class, redis.SSLConnection)
+    pool = redis.ConnectionPool(connection_class=SlotSSLConnection if tls else SlotConnection, **kwargs)
     return redis.Redis(connection_pool=pool)

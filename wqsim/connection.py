@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from .cluster import cluster_slots, master_of, queue_slot, routed_client
+from .cluster import cluster_slots, queue_slot, routed_client
 from .server import FakeRedisServer, RedisServer, start_embedded
 from .urls import check_url, startup_urls
 
@@ -108,13 +108,6 @@ def connect(
         return client
     if queue is None:
         return client
-    if client.connection_pool.connection_class is not redis.Connection:
-        # TLS: connect to the master serving the queue's slot now (it is not followed across a failover).
-        master = master_of(slots, queue_slot(queue))
-        if master is None or master == _address(client):
-            return client
-        client.close()
-        return _connect(node_url(url, *master), attempts, logger)
     listed = [_address_of(u) for u in startup]
     routed = routed_client(client, queue, slots, also=listed)
     client.close()

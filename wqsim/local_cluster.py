@@ -14,6 +14,10 @@ within about two seconds. As with wqsim.server's embedded Redis, every node is
 SIGTERMed when this process dies (PR_SET_PDEATHSIG), and a janitor process per
 node removes its directory even when this process is SIGKILLed.
 
+With ``tls=TlsFiles(...)`` the nodes speak TLS only, to clients and to each
+other (``tls-cluster``, ``tls-replication``), and ``url`` is a ``rediss://`` URL
+naming the CA.
+
 ``python -m wqsim.local_cluster --masters 3 --replicas 1`` keeps one up until
 Ctrl-C or SIGTERM.
 """
@@ -34,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -68,6 +73,16 @@ class ClusterNode:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM files of a TLS cluster: every node's certificate and key (one pair serves all: the
+    nodes share a host), and the CA that signed it, which clients are told to trust."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
 
 
 class _PortTaken(Exception):
@@ -122,6 +137,7 @@ class LocalCluster:
         host: str = "127.0.0.1",
         appendonly: bool = False,
         full_coverage: bool = True,
+        tls: TlsFiles | None = None,
     ) -> None:
         """``full_coverage`` False sets ``cluster-require-full-coverage no``: a master lost without a
         replica then takes only its own slots out of service, not the whole cluster's (Redis's default)."""
@@ -133,6 +149,7 @@ class LocalCluster:
         self.host = host
         self.appendonly = appendonly
         self.full_coverage = full_coverage
+        self.tls = tls
         self._nodes: dict[ClusterNode, _Node] = {}  # in start order: masters, then replicas
         self._registered = False
 
@@ -203,14 +220,19 @@ class LocalCluster:
         if not self._nodes:
             raise RuntimeError("the cluster is not running")
         first = next(iter(self._nodes))
-        return f"redis://{first.host}:{first.port}/0"
+        return self._url(f"{first.host}:{first.port}")
 
     @property
     def startup_url(self) -> str:
         """Every node, as a list of startup nodes (``redis://h:p1,h:p2,.../0``): any one that answers will do."""
         if not self._nodes:
             raise RuntimeError("the cluster is not running")
-        return "redis://" + ",".join(f"{n.host}:{n.port}" for n in self._nodes) + "/0"
+        return self._url(",".join(f"{n.host}:{n.port}" for n in self._nodes))
+
+    def _url(self, hosts: str) -> str:
+        if self.tls is None:
+            return f"redis://{hosts}/0"
+        return f"rediss://{hosts}/0?ssl_ca_certs={quote(self.tls.ca_file)}"
 
     @property
     def nodes(self) -> list[ClusterNode]:
@@ -326,10 +348,16 @@ class LocalCluster:
 
     def _launch(self, state: _Node, server: str, deadline: float) -> None:
         """Start the node's redis-server and its janitor; return once it answers PING."""
+        if self.tls is None:
+            ports = ["--port", str(state.node.port)]
+        else:  # TLS only, between the nodes too
+            ports = ["--port", "0", "--tls-port", str(state.node.port), "--tls-cluster", "yes"]
+            ports += ["--tls-replication", "yes", "--tls-auth-clients", "no"]
+            ports += ["--tls-cert-file", self.tls.cert_file, "--tls-key-file", self.tls.key_file]
+            ports += ["--tls-ca-cert-file", self.tls.ca_file]
         args = [
             server,
-            "--port",
-            str(state.node.port),
+            *ports,
             "--bind",
             self.host,
             "--protected-mode",
@@ -377,6 +405,8 @@ class LocalCluster:
         """Join the nodes with redis-cli, which assigns the slots and pairs replicas with masters."""
         addresses = [node.address for node in self._nodes]
         command = [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        if self.tls is not None:
+            command += ["--tls", "--cacert", self.tls.ca_file]
         try:
             proc = subprocess.run(
                 command,
@@ -441,6 +471,7 @@ class LocalCluster:
 
         No retries: redis-py's default retry spends ~4 s on a refused connection, and a node that is
         down or still starting is an answer here, asked again at the next poll."""
+        tls: dict[str, Any] = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": self.tls.ca_file}
         client = redis.Redis(
             host=node.host,
             port=node.port,
@@ -448,6 +479,7 @@ class LocalCluster:
             socket_timeout=2.0,
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
+            **tls,
         )
         try:
             yield client
