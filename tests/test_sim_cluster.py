@@ -87,7 +87,8 @@ def test_calibrate_nodes_measures_every_master_of_a_real_cluster_and_the_bus_and
     with LocalCluster(masters=3) as cluster:
         found = calibrate_nodes(cluster.url, tasks=100)
         assert sorted(found.addresses) == sorted(n.address for n in cluster.masters_now())
-        assert all(p.server_call_s > 0 and p.server_settle_task_s > 0 for p in found.profiles)
+        # each master measured working (a small, noisy calibration may solve one per-task part to 0)
+        assert all(p.call_s(claimed=10, settled=10) > 0 and p.redis_capacity(10) < 10**7 for p in found.profiles)
         assert found.bus_message_s > 0  # every other master handled the forwarded messages
         for node in cluster.nodes:
             host, port = node.address.rsplit(":", 1)
