@@ -188,6 +188,36 @@ def test_a_worker_on_a_queue_not_created_yet_waits_for_a_producer(make_queue, ma
     assert worker.run().done == 2 and not worker.stats.queue_vanished
 
 
+def test_a_worker_that_finds_task_hashes_but_no_stats_hash_reports_the_queue_lost_rather_than_waiting(
+    make_queue, client, queue_name, captured_logger
+):
+    q = make_queue()
+    generate(q, 5, duration_ms=0)
+    for key in client.scan_iter(match=q.keys.pattern):  # all but the task hashes gone before any worker came
+        if not key.startswith(q.keys.task("")):
+            client.delete(key)
+    logger, handler = captured_logger
+    worker = Worker(client, queue_name, "w1", WorkerConfig(idle_wait_s=0.05, exit_when_drained=True), logger=logger)
+    stats = worker.run()  # returns: before the fix it waited for a producer forever
+    assert stats.queue_vanished and stats.done == 0
+    assert [m for m in handler.messages if "vanished" in m] == [
+        f"Worker w1: queue {queue_name!r} vanished from Redis (its stats hash is gone): "
+        "task(s) lost, how many is unknown; stopping"
+    ]
+
+
+def test_a_worker_waiting_for_a_queue_looks_for_its_task_hashes_a_step_at_a_time_and_stops_after_a_pass(
+    make_queue, make_worker
+):
+    q = make_queue()
+    worker = make_worker()
+    for _ in range(50):  # a small keyspace: one pass of SCAN steps, then no more looking
+        assert not worker._queue_vanished(Claim(state="missing"))
+    assert worker._orphan_scan is None
+    generate(q, 2, duration_ms=0)  # a producer creates the queue: stats hash and tasks in one script
+    assert worker.run().done == 2 and not worker.stats.queue_vanished
+
+
 def test_unfinished_tasks_in_no_structure_are_reported_stranded(make_queue, make_worker, captured_logger):
     q = make_queue()
     generate(q, 3, duration_ms=0)

@@ -103,7 +103,7 @@ PYTHON_USES: dict[str, str] = {
     "incrby": "generate (task ids)",
     "llen": "status",
     "lrange": "status",
-    "scan": "the audit, purge",
+    "scan": "the audit, purge, a worker telling a lost queue from one not created yet",
     "scard": "status",
     "subscribe": "the listener",
     "xadd": "chaos fault records",

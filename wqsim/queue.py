@@ -450,6 +450,15 @@ class Queue:
         raw = cast("dict[str, str]", self.client.hgetall(self.keys.stats))
         return {name: int(value) for name, value in raw.items()}
 
+    def scan_task_keys(self, cursor: int = 0, count: int = 1000) -> tuple[int, bool]:
+        """One SCAN step through this queue's task hashes: the next cursor (0: the pass is over)
+        and whether this step found any."""
+        cursor, keys = self.client.scan(cursor, match=self.keys.task_pattern, count=count)
+        return int(cursor), bool(keys)
+
+    def has_stats(self) -> bool:
+        return bool(self.client.exists(self.keys.stats))
+
     def ledger_enqueued(self) -> int:
         """Tasks ever enqueued, as the ledger (Keys.ledger) counts them apart from the stats hash."""
         return int(self.client.hget(self.keys.ledger, "enqueued") or 0)

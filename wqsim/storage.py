@@ -120,4 +120,10 @@ def check_each_server(
 def vanished_message(queue: str, lost: int, how: str, exact: bool = True) -> str:
     """The one line a worker logs when it finds its queue gone. Not ``exact``: nothing in
     Redis remembers how many tasks there were, and ``lost`` is what the worker saw."""
-    return f"queue {queue!r} vanished from Redis ({how}): {'' if exact else 'at least '}{lost} task(s) lost; stopping"
+    if exact:
+        count = f"{lost} task(s) lost"
+    elif lost:
+        count = f"at least {lost} task(s) lost"
+    else:  # lost before this worker saw any: nothing says how many (wqsim status --expected N counts them)
+        count = "task(s) lost, how many is unknown"
+    return f"queue {queue!r} vanished from Redis ({how}): {count}; stopping"

@@ -155,6 +155,7 @@ class Worker:
         # Tasks of the last claim ran in under config.prefetch_below_s each (see _may_claim_ahead).
         self._short_tasks = False
         self._seen_queue = False  # Redis has shown this worker the queue exists (see _queue_vanished)
+        self._orphan_scan: int | None = 0  # where _lost_before_start's SCAN is; None once a pass found nothing
         self._last_backlog = 0
 
     def stop(self) -> None:
@@ -269,7 +270,7 @@ class Worker:
         if claim.state == "ok":
             self._seen_queue = True
             return False
-        if claim.state == "missing" and not self._seen_queue:
+        if claim.state == "missing" and not self._seen_queue and not self._lost_before_start():
             return False
         seen = self.stats.performed + self._last_backlog  # their records are gone too
         lost, exact = seen, False
@@ -293,6 +294,26 @@ class Worker:
         self.log.error("Worker %s: %s", self.id, vanished_message(self.queue.name, lost, how, exact))
         self.stats.queue_vanished = True
         return True
+
+    def _lost_before_start(self) -> bool:
+        """No stats hash, and this worker has never seen one: not created yet, or lost before it started?
+
+        A producer writes a queue's stats hash and its tasks' hashes in one script, so task
+        hashes without a stats hash mean it was lost (evicted, deleted). They are looked for
+        one SCAN step per idle round (a large keyspace costs rounds, not one long call), until
+        one full pass has found none: then the queue is one to wait for. A task hash found while
+        the stats hash exists again is a producer creating the queue just now.
+        """
+        if self._orphan_scan is None:
+            return False
+        try:
+            cursor, found = self._side.scan_task_keys(self._orphan_scan)
+            if found and not self._side.has_stats():
+                return True
+        except RETRYABLE_REDIS_ERRORS:
+            return False  # asked again at the next round
+        self._orphan_scan = cursor or None
+        return False
 
     def _send(self, request: Callable[[], Ticket[Claim]]) -> Ticket[Claim] | None:
         """Send a pipelined request; None if Redis is unreachable (the loop then claims afresh)."""
