@@ -34,6 +34,7 @@ from wqsim import (
 from wqsim.audit import audit
 from wqsim.cluster import SlotSSLConnection
 from wqsim.connection import RedisUnavailable
+from wqsim.keys import Keys, shard_name
 from wqsim.local_cluster import TlsFiles
 from wqsim.server import free_port
 from wqsim.shards import ShardedQueue
@@ -116,6 +117,36 @@ def test_a_killed_master_with_a_replica_fails_over_and_the_run_completes(queue_n
         assert (a.generated, a.completed_twice) == (600, 0), a.summary()
         assert a.done + a.lost == 600 and len(a.lost_ids) == a.lost
         assert sorted(report.listen.finished) == WORKER_IDS
+
+
+def test_shards_landing_on_fewer_masters_than_they_could_are_warned_of_in_one_line(cluster, queue_name):
+    def masters_of_shards(name: str) -> int:
+        return len({cluster.node_for_key(Keys(shard_name(name, i)).ready) for i in range(3)})
+
+    names = (f"{queue_name}-{i}" for i in range(1000))
+    uneven = next(n for n in names if masters_of_shards(n) < 3)
+    even = next(n for n in names if masters_of_shards(n) == 3)
+    assert ShardedQueue.connect(cluster.url, even, 3).placement_warning() is None
+    warning = ShardedQueue.connect(cluster.url, uneven, 3).placement_warning()
+    assert warning is not None
+    assert f"its 3 shards land on {masters_of_shards(uneven)} of the cluster's 3 masters" in warning
+    made = subprocess.run(
+        [sys.executable, "-m", "wqsim", "generate", "--redis-url", cluster.url, "--queue", uneven, "--shards", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0 and warning in made.stderr, made.stderr
+    status = subprocess.run(
+        [sys.executable, "-m", "wqsim", "status", "--redis-url", cluster.url, "--queue", uneven, "--shards", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    for i in range(3):  # each shard, with the master serving it
+        master = cluster.node_for_key(Keys(shard_name(uneven, i)).ready)
+        assert f"shard '{uneven}:{i}' on {master.address}" in status.stdout
+    ShardedQueue.connect(cluster.url, uneven, 3).purge()
 
 
 def test_a_list_of_startup_nodes_reaches_the_cluster_when_the_first_one_is_down(cluster, queue_name):

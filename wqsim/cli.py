@@ -498,6 +498,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             ShardedQueue.connect(url, args.queue, shards).purge()
         sharded.purge()
     check_layout(url, args.queue, args.shards)  # tasks added in another layout would go unserved
+    if (uneven := sharded.placement_warning()) is not None:
+        log.warning("%s", uneven)
     for shard in sharded:
         if retention is not None:
             shard.set_retention(retention)
@@ -567,6 +569,8 @@ def _cmd_work(args: argparse.Namespace) -> int:
     check_eviction_policy(client, f"Redis at {redact(url)}", args.allow_eviction)
     check_layout(url, args.queue, args.shards)  # another number of shards would leave some unserved
     sharded = ShardedQueue.connect(url, args.queue, args.shards)
+    if (uneven := sharded.placement_warning()) is not None:
+        log.warning("%s", uneven)
     vanished_before = sharded.counters().get("vanished", 0)
     with StopRequest() as stop:  # from here on SIGTERM and SIGINT are only recorded, never raised
         pool = WorkerPool(url, args.queue, ids, config, mode=args.mode, on_exit=stop.set, shards=args.shards)
@@ -709,8 +713,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"queue {args.queue!r} in {len(queues)} shards at {redact(url)}")
         audits = []
-        for queue in queues:
-            print(f"  shard {queue.name!r}")
+        servers = ShardedQueue(args.queue, tuple(queues)).servers()
+        for queue, server in zip(queues, servers, strict=True):
+            print(f"  shard {queue.name!r} on {server}")
             audits.append(_print_status(queue, None, indent="    "))
         sharded = ShardedAudit(tuple(audits), args.expected)
         result = sharded.total

@@ -59,6 +59,16 @@ def master_of(slots: Sequence[Any], slot: int) -> Address | None:
     return None
 
 
+def masters_of(slots: Sequence[Any]) -> list[Address]:
+    """The masters a CLUSTER SLOTS reply names, in slot order, once each."""
+    found: dict[Address, None] = {}
+    for first, *_ in sorted(slots, key=lambda s: int(s[0])):
+        address = master_of(slots, int(first))
+        if address is not None:
+            found[address] = None
+    return list(found)
+
+
 def nodes_of(slots: Sequence[Any]) -> list[Address]:
     """Every node a CLUSTER SLOTS reply names, masters and replicas, in order, once each."""
     found: dict[Address, None] = {}

@@ -163,6 +163,8 @@ def run(
     sharded = ShardedQueue.connect(url, cfg.queue, cfg.shards)
     queue: Queue | ShardedQueue = sharded if cfg.shards > 1 else sharded.queues[0]
     check_each_server((shard.client for shard in sharded), f"Redis at {redact(url)}", cfg.allow_eviction, logger)
+    if (uneven := sharded.placement_warning()) is not None:
+        logger.warning("%s", uneven)
     for shard in sharded:
         shard.purge()
         shard.set_retention(cfg.retention)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .audit import Audit, audit
+from .cluster import cluster_slots, masters_of
 from .connection import connect
 from .graph import validate as validate_graph
 from .keys import IdRange, shard_name
@@ -128,6 +129,30 @@ class ShardedQueue:
 
     def __iter__(self) -> Iterator[Queue]:
         return iter(self.queues)
+
+    def servers(self) -> list[str]:
+        """The server (host:port) each shard's client talks to: on a cluster, the master of its slot."""
+        out = []
+        for q in self.queues:
+            kwargs = q.client.connection_pool.connection_kwargs
+            out.append(f"{kwargs.get('host')}:{kwargs.get('port')}" if "host" in kwargs else str(kwargs.get("path")))
+        return out
+
+    def placement_warning(self) -> str | None:
+        """A line to log if the shards land on fewer masters of a cluster than they could (else None).
+
+        Each shard's slot is the CRC16 of its name, so the queue's name decides where its shards
+        go: three shards cover three masters only 2 times in 9, by chance."""
+        slots = cluster_slots(self.queues[0].client) if self.shards > 1 else None
+        if not slots:
+            return None
+        masters, used = len(masters_of(slots)), len(set(self.servers()))
+        if used >= min(self.shards, masters):
+            return None
+        return (
+            f"Queue {self.name!r}: its {self.shards} shards land on {used} of the cluster's {masters} masters "
+            "(each shard's slot is the CRC16 of its name); another queue name, or more shards, spreads them otherwise"
+        )
 
     def check_layout(self) -> None:
         """ShardLayoutError if a shard records another number of shards than this queue has."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import redis
 
-from ..cluster import Address, cluster_slots, master_of, queue_slot
+from ..cluster import Address, cluster_slots, master_of, masters_of, queue_slot
 from ..config import RunConfig, check_int_at_least
 from ..connection import connect, node_url, resolve_url
 from ..names import session_queue_name, session_token
@@ -99,12 +99,7 @@ def masters(url: str) -> list[Address]:
         client.close()
     if not slots:
         raise ValueError(f"{url} is not a Redis Cluster node (CLUSTER SLOTS has no answer)")
-    found: dict[Address, None] = {}
-    for first, *_ in sorted(slots, key=lambda s: int(s[0])):
-        address = master_of(slots, int(first))
-        if address is not None:
-            found[address] = None
-    return list(found)
+    return masters_of(slots)
 
 
 def _queue_on(url: str, master: Address, base: str) -> str:
