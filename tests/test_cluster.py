@@ -99,24 +99,27 @@ def test_a_sharded_run_under_the_chaos_killer_ends_with_a_clean_audit_on_every_s
     sq.purge()
 
 
+def a_master_killed_mid_run_fails_over_and_the_run_completes(cl: LocalCluster, queue_name: str) -> None:
+    """A 6-shard run on ``cl`` (with a replica per master), one of whose masters is killed once it works."""
+    sq = ShardedQueue.connect(cl.url, queue_name, 6)
+    # A master other than the URL's node: a worker process that starts (or restarts) connects there first.
+    shard = next(q for q in sq if port_of(q.client) != cl.nodes[0].port)
+    victim = cl.node_for_key(shard.keys.ready)
+    killed = kill_once_working(cl, victim, shard)
+    report = run(RunConfig(queue=queue_name, tasks=600, duration_ms=10, workers=3, shards=6, timeout_s=120), url=cl.url)
+    assert killed.is_set(), "the master was never killed"
+    assert cl.node_for_key(shard.keys.ready) != victim  # its replica serves the slot now
+    # Replication is asynchronous: a write acknowledged just before the kill may be lost with the
+    # master. The audit then says exactly what went (lost ids); here nothing did, or it is counted.
+    a = report.audit
+    assert (a.generated, a.completed_twice) == (600, 0), a.summary()
+    assert a.done + a.lost == 600 and len(a.lost_ids) == a.lost
+    assert sorted(report.listen.finished) == WORKER_IDS
+
+
 def test_a_killed_master_with_a_replica_fails_over_and_the_run_completes(queue_name):
     with LocalCluster(masters=3, replicas=1) as cl:
-        sq = ShardedQueue.connect(cl.url, queue_name, 6)
-        # A master other than the URL's node: a worker process that starts (or restarts) connects there first.
-        shard = next(q for q in sq if port_of(q.client) != cl.nodes[0].port)
-        victim = cl.node_for_key(shard.keys.ready)
-        started = kill_once_working(cl, victim, shard)
-        report = run(
-            RunConfig(queue=queue_name, tasks=600, duration_ms=10, workers=3, shards=6, timeout_s=120), url=cl.url
-        )
-        assert started.is_set(), "the master was never killed"
-        assert cl.node_for_key(shard.keys.ready) != victim  # its replica serves the slot now
-        # Replication is asynchronous: a write acknowledged just before the kill may be lost with the
-        # master. The audit then says exactly what went (lost ids); here nothing did, or it is counted.
-        a = report.audit
-        assert (a.generated, a.completed_twice) == (600, 0), a.summary()
-        assert a.done + a.lost == 600 and len(a.lost_ids) == a.lost
-        assert sorted(report.listen.finished) == WORKER_IDS
+        a_master_killed_mid_run_fails_over_and_the_run_completes(cl, queue_name)
 
 
 def test_shards_landing_on_fewer_masters_than_they_could_are_warned_of_in_one_line(cluster, queue_name):
@@ -198,18 +201,7 @@ def test_a_tls_cluster_fails_over_and_the_run_completes_over_tls_throughout(queu
         assert cl.url.startswith("rediss://")
         sq = ShardedQueue.connect(cl.url, queue_name, 6)
         assert all(isinstance(q.client.connection_pool.get_connection(), SlotSSLConnection) for q in sq)
-        shard = next(q for q in sq if port_of(q.client) != cl.nodes[0].port)  # not the URL's node (see above)
-        victim = cl.node_for_key(shard.keys.ready)
-        killed = kill_once_working(cl, victim, shard)
-        report = run(
-            RunConfig(queue=queue_name, tasks=600, duration_ms=10, workers=3, shards=6, timeout_s=120), url=cl.url
-        )
-        assert killed.is_set(), "the master was never killed"
-        assert cl.node_for_key(shard.keys.ready) != victim  # its replica serves the slot now
-        a = report.audit
-        assert (a.generated, a.completed_twice) == (600, 0), a.summary()
-        assert a.done + a.lost == 600 and len(a.lost_ids) == a.lost
-        assert sorted(report.listen.finished) == WORKER_IDS
+        a_master_killed_mid_run_fails_over_and_the_run_completes(cl, queue_name)
 
 
 def test_a_master_lost_without_a_replica_stops_only_its_shards_and_the_error_names_it(queue_name):
