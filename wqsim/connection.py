@@ -4,11 +4,12 @@ The URL comes from the argument, else ``REDIS_URL``, else an embedded server
 started on first use and shared by the whole process (see :mod:`wqsim.server`).
 
 The URL may name any node of a Redis Cluster, or list several as startup nodes
-(``redis://h1:7000,h2:7001/0``: the first that answers is used): ``connect(url,
+(``redis://h1:7000,h2:7001/0``: the first that answers is used). ``connect(url,
 queue=name)`` then returns a client of the master serving that queue's slot,
-which follows it across failovers (see :mod:`wqsim.cluster`). A plain client of one node rather than
-redis-py's ``RedisCluster``: the transport pipelines on a private connection and
-blocks on a wake-up list (see :mod:`wqsim.transport`), as on a single server.
+which follows it across failovers, over TLS too (see :mod:`wqsim.cluster`). It
+is a plain client of one node rather than redis-py's ``RedisCluster``: the
+transport pipelines on a private connection and blocks on a wake-up list (see
+:mod:`wqsim.transport`), as on a single server.
 """
 
 from __future__ import annotations
