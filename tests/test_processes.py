@@ -301,7 +301,7 @@ def test_cli_chaos_run_exits_0_and_prints_an_audit_with_nothing_lost_or_complete
 
 @pytest.mark.slow
 def test_pool_can_be_inspected_and_stopped_while_its_supervisor_replaces_crashed_workers(redis_url, queue, queue_name):
-    """pids() and stop() must not fail because a dead worker is being replaced.
+    """pids(), kill() and stop() must not fail because a dead worker is being replaced.
 
     Every attempt crashes its worker process (os._exit), so the supervisor is
     constantly closing dead Process objects and forking replacements, while this
@@ -318,14 +318,41 @@ def test_pool_can_be_inspected_and_stopped_while_its_supervisor_replaces_crashed
         while time.monotonic() < deadline and not queue.drained() and pool.restarts < 150 and not failures:
             try:
                 pool.pids()
+                for worker_id in WORKER_IDS:  # signal 0: is it there? (as the chaos killer's kill() asks)
+                    pool.kill(worker_id, 0)
             except Exception as exc:
-                failures.append(f"pids() after {pool.restarts} replacements: {exc!r}")
+                failures.append(f"pids() or kill() after {pool.restarts} replacements: {exc!r}")
         restarts = pool.restarts
     finally:
         shut_down(pool)  # stop() has the same race; shut_down retries it
         reaper.stop()
     assert failures == []
     assert restarts >= 10, "the supervisor hardly replaced anyone: nothing was exercised"
+
+
+def _exit_at_once() -> None:
+    os._exit(0)
+
+
+def test_a_worker_reaped_when_another_process_started_is_not_signalled():
+    """Starting a process reaps every exited child (multiprocessing's cleanup), before the
+    supervisor's next round: stop() then sent SIGTERM to a pid no longer ours (ESRCH, in CI)."""
+    import multiprocessing as mp
+
+    from wqsim.pool import signal_unless_reaped
+
+    context = mp.get_context("fork")
+    gone = context.Process(target=_exit_at_once)
+    gone.start()
+    os.waitid(os.P_PID, gone.pid, os.WEXITED | os.WNOWAIT)  # it has exited; nothing has reaped it yet
+    replacement = context.Process(target=time.sleep, args=(30,))
+    replacement.start()  # what the supervisor does next: and starting it reaps `gone`
+    with pytest.raises(ProcessLookupError):
+        os.kill(gone.pid, 0)  # what stop() did with its pid
+    assert signal_unless_reaped(gone, signal.SIGTERM) is False
+    assert signal_unless_reaped(replacement, signal.SIGTERM) is True
+    replacement.join(10)
+    assert replacement.exitcode == -signal.SIGTERM
 
 
 def test_the_supervisor_sleeps_until_a_worker_exits_rather_than_on_a_timer(redis_url, queue_name, monkeypatch):

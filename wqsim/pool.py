@@ -137,6 +137,22 @@ def describe_exit(code: int | None) -> str:
     }.get(code or 0, f"died (exit code {code})")
 
 
+def signal_unless_reaped(proc: mp.process.BaseProcess, sig: int) -> bool:
+    """Send ``sig`` to a worker process unless it has been reaped already; True if it was sent.
+
+    The supervisor reaps under the pool's lock, but so does starting any process:
+    multiprocessing reaps every exited child then (``Process.start``). A worker that
+    died just before a replacement started can thus be reaped before the supervisor's
+    next round removes it; its pid is no longer ours (kill would fail with ESRCH, or
+    hit a process that reused it). Its exit code says so: it is set once reaped, and
+    asking for it reaps one that is exiting. Call under the pool's lock.
+    """
+    if proc.pid is None or proc.exitcode is not None:
+        return False
+    os.kill(proc.pid, sig)
+    return True
+
+
 class WorkerPool:
     """Runs ``len(ids)`` workers on one queue. Use ``start()``, then ``join()``.
 
@@ -371,15 +387,14 @@ class WorkerPool:
     def kill(self, worker_id: str, sig: int = signal.SIGKILL) -> int | None:
         """Send ``sig`` to one worker process (the chaos killer uses this); returns its pid, or None.
 
-        Under the lock, so the process cannot be reaped, and its pid reused, in between.
-        The process may be exiting already (killed before, not yet reaped): the same pid
-        is then returned again.
+        Under the lock, so the supervisor cannot reap the process, and its pid be reused, in
+        between. The process may be exiting already (killed before, not yet reaped): the same
+        pid is then returned again. One already reaped is not signalled (see signal_unless_reaped).
         """
         with self._lock:
             proc = self._live.get(worker_id)
-            if proc is None or proc.pid is None:
+            if proc is None or not signal_unless_reaped(proc, sig):
                 return None
-            os.kill(proc.pid, sig)
             return proc.pid
 
     def stop(self) -> None:
@@ -387,8 +402,7 @@ class WorkerPool:
         with self._lock:
             self._stopping.set()
             for proc in self._live.values():
-                if proc.pid is not None:
-                    os.kill(proc.pid, signal.SIGTERM)
+                signal_unless_reaped(proc, signal.SIGTERM)
         for worker in list(self._workers.values()):
             worker.stop()
 
@@ -412,6 +426,5 @@ class WorkerPool:
         with self._lock:
             self._stopping.set()
             for proc in self._live.values():
-                if proc.pid is not None:
-                    os.kill(proc.pid, signal.SIGKILL)
+                signal_unless_reaped(proc, signal.SIGKILL)
         self._exited.wait(5)
